@@ -1,0 +1,279 @@
+"""Command-line interface: ``empanada-napari segment | models | evaluate``.
+
+Every command runs headless over :mod:`empanada_napari.core`. Errors the user can fix are
+printed as one line (exit status 2); progress bars go to stderr; results (JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment an image or volume",
+        description="Segment every mitochondrion in INPUT (tif/tiff/png/zarr) and write "
+        "uint32 labels to OUTPUT (.tif or .zarr).",
+    )
+    p.add_argument("input", nargs="?", help="image file (.tif, .tiff, .png) or .zarr")
+    p.add_argument("-o", "--output", required=True, help="labels output (.tif/.tiff/.zarr)")
+    p.add_argument("--key", help="array inside a zarr group (default: level 0 / the only one)")
+    p.add_argument("--model", default="default", help="registry name or model file (.pth/.yaml)")
+    p.add_argument(
+        "--mode",
+        choices=["2d", "stack", "ortho"],
+        default="2d",
+        help="2d: each slice independently (default); stack/ortho: 3D",
+    )
+    p.add_argument("--axis", choices=["xy", "xz", "yz"], default="xy", help="stack axis")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--confidence", type=float, default=0.5, help="semantic threshold")
+    p.add_argument("--center-confidence", type=float, default=0.1, help="centre threshold")
+    p.add_argument(
+        "--min-distance",
+        type=int,
+        default=3,
+        help="NMS kernel between object centres (pixels of the 1/4 grid)",
+    )
+    p.add_argument("--fine-boundaries", action="store_true", help="group at full resolution")
+    p.add_argument("--semantic-only", action="store_true", help="foreground mask only")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes in each instance")
+    p.add_argument(
+        "--split-fragments",
+        action="store_true",
+        help="give disconnected pieces of an instance their own ids",
+    )
+    p.add_argument("--downsample", type=int, default=1, help="1, 2, 4, ... 64")
+    p.add_argument("--label-divisor", type=int, default=10000)
+    p.add_argument("--tile-size", type=int, help="tile images larger than this (pixels)")
+    p.add_argument("--tile-overlap", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="slices per forward pass")
+    p.add_argument("--quantized", action="store_true", help="use the quantized (CPU) variant")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list, inspect, register, import or export models")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="list registered models")
+    q = msub.add_parser("info", help="show one model's config")
+    q.add_argument("name")
+    q = msub.add_parser("register", help="register a model from a config YAML")
+    q.add_argument("name")
+    q.add_argument("config", help="model config YAML (original empanada-napari format)")
+    q.add_argument("--file", help="TorchScript file or URL (overrides the YAML's 'model')")
+    q.add_argument("--quantized-file", help="quantized TorchScript file or URL")
+    q.add_argument("--overwrite", action="store_true")
+    q = msub.add_parser("import", help="import a .empanada archive")
+    q.add_argument("archive")
+    q.add_argument("--name", help="register under this name")
+    q.add_argument("--overwrite", action="store_true")
+    q = msub.add_parser("export", help="export a model as a .empanada archive")
+    q.add_argument("name")
+    q.add_argument("path")
+    q = msub.add_parser("remove", help="remove a user model")
+    q.add_argument("name")
+    q = msub.add_parser("fetch", help="download a model into the cache now")
+    q.add_argument("name")
+    q.add_argument("--quantized", action="store_true")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted labels against ground truth (JSON)",
+        description="Print semantic IoU, F1, precision/recall, PQ and AP as JSON.",
+    )
+    p.add_argument("pred")
+    p.add_argument("gt")
+    p.add_argument("--per-slice", action="store_true", help="score each z-slice in 2D")
+    p.add_argument(
+        "--cc",
+        action="store_true",
+        help="take connected components of both first (for binary ground truth)",
+    )
+    p.add_argument("--thresholds", default="0.5,0.75", help="IoU thresholds, comma separated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="empanada-napari",
+        description="Panoptic segmentation of mitochondria in EM with MitoNet-family models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment(sub)
+    _add_models(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def _progress_bar(total: int, desc: str, disable: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="slice", file=sys.stderr, disable=disable)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _segment(args) -> int:
+    from .core.errors import InputError
+    from .core.inference.engine import Engine2D
+    from .core.io import create_zarr_labels, read_image, write_labels
+    from .core.models.loading import load_model
+    from .core.preprocess import check_image
+
+    if args.mode != "2d":
+        raise InputError(
+            f"--mode {args.mode} (3D inference) is not available in this version; use --mode 2d."
+        )
+    if args.input is None:
+        raise InputError("Give an INPUT image.")
+    output = Path(args.output)
+    if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise InputError(f"OUTPUT must end in .tif, .tiff or .zarr, got {output.name}.")
+    if output.exists() and not args.overwrite:
+        raise InputError(f"Output {output} exists; pass --overwrite to replace it.")
+    image = read_image(args.input, args.key)
+    check_image(image, ndim=(2, 3))
+    model = load_model(args.model, args.device, quantized=args.quantized)
+    engine = Engine2D(
+        model,
+        confidence_thr=args.confidence,
+        center_confidence_thr=args.center_confidence,
+        min_distance_object_centers=args.min_distance,
+        fine_boundaries=args.fine_boundaries,
+        semantic_only=args.semantic_only,
+        fill_holes=args.fill_holes,
+        split_fragments=args.split_fragments,
+        downsample=args.downsample,
+        label_divisor=args.label_divisor,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        batch_size=args.batch_size,
+    )
+    stack = image if image.ndim == 3 else image[None]
+    bar, update = _progress_bar(stack.shape[0], "segment", args.no_progress)
+    try:
+        if output.suffix.lower() == ".zarr":
+            out = create_zarr_labels(output, tuple(stack.shape), overwrite=args.overwrite)
+            engine.segment_stack(stack, out=out, progress=update)
+        else:
+            labels = engine.segment_stack(stack, progress=update)
+            write_labels(output, labels if image.ndim == 3 else labels[0], overwrite=args.overwrite)
+    finally:
+        bar.close()
+    print(
+        json.dumps(
+            {
+                "output": str(output),
+                "model": engine.model.name,
+                "device": str(engine.device),
+                "shape": list(image.shape),
+            }
+        )
+    )
+    return 0
+
+
+def _models(args) -> int:
+    from .core.models.registry import get_registry
+
+    registry = get_registry()
+    cmd = args.models_cmd
+    if cmd == "list":
+        from .core.models.loading import default_model_name
+
+        default = default_model_name(registry)
+        for entry in registry.entries():
+            kind = "built-in" if entry.builtin else "user"
+            star = " (default)" if entry.name == default else ""
+            first = (entry.description or "").strip().splitlines()
+            print(f"{entry.name}{star}\t{kind}\t{first[0] if first else ''}")
+    elif cmd == "info":
+        import yaml
+
+        entry = registry.get(args.name)
+        print(yaml.safe_dump(entry.to_yaml_dict(), sort_keys=False).rstrip())
+    elif cmd == "register":
+        entry = registry.register(
+            args.name,
+            args.config,
+            args.file,
+            quantized_model=args.quantized_file,
+            overwrite=args.overwrite,
+        )
+        print(f"registered {entry.name}")
+    elif cmd == "import":
+        entry = registry.import_archive(args.archive, name=args.name, overwrite=args.overwrite)
+        print(f"imported {entry.name}")
+    elif cmd == "export":
+        print(registry.export_archive(args.name, args.path))
+    elif cmd == "remove":
+        registry.remove(args.name)
+        print(f"removed {args.name}")
+    elif cmd == "fetch":
+        print(registry.fetch(args.name, quantized=args.quantized))
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from .core.errors import InputError
+    from .core.io import read_image
+    from .core.metrics import as_instances, evaluate
+
+    pred = np.asarray(read_image(args.pred))
+    gt = np.asarray(read_image(args.gt))
+    try:
+        thresholds = tuple(float(t) for t in args.thresholds.split(","))
+    except ValueError as err:
+        raise InputError(f"Bad --thresholds {args.thresholds!r}.") from err
+    if args.cc and not args.per_slice:
+        pred, gt = as_instances(pred), as_instances(gt)
+    result = evaluate(
+        pred,
+        gt,
+        per_slice=args.per_slice,
+        thresholds=thresholds,
+        relabel_2d_cc=args.cc and args.per_slice,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``empanada-napari`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .core.errors import Cancelled, EmpanadaError
+
+    handlers = {"segment": _segment, "models": _models, "evaluate": _evaluate}
+    try:
+        return handlers[args.command](args)
+    except Cancelled as err:
+        print(f"cancelled: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks of a .zarr output are kept", file=sys.stderr)
+        return 130
+    except EmpanadaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference: the 2D engine, panoptic post-processing and (later) 3D drivers."""

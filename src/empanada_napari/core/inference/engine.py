@@ -1,0 +1,366 @@
+"""The 2D inference engine: MitoNet-contract models over single images and stacks of slices.
+
+Per batch of slices: normalise (see :mod:`..preprocess`), zero-pad bottom/right to a multiple
+of ``4 * downsample``, average-pool by ``downsample``, pad to the model's ``padding_factor``,
+run the model (optionally tile by tile, with AMP on CUDA), then turn the outputs into panoptic
+labels with :mod:`.postprocess`. The model is loaded once (and cached by
+:func:`~empanada_napari.core.models.loading.load_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import Cancelled, InputError
+from ..models.loading import LoadedModel, load_model
+from ..preprocess import check_image, intensity_range, normalize
+from . import postprocess as pp
+
+ProgressCallback = Callable[[int, int], None]
+CancelFlag = Callable[[], bool] | threading.Event | None
+
+
+@dataclass
+class InferenceSettings:
+    """Parameters of 2D panoptic inference (defaults as in the napari widget, DESIGN s.4)."""
+
+    confidence_thr: float = 0.5
+    center_confidence_thr: float = 0.1
+    min_distance_object_centers: int = 3
+    fine_boundaries: bool = False
+    semantic_only: bool = False
+    fill_holes: bool = False
+    split_fragments: bool = False
+    downsample: int = 1
+    label_divisor: int = 10000
+    stuff_area: int = 64
+    tile_size: int | None = None
+    tile_overlap: int = 128
+    batch_size: int | None = None
+    amp: bool = True
+
+    def validate(self) -> InferenceSettings:
+        """Raise :class:`InputError` naming the first invalid parameter; return self."""
+        checks = [
+            (0.0 <= self.confidence_thr <= 1.0, "confidence_thr must be in [0, 1]"),
+            (0.0 <= self.center_confidence_thr <= 1.0, "center_confidence_thr must be in [0, 1]"),
+            (self.min_distance_object_centers >= 1, "min_distance_object_centers must be >= 1"),
+            (
+                self.downsample in (1, 2, 4, 8, 16, 32, 64),
+                f"downsample must be a power of two from 1 to 64, got {self.downsample}",
+            ),
+            (self.label_divisor >= 1, "label_divisor must be >= 1"),
+            (self.stuff_area >= 0, "stuff_area must be >= 0"),
+            (self.tile_overlap >= 0, "tile_overlap must be >= 0"),
+            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
+        ]
+        if self.tile_size is not None:
+            checks.append(
+                (
+                    self.tile_size > 2 * self.tile_overlap,
+                    f"tile_size ({self.tile_size}) must exceed twice tile_overlap "
+                    f"({self.tile_overlap})",
+                )
+            )
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RawOutputs:
+    """Model outputs for a batch, cropped to the (padded-to-grid) image.
+
+    ``sem_prob`` (N, C, Hg, Wg) at full resolution; ``ctr_hmp`` (N, 1, h, w) and ``offsets``
+    (N, 2, h, w) on a grid ``stride`` times coarser; offsets already in full-resolution pixels.
+    ``shape`` is the true (H, W) of the slices (Hg >= H, Wg >= W).
+    """
+
+    sem_prob: torch.Tensor
+    ctr_hmp: torch.Tensor
+    offsets: torch.Tensor
+    shape: tuple[int, int]
+    extra: dict = field(default_factory=dict)
+
+
+def _cancelled(cancel: CancelFlag) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length``, aligned to ``align``."""
+    if length <= tile:
+        return [0]
+    step = max(align, (tile - overlap) // align * align)
+    starts = list(range(0, length - tile, step))
+    starts.append((length - tile) // align * align)
+    return sorted(set(starts))
+
+
+class Engine2D:
+    """Run a MitoNet-contract model on 2D images or stacks of slices.
+
+    >>> engine = Engine2D("default", device="auto", confidence_thr=0.5)   # doctest: +SKIP
+    >>> labels = engine.segment(image)                                  # (H, W) uint32
+    """
+
+    def __init__(
+        self,
+        model: str | LoadedModel | Any = "default",
+        device: str | torch.device | None = "auto",
+        settings: InferenceSettings | None = None,
+        **params: Any,
+    ) -> None:
+        settings = replace(settings or InferenceSettings(), **params)
+        self.settings = settings.validate()
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
+
+    # -- model outputs ---------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def default_batch_size(self) -> int:
+        if self.settings.batch_size is not None:
+            bs = self.settings.batch_size
+        else:
+            bs = 8 if self.device.type == "cuda" else 2
+        return bs if self.model.supports_batch else 1
+
+    def _forward(self, x: torch.Tensor, render_steps: int, fine: bool) -> dict:
+        """One model call on a padded batch; AMP on CUDA; outputs as float32."""
+        use_amp = self.settings.amp and self.device.type == "cuda" and not self.model.quantized
+        with self.model.lock, torch.inference_mode():
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                if self.model.supports_batch or x.shape[0] == 1:
+                    out = self.model.module(x, render_steps, fine)
+                    return {k: out[k].float() for k in ("sem_logits", "ctr_hmp", "offsets")}
+                parts = [self.model.module(x[i : i + 1], render_steps, fine) for i in range(len(x))]
+                return {
+                    k: torch.cat([p[k].float() for p in parts])
+                    for k in ("sem_logits", "ctr_hmp", "offsets")
+                }
+
+    def _padded_forward(
+        self, x: torch.Tensor, render_steps: int, fine: bool, scale: int, grid: int
+    ) -> dict:
+        """Pad (N, 1, h, w) to the padding factor, run, crop outputs back to h*scale, h/grid."""
+        h, w = x.shape[-2:]
+        pad = self.model.padding_factor
+        ph, pw = -(-h // pad) * pad, -(-w // pad) * pad
+        xp = F.pad(x, (0, pw - w, 0, ph - h)) if (ph, pw) != (h, w) else x
+        out = self._forward(xp, render_steps, fine)
+        expected = (ph * scale, pw * scale)
+        if tuple(out["sem_logits"].shape[-2:]) != expected:
+            raise InputError(
+                f"Model {self.model.name} returned sem_logits of size "
+                f"{tuple(out['sem_logits'].shape[-2:])} for input {(ph, pw)} with render_steps="
+                f"{render_steps}; expected {expected}. Is it a MitoNet-contract model?"
+            )
+        return {
+            "sem_logits": out["sem_logits"][..., : h * scale, : w * scale],
+            "ctr_hmp": out["ctr_hmp"][..., : h // grid, : w // grid],
+            "offsets": out["offsets"][..., : h // grid, : w // grid],
+        }
+
+    def infer(self, batch: np.ndarray) -> RawOutputs:
+        """Model outputs for normalised float32 slices (N, H, W) (see :meth:`normalize`)."""
+        s = self.settings
+        n, height, width = batch.shape
+        d = s.downsample
+        fine = s.fine_boundaries
+        # Pad to a multiple of 4*d so the 1/4 grid maps exactly onto full-resolution pixels.
+        unit = 4 * d
+        hg, wg = -(-height // unit) * unit, -(-width // unit) * unit
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        x = F.pad(x[:, None], (0, wg - width, 0, hg - height))
+        if d > 1:
+            x = F.avg_pool2d(x, d)
+        render_steps = 2 + int(math.log2(d))
+        grid = 1 if fine else 4  # instance-map stride relative to the model input
+        hd, wd = x.shape[-2:]
+        tile = s.tile_size
+        if tile is None or (hd <= tile and wd <= tile):
+            out = self._padded_forward(x, render_steps, fine, d, grid)
+        else:
+            out = self._tiled_forward(x, render_steps, fine, d, grid)
+        return RawOutputs(
+            sem_prob=pp.semantic_probabilities(out["sem_logits"]),
+            ctr_hmp=out["ctr_hmp"],
+            offsets=out["offsets"],
+            shape=(height, width),
+        )
+
+    def _tiled_forward(
+        self, x: torch.Tensor, render_steps: int, fine: bool, scale: int, grid: int
+    ) -> dict:
+        """Run overlapping tiles and paste each tile's central part into full-size maps."""
+        s = self.settings
+        n, _, hd, wd = x.shape
+        align = 4
+        tile = max(align, s.tile_size // align * align)
+        overlap = s.tile_overlap // align * align
+        margin = overlap // 2
+        maps: dict[str, torch.Tensor] = {}
+        ys = _tile_starts(hd, tile, overlap, align)
+        xs = _tile_starts(wd, tile, overlap, align)
+        for y0 in ys:
+            for x0 in xs:
+                y1, x1 = min(hd, y0 + tile), min(wd, x0 + tile)
+                out = self._padded_forward(x[..., y0:y1, x0:x1], render_steps, fine, scale, grid)
+                # Owned region: the tile minus half the overlap on sides that have a neighbour.
+                oy0 = 0 if y0 == ys[0] else y0 + margin
+                ox0 = 0 if x0 == xs[0] else x0 + margin
+                oy1 = hd if y0 == ys[-1] else y1 - margin
+                ox1 = wd if x0 == xs[-1] else x1 - margin
+                for key, value in out.items():
+                    f = scale if key == "sem_logits" else 1.0 / grid
+                    if key not in maps:
+                        size = (round(hd * f), round(wd * f))
+                        maps[key] = value.new_zeros((n, value.shape[1], *size))
+                    dst = (
+                        slice(round(oy0 * f), round(oy1 * f)),
+                        slice(round(ox0 * f), round(ox1 * f)),
+                    )
+                    src = (
+                        slice(round((oy0 - y0) * f), round((oy1 - y0) * f)),
+                        slice(round((ox0 - x0) * f), round((ox1 - x0) * f)),
+                    )
+                    maps[key][(..., *dst)] = value[(..., *src)]
+        return maps
+
+    # -- post-processing -------------------------------------------------------------------
+
+    def postprocess(self, raw: RawOutputs, index: int, sem_prob: torch.Tensor | None = None):
+        """Panoptic labels (H, W) uint32 numpy array for image ``index`` of ``raw``.
+
+        ``sem_prob`` replaces the image's semantic probabilities (3D stack mode passes
+        median-filtered ones).
+        """
+        s = self.settings
+        prob = raw.sem_prob[index] if sem_prob is None else sem_prob
+        labels = pp.panoptic_labels(
+            prob,
+            raw.ctr_hmp[index, 0],
+            raw.offsets[index],
+            confidence_thr=s.confidence_thr,
+            center_confidence_thr=s.center_confidence_thr,
+            nms_kernel=s.min_distance_object_centers,
+            thing_list=self.model.thing_list,
+            labels=self.model.labels,
+            label_divisor=s.label_divisor,
+            stuff_area=s.stuff_area,
+            semantic_only=s.semantic_only,
+            offset_scale=float(s.downsample),
+            valid_shape=raw.shape,
+        )
+        out = labels.cpu().numpy()
+        if s.fill_holes and not s.semantic_only:
+            out = pp.fill_instance_holes(out)
+        if s.split_fragments and not s.semantic_only:
+            out = pp.split_fragments(out, s.label_divisor)
+        if out.size and out.max() > np.iinfo(np.uint32).max:
+            raise InputError("Label ids exceed uint32; use a smaller label_divisor.")
+        return out.astype(np.uint32)
+
+    # -- public entry points ---------------------------------------------------------------
+
+    def normalize(self, images, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        """Normalise images for this model (float32, same shape); see :mod:`..preprocess`."""
+        return normalize(images, self.model.mean, self.model.std, value_range)
+
+    def segment(self, image, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        """Segment one 2D image (H, W); returns uint32 labels of the same shape."""
+        check_image(image, ndim=(2,))
+        return self.segment_stack(np.asarray(image)[None], value_range=value_range)[0]
+
+    def iter_batches(
+        self,
+        stack,
+        *,
+        value_range: tuple[float, float] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelFlag = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, labels)`` for consecutive batches of slices of ``stack`` (N, H, W).
+
+        ``stack`` may be numpy, dask or zarr; only one batch is in memory at a time. Each
+        slice is segmented independently. ``cancel`` is checked between batches and raises
+        :class:`Cancelled`; ``progress(done, total)`` is called after each batch.
+        """
+        check_image(stack, ndim=(3,))
+        if value_range is None:
+            value_range = intensity_range(stack)
+        total = stack.shape[0]
+        bs = self.default_batch_size()
+        for start in range(0, total, bs):
+            if _cancelled(cancel):
+                raise Cancelled(f"Cancelled after {start} of {total} slices.")
+            batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
+            raw = self.infer(batch)
+            labels = np.stack([self.postprocess(raw, i) for i in range(batch.shape[0])])
+            if progress is not None:
+                progress(min(start + bs, total), total)
+            yield start, labels
+
+    def segment_stack(
+        self,
+        stack,
+        *,
+        out=None,
+        value_range: tuple[float, float] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelFlag = None,
+    ):
+        """Segment every slice of ``stack`` (N, H, W) independently ("2D mode").
+
+        Writes into ``out`` (any array supporting slice assignment, e.g. a zarr array) when
+        given, else returns a new uint32 numpy array. Instance ids are per slice.
+        """
+        check_image(stack, ndim=(3,))
+        if out is None:
+            out = np.zeros(stack.shape, dtype=np.uint32)
+        elif tuple(out.shape) != tuple(stack.shape):
+            raise InputError(f"Output shape {tuple(out.shape)} != input {tuple(stack.shape)}.")
+        for start, labels in self.iter_batches(
+            stack, value_range=value_range, progress=progress, cancel=cancel
+        ):
+            out[start : start + len(labels)] = labels
+        return out
+
+
+def segment_2d(
+    image,
+    model: str | LoadedModel = "default",
+    device: str | torch.device | None = "auto",
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag = None,
+    **params: Any,
+) -> np.ndarray:
+    """Segment a 2D image (H, W), or each slice of a stack (N, H, W) independently.
+
+    ``params`` are :class:`InferenceSettings` fields. Returns uint32 labels, same shape.
+    """
+    check_image(image, ndim=(2, 3))
+    engine = Engine2D(model, device, **params)
+    if image.ndim == 2:
+        return engine.segment(image)
+    return engine.segment_stack(image, progress=progress, cancel=cancel)

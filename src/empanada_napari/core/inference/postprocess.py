@@ -1,0 +1,303 @@
+"""Panoptic post-processing of MitoNet outputs (DESIGN.md s.4), vectorised in torch.
+
+No step loops over instances: centres come from one max-pool, every thing pixel votes in one
+batched nearest-centre search (chunked only to bound memory), and instance/class bookkeeping
+uses ``unique``/``bincount``. The same functions run on CPU and GPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+
+#: Largest (pixels x centres) distance block evaluated at once (~64 MB of float32).
+_ASSIGN_BLOCK = 1 << 24
+
+
+def semantic_probabilities(sem_logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid (one channel) or softmax (several channels) over dim -3, as float32."""
+    logits = sem_logits.float()
+    if logits.shape[-3] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=-3)
+
+
+def semantic_classes(
+    sem_prob: torch.Tensor, confidence_thr: float = 0.5, labels: Sequence[int] = (1,)
+) -> torch.Tensor:
+    """Class id per pixel (0 = background) from probabilities of shape (C, H, W).
+
+    One channel: class ``labels[0]`` where the probability is >= ``confidence_thr``. Several
+    channels (channel 0 = background): the arg-max class where its probability is >=
+    ``confidence_thr``, else background.
+    """
+    if sem_prob.shape[0] == 1:
+        return (sem_prob[0] >= confidence_thr).long() * int(labels[0])
+    conf, cls = sem_prob.max(dim=0)
+    return torch.where(conf >= confidence_thr, cls, torch.zeros_like(cls))
+
+
+def find_centers(
+    ctr_hmp: torch.Tensor,
+    threshold: float = 0.1,
+    nms_kernel: int = 3,
+    valid_shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Instance centres as a (K, 2) long tensor of (y, x) grid positions.
+
+    Heat-map values below ``threshold`` are dropped; a centre is a pixel equal to the max of
+    its ``nms_kernel`` neighbourhood (rounded up to odd) and > 0. ``valid_shape`` limits
+    centres to the top-left region that is real image (not padding).
+    """
+    hmp = ctr_hmp.reshape(ctr_hmp.shape[-2:]).float()
+    hmp = torch.where(hmp >= threshold, hmp, torch.zeros_like(hmp))
+    if valid_shape is not None:
+        hmp[valid_shape[0] :, :] = 0
+        hmp[:, valid_shape[1] :] = 0
+    k = max(1, int(nms_kernel))
+    k += 1 - k % 2
+    pooled = F.max_pool2d(hmp[None, None], kernel_size=k, stride=1, padding=k // 2)[0, 0]
+    peaks = (hmp == pooled) & (hmp > 0)
+    # Exactly equal maxima within one window (a plateau, e.g. a symmetric peak after x4
+    # bilinear upsampling) would each become a centre and split the object: keep only the
+    # first in raster order. float64 holds every linear index exactly.
+    order = torch.arange(hmp.numel(), device=hmp.device, dtype=torch.float64).reshape(hmp.shape)
+    rank = torch.where(peaks, -order, torch.full_like(order, -math.inf))
+    first = F.max_pool2d(rank[None, None], kernel_size=k, stride=1, padding=k // 2)[0, 0]
+    return torch.nonzero(peaks & (rank == first))
+
+
+def assign_to_centers(votes: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre for each vote; votes (M, 2) and centres (K, 2), float."""
+    if centers.shape[0] == 0:
+        raise InputError("assign_to_centers needs at least one centre.")
+    step = max(1, _ASSIGN_BLOCK // centers.shape[0])
+    out = torch.empty(votes.shape[0], dtype=torch.long, device=votes.device)
+    for start in range(0, votes.shape[0], step):  # loop over pixel blocks, not instances
+        block = votes[start : start + step]
+        out[start : start + step] = torch.cdist(block, centers).argmin(dim=1)
+    return out
+
+
+def _grid_positions(idx: torch.Tensor, stride: int) -> torch.Tensor:
+    # A grid cell of a 1/stride map is centred on full-resolution pixel stride*i + (stride-1)/2.
+    return idx.float() * stride + (stride - 1) / 2.0
+
+
+def instance_ids(
+    thing: torch.Tensor,
+    ctr_hmp: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    center_confidence_thr: float = 0.1,
+    nms_kernel: int = 3,
+    offset_scale: float = 1.0,
+    valid_shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Group thing pixels into instances 1..K (0 = none) at the resolution of ``thing``.
+
+    ``ctr_hmp`` (h, w) and ``offsets`` (2, h, w) live on a grid ``stride = H / h`` times
+    coarser than ``thing`` (H, W): 1 for "fine boundaries", 4 (x the downsampling factor) for
+    the default coarse grouping, which votes once per grid cell and copies the result to the
+    cell's pixels. ``offset_scale`` converts offsets to ``thing`` pixels (the downsampling).
+    Thing pixels whose cell has no centre at all stay 0 (as in Panoptic-DeepLab).
+    """
+    height, width = thing.shape
+    h, w = ctr_hmp.shape[-2:]
+    stride = height // h
+    if stride * h != height or stride * w != width:
+        raise InputError(f"Thing mask {tuple(thing.shape)} is not a multiple of grid {(h, w)}.")
+    grid_valid = None
+    if valid_shape is not None:
+        grid_valid = (-(-valid_shape[0] // stride), -(-valid_shape[1] // stride))
+    centers = find_centers(ctr_hmp, center_confidence_thr, nms_kernel, grid_valid)
+    ids = torch.zeros((height, width), dtype=torch.long, device=thing.device)
+    if centers.shape[0] == 0 or not bool(thing.any()):
+        return ids
+    if stride > 1:
+        cell_has_thing = F.max_pool2d(thing[None, None].float(), stride, stride)[0, 0] > 0
+    else:
+        cell_has_thing = thing
+    ys, xs = torch.nonzero(cell_has_thing, as_tuple=True)
+    off = offsets.reshape(2, h, w)[:, ys, xs].float().T * offset_scale
+    votes = torch.stack((_grid_positions(ys, stride), _grid_positions(xs, stride)), 1) + off
+    nearest = assign_to_centers(votes, _grid_positions(centers, stride))
+    grid = torch.zeros((h, w), dtype=torch.long, device=thing.device)
+    grid[ys, xs] = nearest + 1
+    if stride > 1:
+        grid = grid.repeat_interleave(stride, 0).repeat_interleave(stride, 1)
+    return torch.where(thing, grid, ids)
+
+
+def panoptic_labels(
+    sem_prob: torch.Tensor,
+    ctr_hmp: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    confidence_thr: float = 0.5,
+    center_confidence_thr: float = 0.1,
+    nms_kernel: int = 3,
+    thing_list: Sequence[int] = (1,),
+    labels: Sequence[int] = (1,),
+    label_divisor: int = 10000,
+    stuff_area: int = 64,
+    semantic_only: bool = False,
+    offset_scale: float = 1.0,
+    valid_shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Panoptic label image (H, W) int64 from semantic probabilities (C, H, W) and the
+    instance maps: thing instances get ``class_id * label_divisor + k`` (k = 1, 2, ... in
+    raster order of their first pixel), stuff classes ``class_id * label_divisor`` when at
+    least ``stuff_area`` pixels, background 0. With ``semantic_only`` the class ids alone.
+    The output is cropped to ``valid_shape`` when given.
+    """
+    cls = semantic_classes(sem_prob, confidence_thr, labels)
+    if valid_shape is not None:
+        cls[valid_shape[0] :, :] = 0
+        cls[:, valid_shape[1] :] = 0
+    if semantic_only:
+        out = cls
+    else:
+        things = torch.tensor(list(thing_list), device=cls.device, dtype=cls.dtype)
+        thing = torch.isin(cls, things)
+        inst = instance_ids(
+            thing,
+            ctr_hmp,
+            offsets,
+            center_confidence_thr=center_confidence_thr,
+            nms_kernel=nms_kernel,
+            offset_scale=offset_scale,
+            valid_shape=valid_shape,
+        )
+        out = _merge_semantic_and_instances(cls, thing, inst, label_divisor, stuff_area)
+    if valid_shape is not None:
+        out = out[: valid_shape[0], : valid_shape[1]]
+    return out
+
+
+def _merge_semantic_and_instances(
+    cls: torch.Tensor,
+    thing: torch.Tensor,
+    inst: torch.Tensor,
+    label_divisor: int,
+    stuff_area: int,
+) -> torch.Tensor:
+    out = torch.zeros_like(cls)
+    has_inst = inst > 0
+    if bool(has_inst.any()):
+        flat_inst = inst[has_inst]
+        flat_cls = cls[has_inst]
+        # Consecutive instance numbers in raster order of each instance's first pixel.
+        uniq, first = _unique_first(flat_inst)
+        order = torch.argsort(first)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(1, order.numel() + 1, device=order.device)
+        k = rank[torch.searchsorted(uniq, flat_inst)]
+        # One class per instance: the majority class of its pixels (matters for C > 1).
+        n_cls = int(cls.max()) + 1
+        votes = torch.bincount(k * n_cls + flat_cls, minlength=(uniq.numel() + 1) * n_cls)
+        inst_cls = votes.reshape(-1, n_cls).argmax(dim=1)
+        out[has_inst] = inst_cls[k] * label_divisor + k
+    stuff = (cls > 0) & ~thing
+    if bool(stuff.any()):
+        areas = torch.bincount(cls[stuff])
+        keep = areas[cls[stuff]] >= stuff_area
+        out[stuff] = torch.where(keep, cls[stuff] * label_divisor, torch.zeros_like(cls[stuff]))
+    return out
+
+
+def _unique_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values and the index of each one's first occurrence."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    positions = torch.arange(values.numel(), device=values.device)
+    first = torch.full((uniq.numel(),), values.numel(), dtype=torch.long, device=values.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return uniq, first
+
+
+# ----------------------------------------------------------------------------------------
+# Label clean-up (numpy / scipy; 2D or 3D)
+
+
+def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill the holes of every instance (a new array).
+
+    A hole is a background region not connected to the image border; it is filled with the
+    id of the instance around it when exactly one instance borders it (a gap enclosed by two
+    touching instances belongs to neither and stays background).
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    fg = labels > 0
+    holes = ndi.binary_fill_holes(fg) & ~fg
+    hole_ids, n_holes = ndi.label(holes)
+    if n_holes == 0:
+        return out
+    hole_list, label_list = [], []
+    for axis in range(labels.ndim):  # pairs (hole, neighbouring label) along each axis
+        for a, b in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            sa = [slice(None)] * labels.ndim
+            sb = [slice(None)] * labels.ndim
+            sa[axis], sb[axis] = a, b
+            h, lab = hole_ids[tuple(sa)], labels[tuple(sb)]
+            sel = (h > 0) & (lab > 0)
+            hole_list.append(h[sel])
+            label_list.append(lab[sel])
+    pairs = np.unique(
+        np.stack([np.concatenate(hole_list), np.concatenate(label_list).astype(np.int64)]),
+        axis=1,
+    )
+    n_neighbours = np.bincount(pairs[0], minlength=n_holes + 1)
+    fill = np.zeros(n_holes + 1, dtype=labels.dtype)
+    single = n_neighbours[pairs[0]] == 1
+    fill[pairs[0][single]] = pairs[1][single]
+    mask = hole_ids > 0
+    out[mask] = fill[hole_ids[mask]]
+    return out
+
+
+def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
+    """Give every disconnected fragment of an instance its own id (a new array).
+
+    The largest fragment keeps the original id; the others get new ids of the same class
+    (``class_id * label_divisor + k`` with k above the class's current maximum), so new ids
+    never collide with existing ones. Connectivity is face-only (4 in 2D, 6 in 3D).
+    """
+    from skimage.measure import label as cc_label
+
+    labels = np.asarray(labels)
+    comps = cc_label(labels, background=0, connectivity=1)
+    n = int(comps.max())
+    if n == 0:
+        return labels.copy()
+    fg = comps > 0
+    orig = np.zeros(n + 1, dtype=np.int64)
+    orig[comps[fg]] = labels[fg]
+    sizes = np.bincount(comps[fg], minlength=n + 1)
+    comp_ids = np.arange(1, n + 1)
+    # Sort fragments by (original id, size descending): the first of each id keeps it.
+    order = np.lexsort((-sizes[1:], orig[1:]))
+    sorted_orig = orig[1:][order]
+    keeps = np.ones(n, dtype=bool)
+    keeps[1:] = sorted_orig[1:] != sorted_orig[:-1]
+    new_label = np.zeros(n + 1, dtype=np.int64)
+    new_label[comp_ids[order][keeps]] = sorted_orig[keeps]
+    extra = comp_ids[order][~keeps]
+    if extra.size:
+        divisor = max(1, int(label_divisor))
+        extra_cls = orig[extra] // divisor
+        all_ids = np.unique(labels[fg]).astype(np.int64)
+        for c in np.unique(extra_cls):  # loop over classes (a handful), not instances
+            members = extra[extra_cls == c]
+            in_class = all_ids[all_ids // divisor == c]
+            start = int(in_class.max() % divisor if c > 0 else in_class.max()) + 1
+            new_label[members] = c * divisor + start + np.arange(members.size)
+    out_dtype = np.result_type(labels.dtype, np.min_scalar_type(int(new_label.max())))
+    return new_label[comps].astype(out_dtype)

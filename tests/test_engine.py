@@ -1,0 +1,182 @@
+"""The 2D engine with a toy TorchScript model whose right answer is known."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from empanada_napari.core.errors import Cancelled, InputError, ModelFileError
+from empanada_napari.core.inference.engine import Engine2D, InferenceSettings, segment_2d
+from empanada_napari.core.metrics import instance_scores
+from empanada_napari.core.models.loading import load_model
+
+from .conftest import disk_image
+
+# Disk centres on grid-cell centres (4i + 1.5) so the toy heat-map has a single peak each.
+CENTRES = [(33.5, 33.5), (33.5, 101.5), (121.5, 61.5), (149.5, 181.5), (45.5, 201.5)]
+
+
+@pytest.fixture(scope="module")
+def disks():
+    return disk_image((200, 230), CENTRES, 14)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"fine_boundaries": True},
+        {"downsample": 2},
+        {"downsample": 2, "fine_boundaries": True},
+        {"tile_size": 96, "tile_overlap": 32},
+        {"batch_size": 1},
+    ],
+    ids=["coarse", "fine", "down2", "down2-fine", "tiled", "bs1"],
+)
+def test_disks_are_recovered(toy_model, disks, params):
+    image, truth = disks
+    labels = Engine2D(toy_model, **params).segment(image)
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    assert set(np.unique(labels)) == {0, *range(10001, 10001 + len(CENTRES))}
+    scores = instance_scores(labels, truth)
+    # The toy's semantic map is at 1/4 of its input, so at downsample 2 edges are coarser.
+    assert scores["f1@0.75" if params.get("downsample", 1) == 1 else "f1@0.5"] == 1.0
+    assert scores["semantic_iou"] > (0.9 if params.get("downsample", 1) == 1 else 0.8)
+
+
+def test_tiled_equals_untiled(toy_model, disks):
+    image, _ = disks
+    big = np.tile(image, (2, 2))
+    whole = Engine2D(toy_model).segment(big)
+    tiled = Engine2D(toy_model, tile_size=160, tile_overlap=64).segment(big)
+    assert np.array_equal(whole, tiled)
+    assert len(np.unique(whole)) == 4 * len(CENTRES) + 1
+
+
+def test_batched_equals_single(toy_model, disks):
+    image, _ = disks
+    stack = np.stack([image, np.flipud(image), np.fliplr(image)])
+    engine = Engine2D(toy_model, batch_size=3)
+    batched = engine.segment_stack(stack)
+    for i in range(3):
+        assert np.array_equal(batched[i], Engine2D(toy_model).segment(stack[i]))
+
+
+def test_label_divisor_semantic_only_and_fill_holes(toy_model, disks):
+    image, truth = disks
+    labels = Engine2D(toy_model, label_divisor=1000).segment(image)
+    assert labels.max() == 1000 + len(CENTRES)
+    sem = Engine2D(toy_model, semantic_only=True).segment(image)
+    assert set(np.unique(sem)) == {0, 1}
+    holed = image.copy()
+    holed[28:40, 28:40] = 200  # a bright hole in the middle of the first disk
+    plain = Engine2D(toy_model, fine_boundaries=True).segment(holed)
+    filled = Engine2D(toy_model, fine_boundaries=True, fill_holes=True).segment(holed)
+    assert (plain[32:36, 32:36] == 0).all()
+    assert (filled[32:36, 32:36] == filled[20, 33]).all() and filled[20, 33] > 0
+
+
+def test_progress_and_cancel_keep_finished_slices(toy_model, disks):
+    image, _ = disks
+    stack = np.stack([image] * 5)
+    calls = []
+    out = np.zeros(stack.shape, np.uint32)
+    cancel = threading.Event()
+
+    def progress(done, total):
+        calls.append((done, total))
+        if done >= 2:
+            cancel.set()
+
+    engine = Engine2D(toy_model, batch_size=2)
+    with pytest.raises(Cancelled, match="after 2 of 5"):
+        engine.segment_stack(stack, out=out, progress=progress, cancel=cancel)
+    assert calls == [(2, 5)]
+    assert out[:2].max() > 0 and out[2:].max() == 0  # finished slices are kept
+
+
+def test_segment_2d_accepts_stacks_and_dask(toy_model, disks):
+    import dask.array as da
+
+    image, _ = disks
+    stack = da.from_array(np.stack([image, image]), chunks=(1, 100, 100))
+    labels = segment_2d(stack, toy_model)
+    assert isinstance(labels, np.ndarray) and labels.shape == stack.shape
+    assert np.array_equal(labels[0], labels[1])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((64, 64, 3), np.uint8), "RGB"),
+        (np.zeros((2, 2, 64, 64), np.uint8), "dimensions"),
+        (np.full((64, 64), np.nan, np.float32), "NaN"),
+        (np.zeros((64, 64), bool), "bool"),
+    ],
+)
+def test_bad_images(toy_model, bad, message):
+    with pytest.raises(InputError, match=message):
+        segment_2d(bad, toy_model)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"downsample": 3}, "power of two"),
+        ({"confidence_thr": 1.5}, "confidence_thr"),
+        ({"tile_size": 100, "tile_overlap": 64}, "tile_size"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_settings(toy_model, params, message):
+    with pytest.raises(InputError, match=message):
+        Engine2D(toy_model, **params)
+
+
+def test_empty_and_constant_images(toy_model):
+    assert Engine2D(toy_model).segment(np.full((50, 70), 255, np.uint8)).max() == 0
+    assert Engine2D(toy_model).segment(np.zeros((50, 70), np.float32)).max() == 0
+
+
+def test_model_cache_and_corrupt_file(toy_model_file, tmp_path):
+    assert load_model(toy_model_file, "cpu") is load_model(toy_model_file, "cpu")
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(toy_model_file.read_bytes()[:500])
+    with pytest.raises(ModelFileError, match="corrupt, truncated"):
+        load_model(bad, "cpu")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.pth", "cpu")
+
+
+def test_model_that_cannot_batch_falls_back_to_single(tmp_path, disks):
+    from .conftest import build_toy_model
+
+    class FirstOnly(torch.nn.Module):
+        """Mimics a per-image PointRend: only the first image of a batch is right."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.padding_factor = 16
+
+        def forward(self, x: torch.Tensor, render_steps: int = 2, interpolate_ins: bool = True):
+            out = self.inner(x[:1], render_steps, interpolate_ins)
+            return {k: v.expand(x.shape[0], -1, -1, -1) for k, v in out.items()}
+
+    path = tmp_path / "first_only.pth"
+    torch.jit.save(torch.jit.script(FirstOnly(build_toy_model())), str(path))
+    model = load_model(path, "cpu")
+    assert not model.supports_batch
+    image, _ = disks
+    stack = np.stack([image, np.flipud(image)])
+    labels = Engine2D(model, batch_size=4).segment_stack(stack)
+    assert not np.array_equal(labels[0], labels[1])
+    assert np.array_equal(labels[1], Engine2D(model).segment(stack[1]))
+
+
+def test_settings_round_trip():
+    s = InferenceSettings(confidence_thr=0.3, downsample=4)
+    assert InferenceSettings(**s.to_dict()) == s
