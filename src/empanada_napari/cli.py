@@ -21,6 +21,11 @@ def _add_segment(sub) -> None:
         "uint32 labels to OUTPUT (.tif or .zarr).",
     )
     p.add_argument("input", nargs="?", help="image file (.tif, .tiff, .png) or .zarr")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="segment the bundled real EM sample (16 x 512 x 512 FIB-SEM) instead",
+    )
     p.add_argument("-o", "--output", required=True, help="labels output (.tif/.tiff/.zarr)")
     p.add_argument("--key", help="array inside a zarr group (default: level 0 / the only one)")
     p.add_argument("--model", default="default", help="registry name or model file (.pth/.yaml)")
@@ -101,6 +106,57 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--thresholds", default="0.5,0.75", help="IoU thresholds, comma separated")
 
 
+def _add_training_args(p) -> None:
+    p.add_argument(
+        "--data", required=True, help="dataset folder (<data>/<source>/images|masks/<name>.tiff)"
+    )
+    p.add_argument("--name", required=True, help="register the trained model under this name")
+    p.add_argument("--output", help="folder for the .pth + .yaml (default: a temporary folder)")
+    p.add_argument("--val-data", help="dataset folder scored every --val-every iterations")
+    p.add_argument("--val-every", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.003, help="peak one-cycle learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="finetune a model on a dataset of corrected patches",
+        description="Train a TorchScript model in place on DATA (encoder frozen by default), "
+        "save it and register it as NAME.",
+    )
+    p.add_argument("--model", default="default", help="registry name or model file")
+    p.add_argument(
+        "--unfreeze",
+        default="",
+        help="encoder stages to train, e.g. layer4 or layer3,layer4 (stem, layer1-4)",
+    )
+    p.add_argument("--train-encoder", action="store_true", help="train the whole encoder")
+    _add_training_args(p)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from scratch",
+        description="Train one of the package's architectures from scratch on DATA, save it "
+        "and register it as NAME.",
+    )
+    p.add_argument(
+        "--architecture",
+        default="panoptic_lite",
+        help="panoptic_lite (CPU-friendly), panoptic_deeplab_pr or panoptic_bifpn_pr",
+    )
+    p.add_argument("--encoder", help="resnet18, resnet34 or resnet50 (default per architecture)")
+    p.add_argument("--pretrained", help="encoder weights: 'cem1.5m', a file or a URL")
+    _add_training_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     from . import __version__
@@ -114,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_models(sub)
     _add_evaluate(sub)
+    _add_finetune(sub)
+    _add_train(sub)
     return parser
 
 
@@ -139,8 +197,14 @@ def _segment(args) -> int:
         raise InputError(
             f"--mode {args.mode} (3D inference) is not available in this version; use --mode 2d."
         )
+    if args.sample:
+        if args.input is not None:
+            raise InputError("Give either INPUT or --sample, not both.")
+        from ._sample_data import sample_path
+
+        args.input = str(sample_path())
     if args.input is None:
-        raise InputError("Give an INPUT image.")
+        raise InputError("Give an INPUT image (or --sample for the bundled one).")
     output = Path(args.output)
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"OUTPUT must end in .tif, .tiff or .zarr, got {output.name}.")
@@ -229,6 +293,105 @@ def _models(args) -> int:
     return 0
 
 
+def _training_inputs(args):
+    from .core.training import PatchDataset, find_pairs
+
+    dataset = PatchDataset(args.data, patch_size=args.patch_size, seed=args.seed)
+    val = None
+    if args.val_data:
+        import tifffile
+
+        pairs = find_pairs(args.val_data)
+        val = ([tifffile.imread(i) for i, _ in pairs], [tifffile.imread(m) for _, m in pairs])
+    return dataset, val
+
+
+def _train_progress(total: int, disable: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="train", unit="it", file=sys.stderr, disable=disable)
+
+    def update(it: int, _total: int, record: dict) -> None:
+        bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
+        bar.update(it - bar.n)
+
+    return bar, update
+
+
+def _report_training(result) -> None:
+    last = result.history[-1] if result.history else {}
+    print(
+        json.dumps(
+            {
+                "name": result.name,
+                "model": str(result.model_path),
+                "config": str(result.config_path),
+                "minutes": round(result.seconds / 60, 2),
+                "iterations": result.iterations,
+                "final_loss": last.get("total"),
+                "validation": result.validation,
+            },
+            indent=2,
+        )
+    )
+
+
+def _finetune(args) -> int:
+    from .core.training import finetune
+
+    dataset, val = _training_inputs(args)
+    bar, update = _train_progress(args.iterations, args.no_progress)
+    try:
+        result = finetune(
+            args.model,
+            dataset,
+            name=args.name,
+            output_dir=args.output,
+            val=val,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            val_every=args.val_every,
+            freeze_encoder=not args.train_encoder,
+            unfreeze=args.unfreeze,
+            progress=update,
+        )
+    finally:
+        bar.close()
+    _report_training(result)
+    return 0
+
+
+def _train(args) -> int:
+    from .core.training import train
+
+    dataset, val = _training_inputs(args)
+    bar, update = _train_progress(args.iterations, args.no_progress)
+    try:
+        result = train(
+            args.architecture,
+            dataset,
+            name=args.name,
+            encoder=args.encoder,
+            pretrained=args.pretrained,
+            output_dir=args.output,
+            val=val,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            val_every=args.val_every,
+            progress=update,
+        )
+    finally:
+        bar.close()
+    _report_training(result)
+    return 0
+
+
 def _evaluate(args) -> int:
     import numpy as np
 
@@ -261,7 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .core.errors import Cancelled, EmpanadaError
 
-    handlers = {"segment": _segment, "models": _models, "evaluate": _evaluate}
+    handlers = {
+        "segment": _segment,
+        "models": _models,
+        "evaluate": _evaluate,
+        "finetune": _finetune,
+        "train": _train,
+    }
     try:
         return handlers[args.command](args)
     except Cancelled as err:

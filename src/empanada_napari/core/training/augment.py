@@ -1,0 +1,177 @@
+"""Joint random augmentation of a normalised EM patch and its instance mask (numpy/scipy only).
+
+:func:`random_augment` transforms the image and the mask together, before any target is built,
+so heat-maps and offsets computed afterwards follow the transformed objects. The mask is always
+resampled with nearest neighbour (order 0), so instance ids are kept and never blended; the
+image is resampled bilinearly (order 1). Areas that come from outside the input are filled with
+0 in both: 0 is the model's mean grey after normalisation (what inference pads with) and the
+background label.
+
+What is drawn, per call (all independent):
+
+=====================  ====================================================================
+transform              probability and range
+=====================  ====================================================================
+horizontal flip        0.5 (``flips=True``)
+vertical flip          0.5 (``flips=True``)
+90-degree rotation     k * 90 degrees, k uniform in {0, 1, 2, 3} (``rotate=True``)
+free rotation          0.5 (``rotate=True``), angle uniform in [-45, 45) degrees; together
+                       with the 90-degree turns every orientation can occur
+scale (zoom)           0.5 when ``scale`` is a range, factor log-uniform in it (> 1
+                       magnifies: objects look larger); a fixed ``(s, s)`` always applies s
+brightness             always when ``brightness > 0``: a shift uniform in
+                       [-brightness, brightness] in [0, 1] intensity units, i.e.
+                       ``shift / norm_std`` in normalised units
+contrast               always when ``contrast > 0``: a factor uniform in
+                       [1 - contrast, 1 + contrast] applied around the patch mean
+=====================  ====================================================================
+
+The intensity changes apply to the whole output patch, padding included (padding then looks
+like a slightly brighter or darker mean grey, which is harmless).
+
+Flips and 90-degree turns are exact pixel permutations done with numpy. Free rotation and
+scaling are combined into one matrix and applied by a single
+:func:`scipy.ndimage.affine_transform` call per array, so the image is interpolated once. Only
+when neither is drawn is the output a pure crop/permutation of the input (no interpolation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+
+#: Probability of a free (non-90-degree) rotation when ``rotate=True``.
+P_FREE_ROTATION = 0.5
+#: Probability of a scale change when the ``scale`` range is not (1, 1).
+P_SCALE = 0.5
+#: Free rotations are drawn in [-MAX_FREE_ANGLE, MAX_FREE_ANGLE) degrees.
+MAX_FREE_ANGLE = 45.0
+#: The std of MitoNet's normalisation, the default for converting brightness to normalised units.
+DEFAULT_NORM_STD = 0.12765
+
+
+def region_size(
+    out_size: int, scale: tuple[float, float] = (0.75, 1.25), rotate: bool = True
+) -> int:
+    """Side of the square input region that covers an ``out_size`` output after any transform.
+
+    A patch of side ``P`` zoomed out by ``1/s`` and turned by 45 degrees reads from a square of
+    side ``P * sqrt(2) / s``; sampling that much real data around the patch centre keeps the
+    corners of rotated patches filled with image instead of padding. The result has the same
+    parity as ``out_size`` so the untransformed case is an exact centred crop.
+    """
+    zoom_out = 1.0 / min(1.0, float(min(scale)))
+    turn = math.sqrt(2.0) if rotate else 1.0
+    size = int(math.ceil(out_size * turn * zoom_out)) + 2
+    return size + ((size - out_size) % 2)
+
+
+def _centre_offset(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """Integer shift from output to input pixel indices that centres the output on the input."""
+    return np.array(
+        [(i - o) // 2 for i, o in zip(in_shape, out_shape, strict=True)], dtype=np.float64
+    )
+
+
+def _crop_or_pad(arr: np.ndarray, out_shape: tuple[int, int], shift: np.ndarray) -> np.ndarray:
+    """``out[o] = arr[o + shift]`` where that lies inside ``arr``, else 0 (no interpolation)."""
+    out = np.zeros(out_shape, dtype=arr.dtype)
+    src, dst = [], []
+    for n_in, n_out, d in zip(arr.shape, out_shape, shift.astype(int), strict=True):
+        lo, hi = max(0, -d), min(n_out, n_in - d)
+        if hi <= lo:
+            return out
+        dst.append(slice(lo, hi))
+        src.append(slice(lo + d, hi + d))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+def random_augment(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = (0.75, 1.25),
+    rotate: bool = True,
+    flips: bool = True,
+    brightness: float = 0.1,
+    contrast: float = 0.1,
+    out_size: int | None = None,
+    norm_std: float = DEFAULT_NORM_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly transform a normalised 2D ``image`` and its ``mask`` together.
+
+    Returns ``(image float32, mask of the input mask dtype)`` of shape ``(out_size, out_size)``
+    (default: the input shape), centred on the input centre. See the module docstring for the
+    probabilities; ``norm_std`` converts ``brightness`` from [0, 1] units to normalised units.
+    """
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 2 or image.shape != mask.shape:
+        raise InputError(
+            f"random_augment needs a 2D image and a mask of the same shape, got {image.shape} "
+            f"and {mask.shape}."
+        )
+    if mask.dtype.kind not in "ui":
+        raise InputError(f"The mask must have an integer dtype, got {mask.dtype}.")
+    lo_scale, hi_scale = (float(v) for v in scale)
+    if not (0 < lo_scale <= hi_scale):
+        raise InputError(f"scale must be (low, high) with 0 < low <= high, got {scale}.")
+    if brightness < 0 or not 0 <= contrast < 1 or norm_std <= 0:
+        raise InputError("brightness must be >= 0, contrast in [0, 1) and norm_std > 0.")
+    out_shape = image.shape if out_size is None else (int(out_size), int(out_size))
+    if min(out_shape) < 1:
+        raise InputError(f"out_size must be a positive integer, got {out_size}.")
+
+    # Exact transforms first: numpy views, no resampling and no extra copy.
+    if flips:
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[::-1, :], mask[::-1, :]
+    if rotate:
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+
+    angle = 0.0
+    if rotate and rng.random() < P_FREE_ROTATION:
+        angle = math.radians(rng.uniform(-MAX_FREE_ANGLE, MAX_FREE_ANGLE))
+    zoom = 1.0
+    if hi_scale > lo_scale and rng.random() < P_SCALE:
+        zoom = math.exp(rng.uniform(math.log(lo_scale), math.log(hi_scale)))
+    elif hi_scale == lo_scale:
+        zoom = lo_scale
+
+    shift = _centre_offset(image.shape, out_shape)
+    if angle == 0.0 and zoom == 1.0:
+        out_image = _crop_or_pad(image, out_shape, shift).astype(np.float32, copy=False)
+        out_mask = _crop_or_pad(mask, out_shape, shift)
+    else:
+        # Output pixel o reads input M @ (o - c) + c + shift, with c the output centre: a
+        # rotation by `angle` and a magnification by `zoom` about the patch centre.
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        matrix = np.array([[cos, -sin], [sin, cos]])
+        centre = (np.array(out_shape, dtype=np.float64) - 1.0) / 2.0
+        offset = centre + shift - matrix @ centre
+        common = dict(matrix=matrix, offset=offset, output_shape=out_shape, mode="constant")
+        out_image = ndimage.affine_transform(
+            np.ascontiguousarray(image, dtype=np.float32), order=1, cval=0.0, **common
+        )
+        out_mask = ndimage.affine_transform(
+            np.ascontiguousarray(mask), order=0, cval=0, output=mask.dtype, **common
+        )
+
+    if brightness > 0 or contrast > 0:
+        shift_value = rng.uniform(-brightness, brightness) / norm_std if brightness > 0 else 0.0
+        factor = rng.uniform(1.0 - contrast, 1.0 + contrast) if contrast > 0 else 1.0
+        mean = float(out_image.mean())
+        out_image = (out_image - np.float32(mean)) * np.float32(factor) + np.float32(
+            mean + shift_value
+        )
+
+    return np.ascontiguousarray(out_image, dtype=np.float32), np.ascontiguousarray(out_mask)

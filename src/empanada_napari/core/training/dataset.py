@@ -1,0 +1,512 @@
+"""Training data: the on-disk dataset format and a patch sampler for 2D panoptic training.
+
+Format (the same as the original empanada-napari plugin, so datasets move between the two)::
+
+    <dataset>/<source>/images/<name>.tiff   2D greyscale image (uint8 usually; any int/float)
+    <dataset>/<source>/masks/<name>.tiff    int32 2D instance labels, 0 = background
+
+Images and masks are paired by file name (stem) within each ``<source>`` folder; ``.tif``,
+``.tiff`` and ``.png`` are read, hidden files and anything else (``Thumbs.db``, ``notes.txt``)
+are ignored. A "flipbook" image is a short multi-page stack of consecutive slices (Z, H, W)
+whose 2D mask annotates the middle slice: it trains as its middle slice, and the whole stack is
+kept on the dataset record (``PatchDataset.records[i].stack``) for future 2.5D/3D use.
+
+:class:`PatchDataset` turns such a folder (or in-memory arrays) into random training patches
+normalised exactly like inference (:mod:`empanada_napari.core.preprocess`), augmented jointly
+with their masks (:mod:`.augment`) and paired with Panoptic-DeepLab targets (:mod:`.targets`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from ..preprocess import check_image, intensity_range, normalize
+from .augment import random_augment, region_size
+from .targets import panoptic_targets
+
+#: File suffixes read as images or masks (case-insensitive).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+#: MitoNet's normalisation (mean, std) of [0, 1] intensities.
+MITONET_NORMS = (0.57571, 0.12765)
+_INT32_MAX = np.iinfo(np.int32).max
+#: Keyword arguments of random_augment that PatchDataset(augment={...}) passes on.
+_AUGMENT_KEYS = frozenset({"scale", "rotate", "flips", "brightness", "contrast", "norm_std"})
+
+
+# --------------------------------------------------------------------------- reading & checks
+
+
+def _is_image_file(path: Path) -> bool:
+    return (
+        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _read_plane(path: Path) -> np.ndarray:
+    """Read a TIFF (any number of pages) or a greyscale PNG into memory."""
+    try:
+        if path.suffix.lower() == ".png":
+            from skimage.io import imread
+
+            arr = np.asarray(imread(str(path)))
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                # Greyscale saved as RGB(A) is common for PNG; anything else is not EM data.
+                if not (
+                    np.array_equal(arr[..., 0], arr[..., 1])
+                    and np.array_equal(arr[..., 0], arr[..., 2])
+                ):
+                    raise InputError(f"{path} is a colour PNG; EM images must be greyscale.")
+                arr = arr[..., 0]
+            return arr
+        import tifffile
+
+        return np.asarray(tifffile.imread(str(path)))
+    except InputError:
+        raise
+    except Exception as err:  # corrupt or truncated file: name it instead of a bare traceback
+        raise InputError(f"Cannot read {path}: {err}") from err
+
+
+def _check_mask(mask, what: str) -> np.ndarray:
+    """Return ``mask`` as a 2D non-negative integer array that fits int32."""
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"The {what} must be a 2D label image, got shape {arr.shape}.")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "ui":
+        raise InputError(f"The {what} must have an integer dtype, got {arr.dtype}.")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
+        raise InputError(f"The {what} must hold ids in 0..{_INT32_MAX} (0 = background).")
+    return arr
+
+
+def _check_pair(image, mask, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate one image/mask pair; return ``(2D image, 2D mask, flipbook stack or None)``."""
+    image = np.asarray(image)
+    check_image(image, ndim=(2, 3), what=f"{what} image")
+    mask = _check_mask(mask, f"{what} mask")
+    stack = None
+    if image.ndim == 3:
+        if image.shape[0] == 1:
+            image = image[0]
+        else:
+            # A flipbook: consecutive slices, the 2D mask annotates the middle one.
+            stack, image = image, image[image.shape[0] // 2]
+    if image.shape != mask.shape:
+        raise InputError(
+            f"The {what} image (plane {image.shape}) and mask ({mask.shape}) differ in shape."
+        )
+    return image, mask, stack
+
+
+def _index_folder(folder: Path) -> dict[str, Path]:
+    """Map stem -> path for the image files in ``folder`` (none if it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not _is_image_file(path):
+            continue
+        if path.stem in found:
+            raise InputError(
+                f"Both {found[path.stem].name} and {path.name} in {folder}: one name per pair."
+            )
+        found[path.stem] = path
+    return found
+
+
+def _source_dirs(root: Path) -> list[Path]:
+    """The ``<source>`` folders of a dataset; ``root`` itself if it has ``images/`` directly."""
+    if (root / "images").is_dir():
+        return [root]
+    return sorted(
+        d
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and (d / "images").is_dir()
+    )
+
+
+def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Return the sorted ``(image, mask)`` paths of a dataset folder.
+
+    Images without a mask (and masks without an image) are skipped with a warning; an
+    :class:`InputError` is raised when the folder does not exist or nothing pairs.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"Dataset folder {root} does not exist.")
+    pairs: list[tuple[Path, Path]] = []
+    unpaired: list[str] = []
+    for source in _source_dirs(root):
+        images = _index_folder(source / "images")
+        masks = _index_folder(source / "masks")
+        for stem in sorted(images):
+            if stem in masks:
+                pairs.append((images[stem], masks[stem]))
+            else:
+                unpaired.append(f"image {images[stem].relative_to(root)} has no mask")
+        unpaired += [
+            f"mask {masks[s].relative_to(root)} has no image"
+            for s in sorted(masks)
+            if s not in images
+        ]
+    if unpaired:
+        shown = "; ".join(unpaired[:5]) + (
+            f" (and {len(unpaired) - 5} more)" if len(unpaired) > 5 else ""
+        )
+        warnings.warn(
+            f"Skipping {len(unpaired)} unpaired file(s) in {root}: {shown}.", stacklevel=2
+        )
+    if not pairs:
+        raise InputError(
+            f"No image/mask pairs found in {root}: expected <source>/images/<name>.tiff with a "
+            "matching <source>/masks/<name>.tiff."
+        )
+    return pairs
+
+
+def _check_name(name: str, what: str) -> str:
+    name = str(name)
+    if not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip():
+        raise InputError(f"Invalid {what} {name!r}: use a plain, non-hidden file name.")
+    return name
+
+
+def write_dataset(
+    root: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    source: str = "data",
+    names: Sequence[str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write pairs as ``<root>/<source>/images/<name>.tiff`` and ``masks/<name>.tiff``.
+
+    Images keep their dtype (a 3D image with a 2D mask is written as a flipbook); masks are
+    written as int32. Names default to ``<source>_<i:04d>``. Everything is checked before the
+    first file is written; existing pairs raise :class:`InputError` unless ``overwrite``.
+    Returns the image paths (each mask has the same name under ``masks/``).
+    """
+    import tifffile
+
+    source = _check_name(source, "source name")
+    if len(images) != len(masks):
+        raise InputError(f"Got {len(images)} images but {len(masks)} masks.")
+    if len(images) == 0:
+        raise InputError("Nothing to write: no images given.")
+    if names is None:
+        names = [f"{source}_{i:04d}" for i in range(len(images))]
+    names = [_check_name(n, "file name") for n in names]
+    if len(names) != len(images):
+        raise InputError(f"Got {len(names)} names for {len(images)} images.")
+    if len(set(names)) != len(names):
+        raise InputError("File names must be unique.")
+
+    checked = []
+    for name, image, mask in zip(names, images, masks, strict=True):
+        _check_pair(image, mask, f"'{name}'")
+        checked.append((name, np.asarray(image), _check_mask(mask, f"'{name}' mask")))
+
+    image_dir = Path(root).expanduser() / source / "images"
+    mask_dir = image_dir.parent / "masks"
+    # Any image-suffixed file with the same stem counts as existing: a.tif next to a new
+    # a.tiff would make the pair ambiguous for find_pairs.
+    existing = [
+        p
+        for name, _, _ in checked
+        for folder in (image_dir, mask_dir)
+        for p in (folder / f"{name}{s}" for s in IMAGE_SUFFIXES)
+        if p.exists()
+    ]
+    if existing and not overwrite:
+        raise InputError(
+            f"{len(existing)} file(s) already exist, e.g. {existing[0]}; pass overwrite=True."
+        )
+    for path in existing:
+        path.unlink()
+
+    image_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, image, mask in checked:
+        image_path = image_dir / f"{name}.tiff"
+        tifffile.imwrite(image_path, image, compression="zlib")
+        tifffile.imwrite(mask_dir / f"{name}.tiff", mask.astype(np.int32), compression="zlib")
+        written.append(image_path)
+    return written
+
+
+def _read_pages(path: Path, z_range: tuple[int, int] | None) -> np.ndarray:
+    """Read a (Z, Y, X) TIFF, only the pages in ``z_range`` when given."""
+    import tifffile
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"Input {path} does not exist.")
+    with tifffile.TiffFile(str(path)) as tif:
+        shape = tif.series[0].shape
+        n_pages = len(tif.pages)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise InputError(f"{path} must be a 3D (Z, Y, X) stack, got shape {shape}.")
+    start, stop = (0, shape[0]) if z_range is None else (int(z_range[0]), int(z_range[1]))
+    if not 0 <= start < stop <= shape[0]:
+        raise InputError(f"z_range {z_range} is outside 0..{shape[0]} for {path}.")
+    if n_pages == shape[0]:  # one page per slice: read only the pages asked for
+        data = tifffile.imread(str(path), key=range(start, stop))
+        return data.reshape((stop - start, *shape[1:]))
+    return np.asarray(tifffile.imread(str(path))).reshape(shape)[start:stop]
+
+
+def load_volume_slices(
+    raw_path: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    z_range: tuple[int, int] | None = None,
+    *,
+    binary: bool | None = None,
+    connectivity: int = 1,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read a 3D raw TIFF and its labels as lists of 2D ``images`` and int32 ``masks``.
+
+    ``labels_path`` holds 2D instance ids per slice, or a binary mask (``binary=None`` detects
+    one: bool dtype or max <= 1), which is split into instances by 2D connected components per
+    slice (``connectivity`` 1 = 4-neighbours, 2 = 8). ``z_range=(start, stop)`` reads only those
+    slices. For non-uint8 volumes pass ``value_range=intensity_range(volume)`` to
+    :class:`PatchDataset` so every slice is normalised alike.
+    """
+    from skimage.measure import label
+
+    raw = _read_pages(Path(raw_path), z_range)
+    labels = _read_pages(Path(labels_path), z_range)
+    if raw.shape != labels.shape:
+        raise InputError(f"Raw {raw.shape} and labels {labels.shape} differ in shape.")
+    if labels.dtype.kind not in "uib":
+        raise InputError(f"Labels must be integer or boolean, got {labels.dtype}.")
+    if binary is None:
+        binary = labels.dtype == np.bool_ or int(labels.max()) <= 1
+    masks = []
+    for plane in labels:
+        if binary:
+            masks.append(label(plane > 0, connectivity=connectivity).astype(np.int32))
+        else:
+            masks.append(_check_mask(plane, "labels slice").astype(np.int32, copy=False))
+    return list(raw), masks
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+@dataclass
+class ImageRecord:
+    """One training image: the 2D plane, its mask, normalisation range and foreground."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    value_range: tuple[float, float]
+    foreground: np.ndarray  # flat indices of mask > 0, for foreground-centred sampling
+    stack: np.ndarray | None = None  # the full flipbook (Z, H, W) when the image was one
+
+
+class PatchDataset(Dataset):
+    """2D training samples: (image float32 normalised (1, P, P), targets dict) from a dataset
+    folder or in-memory arrays.
+
+    Sample ``index`` uses image ``index % len(records)`` (every image is visited equally often)
+    and a generator seeded with ``(seed, epoch, index)``, so a sample is reproducible and
+    changes when :meth:`set_epoch` is called. With probability ``foreground_fraction`` the patch
+    centre is a random foreground pixel moved by up to ``patch_size // 4`` (the pixel stays in
+    the patch, also after augmentation); otherwise it is uniform over the image. Patches stay
+    inside the image when the image is large enough; smaller images are padded with 0 (the
+    normalised mean grey) and background. ``augment`` is a bool or a mapping of keyword
+    arguments for :func:`~.augment.random_augment`.
+
+    Targets: ``sem`` (P, P), ``ctr_hmp`` (1, P, P), ``offsets`` (2, P, P), ``weight`` (P, P)
+    float32 and ``instances`` (P, P) int64 (the original ids), all tensors, so the default
+    torch collate batches them.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray] | str | Path,
+        masks: Sequence[np.ndarray] | None = None,
+        *,
+        patch_size: int = 256,
+        norms: tuple[float, float] = MITONET_NORMS,
+        foreground_fraction: float = 0.67,
+        augment: bool | Mapping = True,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        heatmap_sigma: float = 6.0,
+        value_range: tuple[float, float] | None = None,
+    ) -> None:
+        if int(patch_size) != patch_size or patch_size < 8:
+            raise InputError(f"patch_size must be an integer >= 8, got {patch_size}.")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise InputError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}.")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise InputError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}.")
+        if int(seed) != seed or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed}.")
+        if len(norms) != 2 or not norms[1] > 0:
+            raise InputError(f"norms must be (mean, std) with std > 0, got {norms}.")
+        if not heatmap_sigma > 0:
+            raise InputError(f"heatmap_sigma must be positive, got {heatmap_sigma}.")
+
+        if isinstance(images, (str, os.PathLike)):
+            if masks is not None:
+                raise InputError("Pass masks only with in-memory images, not with a folder.")
+            pairs = find_pairs(images)
+            names = [p[0].stem for p in pairs]
+            images = [_read_plane(p[0]) for p in pairs]
+            masks = [_read_plane(p[1]) for p in pairs]
+        else:
+            if masks is None:
+                raise InputError("In-memory images need masks.")
+            images, masks = list(images), list(masks)
+            if len(images) != len(masks):
+                raise InputError(f"Got {len(images)} images but {len(masks)} masks.")
+            names = [f"image_{i:04d}" for i in range(len(images))]
+        if not images:
+            raise InputError("The dataset has no images.")
+
+        self.patch_size = int(patch_size)
+        self.norms = (float(norms[0]), float(norms[1]))
+        self.foreground_fraction = float(foreground_fraction)
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = int(seed)
+        self.epoch = 0
+        self.heatmap_sigma = float(heatmap_sigma)
+        self.augment_kwargs: dict | None = None
+        if augment:
+            self.augment_kwargs = dict(augment) if isinstance(augment, Mapping) else {}
+            unknown = set(self.augment_kwargs) - _AUGMENT_KEYS
+            if unknown:
+                # Caught here rather than as a TypeError inside a DataLoader worker.
+                raise InputError(
+                    f"Unknown augmentation option(s) {sorted(unknown)}; "
+                    f"expected some of {sorted(_AUGMENT_KEYS)}."
+                )
+            self.augment_kwargs.setdefault("norm_std", self.norms[1])
+
+        self.records: list[ImageRecord] = []
+        for name, image, mask in zip(names, images, masks, strict=True):
+            plane, mask2d, stack = _check_pair(image, mask, f"'{name}'")
+            # One range per source image (the whole flipbook for a stack), computed once here
+            # so every patch of an image is normalised exactly like inference would.
+            vrange = value_range or intensity_range(stack if stack is not None else plane)
+            self.records.append(
+                ImageRecord(
+                    name,
+                    plane,
+                    mask2d,
+                    (float(vrange[0]), float(vrange[1])),
+                    np.flatnonzero(mask2d),
+                    stack,
+                )
+            )
+
+        if self.augment_kwargs is not None:
+            self._region = region_size(
+                self.patch_size,
+                scale=self.augment_kwargs.get("scale", (0.75, 1.25)),
+                rotate=self.augment_kwargs.get("rotate", True),
+            )
+        else:
+            self._region = self.patch_size
+        # Without augmentation, clamping the centre into the image keeps a foreground pixel
+        # within P/4 of it inside the patch. Rotation and zoom move pixels away from the centre
+        # (by sqrt(2) * zoom at most), so then the centre must also stay this close (per axis)
+        # to the chosen pixel for it to remain in the patch.
+        self._fg_reach: int | None = None
+        if self.augment_kwargs is not None:
+            zoom = max(1.0, float(max(self.augment_kwargs.get("scale", (0.75, 1.25)))))
+            turn = math.sqrt(2.0) if self.augment_kwargs.get("rotate", True) else 1.0
+            self._fg_reach = max(0, int((self.patch_size / 2 - 1) / (turn * zoom)))
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: the same index draws a different patch in each epoch."""
+        if int(epoch) != epoch or epoch < 0:
+            raise InputError(f"epoch must be a non-negative integer, got {epoch}.")
+        self.epoch = int(epoch)
+
+    def _centre(self, rec: ImageRecord, rng: np.random.Generator) -> tuple[int, int]:
+        """Pick the patch centre pixel (see the class docstring)."""
+        half, jitter = self.patch_size // 2, self.patch_size // 4
+        centre = []
+        # Centres that keep [c - half, c - half + P) inside the image; a too small image gets
+        # the one centre that pads it evenly.
+        bounds = []
+        for n in rec.image.shape:
+            lo, hi = half, n - self.patch_size + half
+            if hi < lo:
+                lo = hi = (n - self.patch_size) // 2 + half
+            bounds.append((lo, hi))
+        if rec.foreground.size and rng.random() < self.foreground_fraction:
+            pixel = np.unravel_index(
+                rec.foreground[rng.integers(rec.foreground.size)], rec.image.shape
+            )
+            for p, (lo, hi) in zip(pixel, bounds, strict=True):
+                c = int(np.clip(p + rng.integers(-jitter, jitter + 1), lo, hi))
+                if self._fg_reach is not None:
+                    # Keeping the pixel in the augmented patch wins over staying inside the
+                    # image (the augmented region reaches past the image border anyway).
+                    c = int(np.clip(c, p - self._fg_reach, p + self._fg_reach))
+                centre.append(c)
+        else:
+            centre = [int(rng.integers(lo, hi + 1)) for lo, hi in bounds]
+        return centre[0], centre[1]
+
+    def _region_at(self, rec: ImageRecord, cy: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image and int32 mask of the square region centred on (cy, cx)."""
+        size = self._region
+        top, left = cy - size // 2, cx - size // 2
+        h, w = rec.image.shape
+        y0, y1 = max(0, top), min(h, top + size)
+        x0, x1 = max(0, left), min(w, left + size)
+        image = np.zeros((size, size), dtype=np.float32)  # 0 = normalised mean grey
+        mask = np.zeros((size, size), dtype=np.int32)
+        if y1 > y0 and x1 > x0:
+            dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+            image[dst] = normalize(rec.image[y0:y1, x0:x1], *self.norms, rec.value_range)
+            mask[dst] = rec.mask[y0:y1, x0:x1]
+        return image, mask
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        rec = self.records[index % len(self.records)]
+        cy, cx = self._centre(rec, rng)
+        image, mask = self._region_at(rec, cy, cx)
+        if self.augment_kwargs is not None:
+            image, mask = random_augment(
+                image, mask, rng, out_size=self.patch_size, **self.augment_kwargs
+            )
+        targets = panoptic_targets(mask, sigma=self.heatmap_sigma)
+        sample = {
+            "sem": torch.from_numpy(targets["sem"]),
+            "ctr_hmp": torch.from_numpy(targets["ctr_hmp"]),
+            "offsets": torch.from_numpy(targets["offsets"]),
+            "instances": torch.from_numpy(mask.astype(np.int64)),
+            "weight": torch.ones(mask.shape, dtype=torch.float32),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image)[None]), sample

@@ -1,0 +1,245 @@
+"""Loss, finetune and train loops on tiny real crops (tests/data)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from empanada_napari.core.errors import Cancelled, InputError, ModelError
+from empanada_napari.core.models.architectures import build_model
+from empanada_napari.core.models.registry import get_registry
+from empanada_napari.core.training import (
+    PanopticLoss,
+    PatchDataset,
+    finetune,
+    load_encoder_weights,
+    panoptic_targets,
+    train,
+    write_dataset,
+)
+
+from .conftest import DATA
+
+SMALL = {"width": 8, "decoder_channels": 16, "point_hidden_channels": 16}
+
+
+@pytest.fixture(scope="module")
+def crop():
+    raw = tifffile.imread(DATA / "lucchi_crop_raw.tif")
+    inst = tifffile.imread(DATA / "lucchi_crop_instances_2d.tif").astype(np.int32)
+    return raw, inst
+
+
+@pytest.fixture
+def fixed_dataset(crop):
+    raw, inst = crop
+    return PatchDataset(
+        list(raw[:2]),
+        list(inst[:2]),
+        patch_size=128,
+        augment=False,
+        foreground_fraction=1.0,
+        samples_per_epoch=4,
+        seed=1,
+    )
+
+
+@pytest.fixture
+def small_model_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "small.pth"
+    torch.jit.save(torch.jit.script(build_model("panoptic_lite", **SMALL).eval()), str(path))
+    return path
+
+
+def test_loss_is_zero_ish_for_perfect_maps_and_positive_otherwise(crop):
+    _, inst = crop
+    t = panoptic_targets(inst[0])
+    assert t["sem"].sum() > 1000  # the crop has mitochondria
+    targets = {
+        "sem": torch.from_numpy(t["sem"])[None],
+        "ctr_hmp": torch.from_numpy(t["ctr_hmp"])[None],
+        "offsets": torch.from_numpy(t["offsets"])[None],
+    }
+    perfect = {
+        "sem_logits": (targets["sem"][:, None] * 40 - 20),
+        "ctr_hmp": targets["ctr_hmp"].clone(),
+        "offsets": targets["offsets"].clone(),
+    }
+    losses = PanopticLoss()(perfect, targets)
+    assert float(losses["total"]) < 1e-6 and "pr" not in losses
+    wrong = dict(perfect, offsets=perfect["offsets"] + 2.0)
+    # Offsets off by 2 px everywhere: L1 = 2 per foreground pixel, weighted by 0.01.
+    assert float(PanopticLoss()(wrong, targets)["l1"]) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_loss_decreases_on_a_real_crop(fixed_dataset):
+    result = train(
+        "panoptic_lite",
+        fixed_dataset,
+        name="tiny",
+        arch_kwargs=SMALL,
+        iterations=24,
+        batch_size=4,
+        lr=0.003,
+        register=False,
+        device="cpu",
+    )
+    losses = [h["total"] for h in result.history]
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
+    assert {"ce", "mse", "l1", "pr", "lr"} <= set(result.history[0])
+
+
+def test_finetune_saves_a_changed_torchscript_model_and_registers_it(
+    small_model_file, fixed_dataset, tmp_path
+):
+    original = torch.jit.load(str(small_model_file))
+    result = finetune(
+        small_model_file,
+        fixed_dataset,
+        name="tuned",
+        output_dir=tmp_path / "out",
+        iterations=3,
+        batch_size=2,
+        device="cpu",
+    )
+    reloaded = torch.jit.load(str(result.model_path))
+    x = torch.randn(1, 1, 64, 64)
+    with torch.inference_mode():
+        a, b = original(x, 2, True), reloaded(x, 2, True)
+    assert not torch.allclose(a["sem_logits"], b["sem_logits"])
+    before, after = dict(original.named_parameters()), dict(reloaded.named_parameters())
+    # Frozen encoder (the default) is unchanged, BN statistics included; the heads moved.
+    for key in before:
+        if key.startswith("encoder."):
+            assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["center_head.weight"], after["center_head.weight"])
+    bn_before = dict(original.named_buffers())["encoder.layer1.0.bn1.running_mean"]
+    assert torch.equal(
+        bn_before, dict(reloaded.named_buffers())["encoder.layer1.0.bn1.running_mean"]
+    )
+    config = yaml.safe_load(result.config_path.read_text())
+    assert config["model"] == "tuned.pth" and config["padding_factor"] == 32
+    assert config["FINETUNE"]["criterion"] == "PanopticLoss"
+    assert "tuned" in get_registry().names()
+
+
+def test_unfreeze_trains_only_the_chosen_stage(small_model_file, fixed_dataset):
+    original = dict(torch.jit.load(str(small_model_file)).named_parameters())
+    result = finetune(
+        small_model_file,
+        fixed_dataset,
+        name="l4",
+        unfreeze="layer4",
+        iterations=3,
+        batch_size=2,
+        register=False,
+        device="cpu",
+    )
+    tuned = dict(result.module.named_parameters())
+    changed = {
+        k.split(".")[1]
+        for k in original
+        if k.startswith("encoder.") and not torch.equal(original[k], tuned[k])
+    }
+    assert changed == {"layer4"}
+
+
+def test_cancel_stops_and_keeps_a_checkpoint(small_model_file, fixed_dataset, tmp_path):
+    cancel = threading.Event()
+
+    def progress(it, total, record):
+        if it == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="after 2 of 50"):
+        finetune(
+            small_model_file,
+            fixed_dataset,
+            name="c",
+            output_dir=tmp_path,
+            iterations=50,
+            batch_size=2,
+            progress=progress,
+            cancel=cancel,
+            device="cpu",
+        )
+    assert torch.jit.load(str(tmp_path / "c.checkpoint.pth")) is not None
+    assert not (tmp_path / "c.pth").exists()
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"unfreeze": "layer9"}, "Unknown encoder stage"),
+        ({"iterations": 0}, "iterations"),
+        ({"lr": 5.0}, "lr"),
+    ],
+)
+def test_bad_training_settings(small_model_file, fixed_dataset, params, message):
+    with pytest.raises(InputError, match=message):
+        finetune(small_model_file, fixed_dataset, name="x", register=False, **params)
+
+
+def test_unknown_architecture(fixed_dataset):
+    with pytest.raises(InputError, match="panoptic_lite"):
+        train("unet_magic", fixed_dataset, name="x", register=False)
+
+
+def test_encoder_weights_load_with_prefixes_and_norms(tmp_path):
+    source = build_model("panoptic_lite", **SMALL)
+    state = {f"module.{k}": v.clone() + 1.0 for k, v in source.encoder.state_dict().items()}
+    state["module.fc.weight"] = torch.zeros(10, 64)  # classifier weights are dropped
+    ckpt = tmp_path / "cem.pth.tar"
+    torch.save({"state_dict": state, "norms": {"mean": 0.5, "std": 0.2}}, ckpt)
+    target = build_model("panoptic_lite", **SMALL)
+    norms = load_encoder_weights(target, ckpt)
+    assert norms == {"mean": 0.5, "std": 0.2}
+    for k, v in target.encoder.state_dict().items():
+        assert torch.equal(v, state[f"module.{k}"]), k
+    wrong = build_model("panoptic_lite", width=16, decoder_channels=16)
+    with pytest.raises(ModelError):
+        load_encoder_weights(wrong, ckpt)
+
+
+def test_cli_finetune_on_a_dataset_folder(small_model_file, crop, tmp_path, capsys):
+    import json
+
+    from empanada_napari.cli import main
+
+    raw, inst = crop
+    write_dataset(tmp_path / "ds", list(raw[:3]), list(inst[:3]), source="lucchi")
+    (tmp_path / "ds" / "lucchi" / "images" / "Thumbs.db").write_bytes(b"x")
+    code = main(
+        [
+            "finetune",
+            "--model",
+            str(small_model_file),
+            "--data",
+            str(tmp_path / "ds"),
+            "--name",
+            "cli_tuned",
+            "--iterations",
+            "2",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "128",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--val-data",
+            str(tmp_path / "ds"),
+            "--val-every",
+            "2",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["iterations"] == 2 and "f1@0.5" in report["validation"][0]
+    assert "cli_tuned" in get_registry().names()
