@@ -166,24 +166,48 @@ def test_segment_with_registered_name(toy_model_file, disks_tif, tmp_path):
     assert tifffile.imread(out).max() > 0
 
 
-def test_3d_modes_refuse_clearly(toy_model_file, disks_tif, tmp_path, capsys):
+def test_stack_mode_and_ortho_refusal(toy_model_file, disks_tif, tmp_path, capsys):
     src, _ = disks_tif
+    out = tmp_path / "s.tif"
     assert (
         main(
             [
                 "segment",
                 str(src),
                 "-o",
-                str(tmp_path / "s.tif"),
+                str(out),
                 "--mode",
                 "stack",
+                "--min-size",
+                "10",
+                "--min-extent",
+                "1",
+                "--model",
+                str(toy_model_file),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    labels = tifffile.imread(out)
+    # Two slices of the same disks (the second flipped): objects present in both slices link.
+    assert labels.shape == (2, 160, 140) and json.loads(capsys.readouterr().out)["objects"] >= 3
+    assert (
+        main(
+            [
+                "segment",
+                str(src),
+                "-o",
+                str(tmp_path / "o.tif"),
+                "--mode",
+                "ortho",
                 "--model",
                 str(toy_model_file),
             ]
         )
         == 2
     )
-    assert "--mode stack" in capsys.readouterr().err
+    assert "--mode ortho" in capsys.readouterr().err
 
 
 def test_evaluate_per_slice_with_binary_gt(tmp_path, capsys):

@@ -33,9 +33,20 @@ def _add_segment(sub) -> None:
         "--mode",
         choices=["2d", "stack", "ortho"],
         default="2d",
-        help="2d: each slice independently (default); stack/ortho: 3D",
+        help="2d: each slice independently (default); stack: 3D objects linked slice to "
+        "slice along --axis; ortho: not available yet",
     )
     p.add_argument("--axis", choices=["xy", "xz", "yz"], default="xy", help="stack axis")
+    p.add_argument(
+        "--median-slices",
+        type=int,
+        default=3,
+        help="stack mode: median filter of probabilities over this many slices (odd, 1-11)",
+    )
+    p.add_argument("--min-size", type=int, default=500, help="stack mode: smallest object (voxels)")
+    p.add_argument(
+        "--min-extent", type=int, default=5, help="stack mode: smallest bounding-box side (voxels)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--confidence", type=float, default=0.5, help="semantic threshold")
     p.add_argument("--center-confidence", type=float, default=0.1, help="centre threshold")
@@ -193,9 +204,10 @@ def _segment(args) -> int:
     from .core.models.loading import load_model
     from .core.preprocess import check_image
 
-    if args.mode != "2d":
+    if args.mode == "ortho":
         raise InputError(
-            f"--mode {args.mode} (3D inference) is not available in this version; use --mode 2d."
+            "--mode ortho (ortho-plane consensus) is not available in this version; use "
+            "--mode stack or --mode 2d."
         )
     if args.sample:
         if args.input is not None:
@@ -229,6 +241,8 @@ def _segment(args) -> int:
         batch_size=args.batch_size,
     )
     stack = image if image.ndim == 3 else image[None]
+    if args.mode == "stack":
+        return _segment_stack(args, image, engine, output)
     bar, update = _progress_bar(stack.shape[0], "segment", args.no_progress)
     try:
         if output.suffix.lower() == ".zarr":
@@ -244,6 +258,44 @@ def _segment(args) -> int:
             {
                 "output": str(output),
                 "model": engine.model.name,
+                "device": str(engine.device),
+                "shape": list(image.shape),
+            }
+        )
+    )
+    return 0
+
+
+def _segment_stack(args, image, engine, output: Path) -> int:
+    from .core.errors import InputError
+    from .core.inference.stack import AXES, segment_stack_3d
+    from .core.io import write_labels
+
+    if image.ndim != 3:
+        raise InputError(f"--mode stack needs a 3D volume; got shape {tuple(image.shape)}.")
+    n = image.shape[AXES[args.axis][0]]
+    bar, update = _progress_bar(n, f"stack {args.axis}", args.no_progress)
+    try:
+        labels = segment_stack_3d(
+            image,
+            engine,
+            axis=args.axis,
+            median_slices=args.median_slices,
+            min_size=args.min_size,
+            min_extent=args.min_extent,
+            progress=update,
+        )
+    finally:
+        bar.close()
+    write_labels(output, labels, overwrite=args.overwrite)
+    print(
+        json.dumps(
+            {
+                "output": str(output),
+                "model": engine.model.name,
+                "mode": "stack",
+                "axis": args.axis,
+                "objects": int(labels.max()),
                 "device": str(engine.device),
                 "shape": list(image.shape),
             }

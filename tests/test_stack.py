@@ -1,0 +1,118 @@
+"""3D stack inference: slice linking, filters, and the whole pipeline on a toy volume."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from empanada_napari.core.errors import Cancelled, InputError
+from empanada_napari.core.inference.engine import Engine2D
+from empanada_napari.core.inference.stack import filter_objects, link_slices, segment_stack_3d
+from empanada_napari.core.metrics import instance_scores
+
+
+def _balls(shape, centres, radius):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    image = np.full(shape, 200, np.uint8)
+    truth = np.zeros(shape, np.int32)
+    for i, (cz, cy, cx) in enumerate(centres, start=1):
+        inside = (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        image[inside] = 40
+        truth[inside] = i
+    return image, truth
+
+
+@pytest.fixture(scope="module")
+def balls():
+    return _balls((36, 112, 120), [(17, 33.5, 33.5), (18, 33.5, 97.5), (17, 81.5, 57.5)], 15)
+
+
+def test_link_slices_follows_moving_objects_and_keeps_neighbours_apart():
+    s = np.zeros((4, 20, 30), np.int32)
+    for z in range(4):
+        s[z, 2:8, 2 + z : 8 + z] = 5 + z  # drifts by one pixel per slice, ids change
+        s[z, 12:18, 20:26] = 1  # a second object, same 2D id every slice
+    out = link_slices(s)
+    assert len(np.unique(out[:, 2:8, :15][out[:, 2:8, :15] > 0])) == 1
+    assert len(np.unique(out[out > 0])) == 2
+
+
+def test_link_slices_low_iou_does_not_link_but_ioa_joins_a_branch():
+    s = np.zeros((3, 20, 40), np.int32)
+    s[0, 2:10, 2:10] = 1
+    s[1, 2:10, 12:20] = 1  # no overlap with slice 0: a new object
+    s[2, 2:10, 12:20] = 1
+    s[2, 12:14, 12:14] = 2  # unrelated tiny object
+    out = link_slices(s)
+    assert out[0, 5, 5] != out[1, 5, 15] and out[1, 5, 15] == out[2, 5, 15]
+    # A branch: one object in slice 0 becomes two in slice 1; the smaller half (IoU < 0.25
+    # with the parent, but fully covered by it) joins through the intersection rule.
+    b = np.zeros((2, 20, 40), np.int32)
+    b[0, 2:12, 2:30] = 1
+    b[1, 2:12, 2:22] = 1
+    b[1, 2:12, 23:30] = 2
+    assert len(np.unique(link_slices(b)[link_slices(b) > 0])) == 1
+
+
+def test_backward_pass_joins_an_object_that_ends_inside_another():
+    s = np.zeros((3, 20, 40), np.int32)
+    s[0, 2:12, 2:10] = 1
+    s[1, 2:12, 2:30] = 1  # grows: IoU 8/28 links forward already
+    s[0, 2:12, 20:28] = 2  # a second object that ends in slice 0 and lies inside slice 1's
+    out = link_slices(s)
+    assert out[0, 5, 5] == out[0, 5, 25] == out[1, 5, 15]
+
+
+def test_filter_objects_size_extent_and_relabel():
+    labels = np.zeros((10, 20, 20), np.int64)
+    labels[0:10, 0:10, 0:10] = 7  # big: kept
+    labels[0:2, 12:20, 12:20] = 9  # 128 voxels but only 2 slices thick
+    labels[5:8, 15:18, 15:18] = 3  # 27 voxels
+    out = filter_objects(labels, min_size=100, min_extent=5)
+    assert out.dtype == np.uint32 and set(np.unique(out)) == {0, 1}
+    assert (out[0:10, 0:10, 0:10] == 1).all()
+    out = filter_objects(labels, min_size=20, min_extent=0)
+    assert set(np.unique(out)) == {0, 1, 2, 3} and out[6, 16, 16] == 1  # old id 3 -> 1
+
+
+@pytest.mark.parametrize("axis", ["xy", "xz", "yz"])
+def test_stack_recovers_balls_along_every_axis(toy_model, balls, axis):
+    image, truth = balls
+    labels = segment_stack_3d(image, Engine2D(toy_model), axis=axis, min_size=200)
+    assert labels.shape == image.shape and labels.dtype == np.uint32
+    scores = instance_scores(labels, truth)
+    assert scores["n_pred"] == 3 and scores["f1@0.75"] == 1.0
+    assert scores["semantic_iou"] > 0.85
+
+
+def test_median_filter_fills_a_one_slice_hole(toy_model, balls):
+    image, truth = balls
+    holed = image.copy()
+    holed[17, 28:40, 28:40] = 200  # one slice of the first ball gets a bright hole
+    plain = segment_stack_3d(holed, Engine2D(toy_model), median_slices=1, min_size=200)
+    smoothed = segment_stack_3d(holed, Engine2D(toy_model), median_slices=3, min_size=200)
+    assert (plain[17, 30:38, 30:38] == 0).all()
+    assert (smoothed[17, 30:38, 30:38] == smoothed[17, 22, 33]).all()
+    assert smoothed[17, 22, 33] > 0
+    assert instance_scores(smoothed, truth)["f1@0.75"] == 1.0
+
+
+def test_stack_progress_cancel_and_bad_settings(toy_model, balls):
+    image, _ = balls
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        segment_stack_3d(image, Engine2D(toy_model, batch_size=4), progress=progress, cancel=cancel)
+    assert seen == [4]
+    for bad in ({"median_slices": 4}, {"axis": "zz"}, {"min_size": -1}):
+        with pytest.raises(InputError):
+            segment_stack_3d(image, Engine2D(toy_model), **bad)
+    with pytest.raises(InputError, match="dimensions"):
+        segment_stack_3d(image[0], Engine2D(toy_model))
