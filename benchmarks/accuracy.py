@@ -1,0 +1,158 @@
+"""Accuracy of a model on a labelled EM volume: 2D (per slice) and 3D stack inference.
+
+    python -m benchmarks.accuracy --model default --data ../shared/data/lucchi_train \\
+        --z 132,165 --json results/lucchi_heldout.json
+
+``--data`` is a folder holding a raw volume and a ground truth (found by name: ``raw.tif``
+or ``*_raw.tif``; ``*binary*.tif`` for the foreground mask), or give ``--raw`` / ``--gt``.
+Ground-truth instances are connected components of the binary mask: per slice (2D) for the
+2D scores and in 3D for the 3D scores, as the data README prescribes. Prints a table and
+writes JSON. ``--quick`` runs on the small real crop in tests/data (used by the test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("semantic_iou", "f1@0.5", "f1@0.75", "pq", "ap@0.5", "n_pred", "n_gt")
+
+
+def find_volume(data: Path, split: str | None) -> tuple[Path, Path]:
+    """Raw and binary ground-truth files of a data folder (``split`` e.g. 'validation')."""
+    prefix = f"{split}_" if split else ""
+    raws = sorted(p for p in data.glob(f"{prefix}*raw*.tif") if "unlabeled" not in p.name)
+    gts = sorted(data.glob(f"{prefix}*binary*.tif"))
+    if len(raws) != 1 or len(gts) != 1:
+        raise SystemExit(
+            f"Could not pick one raw and one *binary* tif in {data} "
+            f"(split {split!r}): {raws}, {gts}; use --raw/--gt."
+        )
+    return raws[0], gts[0]
+
+
+def run(
+    model: str,
+    raw: np.ndarray,
+    binary: np.ndarray,
+    *,
+    modes=("2d", "stack"),
+    device: str = "auto",
+    engine_params: dict | None = None,
+    stack_params: dict | None = None,
+) -> dict:
+    """Scores per mode: {'2d': {...}, 'stack': {...}} with timings."""
+    from empanada_napari.core.inference.engine import Engine2D
+    from empanada_napari.core.inference.stack import segment_stack_3d
+    from empanada_napari.core.metrics import as_instances, evaluate
+
+    engine = Engine2D(model, device, **(engine_params or {}))
+    results: dict = {
+        "model": engine.model.name,
+        "shape": list(raw.shape),
+        "engine": engine.settings.to_dict(),
+    }
+    truth = binary > 0
+    if "2d" in modes:
+        t0 = time.perf_counter()
+        pred2d = engine.segment_stack(raw)
+        seconds = time.perf_counter() - t0
+        scores = evaluate(
+            pred2d.astype(np.int64), truth.astype(np.int64), per_slice=True, relabel_2d_cc=True
+        )
+        results["2d"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
+        results["2d"]["f1@0.5_mean"] = scores["f1@0.5_mean"]
+    if "stack" in modes:
+        t0 = time.perf_counter()
+        pred3d = segment_stack_3d(raw, engine, **(stack_params or {}))
+        seconds = time.perf_counter() - t0
+        gt3d = as_instances(truth.astype(np.uint8))
+        scores = evaluate(pred3d.astype(np.int64), gt3d.astype(np.int64))
+        results["stack"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
+        results["stack_params"] = stack_params or {}
+    return results
+
+
+def format_table(results: dict) -> str:
+    rows = [f"{'mode':<8}" + "".join(f"{k:>14}" for k in KEYS) + f"{'seconds':>10}"]
+    for mode in ("2d", "stack"):
+        if mode in results:
+            r = results[mode]
+            cells = "".join(
+                f"{r[k]:>14.4f}" if isinstance(r[k], float) else f"{r[k]:>14}" for k in KEYS
+            )
+            rows.append(f"{mode:<8}{cells}{r['seconds']:>10.1f}")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--data", type=Path, help="folder with a raw and a *binary* tif")
+    p.add_argument("--split", help="file prefix inside --data, e.g. validation or training")
+    p.add_argument("--raw", type=Path)
+    p.add_argument("--gt", type=Path, help="binary (or label) ground truth")
+    p.add_argument("--z", help="slice range start,stop (e.g. the held-out slab 132,165)")
+    p.add_argument("--modes", default="2d,stack")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--confidence", type=float, default=0.5)
+    p.add_argument("--min-distance", type=int, default=3)
+    p.add_argument("--fine-boundaries", action="store_true")
+    p.add_argument("--downsample", type=int, default=1)
+    p.add_argument("--median-slices", type=int, default=3)
+    p.add_argument("--min-size", type=int, default=500)
+    p.add_argument("--min-extent", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="tiny real crop from tests/data")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+
+    import tifffile
+
+    if args.quick:
+        data = Path(__file__).resolve().parents[1] / "tests" / "data"
+        args.raw, args.gt = data / "lucchi_crop_raw.tif", data / "lucchi_crop_mito_binary.tif"
+    elif args.data is not None:
+        args.raw, args.gt = find_volume(args.data, args.split)
+    if args.raw is None or args.gt is None:
+        p.error("give --data, --raw/--gt or --quick")
+    key = None
+    if args.z:
+        start, stop = (int(v) for v in args.z.split(","))
+        key = range(start, stop)
+    raw = tifffile.imread(args.raw, key=key)
+    binary = tifffile.imread(args.gt, key=key)
+    results = run(
+        args.model,
+        raw,
+        binary,
+        modes=tuple(args.modes.split(",")),
+        device=args.device,
+        engine_params={
+            "confidence_thr": args.confidence,
+            "min_distance_object_centers": args.min_distance,
+            "fine_boundaries": args.fine_boundaries,
+            "downsample": args.downsample,
+        },
+        stack_params={
+            "median_slices": args.median_slices,
+            "min_size": args.min_size,
+            "min_extent": args.min_extent,
+        },
+    )
+    results["data"] = {"raw": str(args.raw), "gt": str(args.gt), "z": args.z}
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    else:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
