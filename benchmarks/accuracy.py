@@ -1,4 +1,4 @@
-"""Accuracy of a model on a labelled EM volume: 2D (per slice) and 3D stack inference.
+"""Accuracy of a model on a labelled EM volume: 2D (per slice), 3D stack and ortho-plane.
 
     python -m benchmarks.accuracy --model default --data ../shared/data/lucchi_train \\
         --z 132,165 --json results/lucchi_heldout.json
@@ -75,12 +75,21 @@ def run(
         scores = evaluate(pred3d.astype(np.int64), gt3d.astype(np.int64))
         results["stack"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
         results["stack_params"] = stack_params or {}
+    if "ortho" in modes:
+        from empanada_napari.core.inference.ortho import segment_ortho
+
+        t0 = time.perf_counter()
+        pred3d = segment_ortho(raw, engine, **(stack_params or {}))
+        seconds = time.perf_counter() - t0
+        gt3d = as_instances(truth.astype(np.uint8))
+        scores = evaluate(pred3d.astype(np.int64), gt3d.astype(np.int64))
+        results["ortho"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
     return results
 
 
 def format_table(results: dict) -> str:
     rows = [f"{'mode':<8}" + "".join(f"{k:>14}" for k in KEYS) + f"{'seconds':>10}"]
-    for mode in ("2d", "stack"):
+    for mode in ("2d", "stack", "ortho"):
         if mode in results:
             r = results[mode]
             cells = "".join(
@@ -98,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--raw", type=Path)
     p.add_argument("--gt", type=Path, help="binary (or label) ground truth")
     p.add_argument("--z", help="slice range start,stop (e.g. the held-out slab 132,165)")
-    p.add_argument("--modes", default="2d,stack")
+    p.add_argument("--modes", default="2d,stack,ortho")
     p.add_argument("--device", default="auto")
     p.add_argument("--confidence", type=float, default=0.5)
     p.add_argument("--min-distance", type=int, default=3)

@@ -41,6 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-slices", type=int, default=4, help="held-out slices scored per check")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="continue from this TorchScript model (stage 2): every layer trains, one new "
+        "one-cycle schedule to --lr",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = p.parse_args(argv)
@@ -60,9 +66,13 @@ def main(argv=None) -> int:
     pick = np.linspace(0, len(val_images) - 1, args.val_slices).round().astype(int)
     val = ([val_images[i] for i in pick], [val_masks[i] for i in pick])
     dataset = PatchDataset(
-        images, masks, patch_size=args.patch_size, foreground_fraction=args.foreground_fraction,
+        images,
+        masks,
+        patch_size=args.patch_size,
+        foreground_fraction=args.foreground_fraction,
         augment={"scale": (args.scale_min, args.scale_max)},
-        samples_per_epoch=args.batch_size * 50, seed=args.seed,
+        samples_per_epoch=args.batch_size * 50,
+        seed=args.seed,
     )
     args.output.mkdir(parents=True, exist_ok=True)
     log = open(args.output / "train_log.jsonl", "w")
@@ -74,26 +84,51 @@ def main(argv=None) -> int:
         if it % 10 == 0 or it == total or any(k.startswith("val_") for k in record):
             elapsed = time.time() - start
             extra = {k: round(v, 4) for k, v in record.items() if k.startswith("val_")}
-            print(f"it {it}/{total} loss {record['total']:.4f} (ce {record['ce']:.3f} "
-                  f"mse {record['mse']:.5f} l1 {record['l1']:.2f}) lr {record['lr']:.5f} "
-                  f"{elapsed / 60:.1f} min {extra}", flush=True)
+            print(
+                f"it {it}/{total} loss {record['total']:.4f} (ce {record['ce']:.3f} "
+                f"mse {record['mse']:.5f} l1 {record['l1']:.2f}) lr {record['lr']:.5f} "
+                f"{elapsed / 60:.1f} min {extra}",
+                flush=True,
+            )
 
-    result = train(
-        "panoptic_lite", dataset, name=args.name, encoder="resnet18",
-        arch_kwargs={"width": args.width, "decoder_channels": args.decoder_channels},
-        iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        val_every=args.val_every, device=args.device, output_dir=args.output, register=False,
-        val=val, progress=progress,
-        description=(
-            "Compact offline model bundled with empanada-napari, trained on the EPFL Lucchi "
-            "FIB-SEM training volume (mouse hippocampus, ~5 nm voxels), slices "
-            f"{tz[0]}-{tz[1] - 1}. Not MitoNet: a small CPU-friendly model for the offline "
-            "quick start and as a starting point for finetuning."
-        ),
+    description = (
+        "Compact offline model bundled with empanada-napari, trained on the EPFL Lucchi "
+        "FIB-SEM training volume (mouse hippocampus, ~5 nm voxels), slices "
+        f"{tz[0]}-{tz[1] - 1}. Not MitoNet: a small CPU-friendly model for the offline "
+        "quick start and as a starting point for finetuning."
     )
+    common = dict(
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_every=args.val_every,
+        device=args.device,
+        output_dir=args.output,
+        register=False,
+        val=val,
+        progress=progress,
+    )
+    if args.init is None:
+        result = train(
+            "panoptic_lite",
+            dataset,
+            name=args.name,
+            encoder="resnet18",
+            arch_kwargs={"width": args.width, "decoder_channels": args.decoder_channels},
+            description=description,
+            **common,
+        )
+    else:
+        from empanada_napari.core.training import finetune
+
+        result = finetune(args.init, dataset, name=args.name, freeze_encoder=False, **common)
     summary = {
-        "name": result.name, "model": str(result.model_path), "minutes": result.seconds / 60,
-        "iterations": result.iterations, "validation": result.validation,
+        "name": result.name,
+        "model": str(result.model_path),
+        "minutes": result.seconds / 60,
+        "iterations": result.iterations,
+        "validation": result.validation,
         "settings": vars(args) | {"data": str(args.data), "output": str(args.output)},
     }
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -166,48 +166,25 @@ def test_segment_with_registered_name(toy_model_file, disks_tif, tmp_path):
     assert tifffile.imread(out).max() > 0
 
 
-def test_stack_mode_and_ortho_refusal(toy_model_file, disks_tif, tmp_path, capsys):
+def test_stack_and_ortho_modes(toy_model_file, disks_tif, tmp_path, capsys):
+    from .test_stack import _balls
+
     src, _ = disks_tif
-    out = tmp_path / "s.tif"
-    assert (
-        main(
-            [
-                "segment",
-                str(src),
-                "-o",
-                str(out),
-                "--mode",
-                "stack",
-                "--min-size",
-                "10",
-                "--min-extent",
-                "1",
-                "--model",
-                str(toy_model_file),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    labels = tifffile.imread(out)
-    # Two slices of the same disks (the second flipped): objects present in both slices link.
-    assert labels.shape == (2, 160, 140) and json.loads(capsys.readouterr().out)["objects"] >= 3
-    assert (
-        main(
-            [
-                "segment",
-                str(src),
-                "-o",
-                str(tmp_path / "o.tif"),
-                "--mode",
-                "ortho",
-                "--model",
-                str(toy_model_file),
-            ]
-        )
-        == 2
-    )
-    assert "--mode ortho" in capsys.readouterr().err
+    volume, _ = _balls((36, 112, 120), [(17, 33.5, 33.5), (18, 33.5, 97.5), (17, 81.5, 57.5)], 15)
+    vol = tmp_path / "balls.tif"
+    tifffile.imwrite(vol, volume)
+    args = ["--min-size", "200", "--model", str(toy_model_file), "--no-progress"]
+    for mode in ("stack", "ortho"):
+        out = tmp_path / f"{mode}.tif"
+        assert main(["segment", str(vol), "-o", str(out), "--mode", mode, *args]) == 0
+        labels = tifffile.imread(out)
+        report = json.loads(capsys.readouterr().out)
+        assert labels.shape == volume.shape and labels.dtype == np.uint32
+        assert report["mode"] == mode and report["objects"] == labels.max() == 3
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, tifffile.imread(src)[0])
+    assert main(["segment", str(one), "-o", str(tmp_path / "x.tif"), "--mode", "ortho", *args]) == 2
+    assert "needs a 3D volume" in capsys.readouterr().err
 
 
 def test_evaluate_per_slice_with_binary_gt(tmp_path, capsys):

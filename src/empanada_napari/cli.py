@@ -34,7 +34,7 @@ def _add_segment(sub) -> None:
         choices=["2d", "stack", "ortho"],
         default="2d",
         help="2d: each slice independently (default); stack: 3D objects linked slice to "
-        "slice along --axis; ortho: not available yet",
+        "slice along --axis; ortho: stack along xy, xz and yz, then a vote",
     )
     p.add_argument("--axis", choices=["xy", "xz", "yz"], default="xy", help="stack axis")
     p.add_argument(
@@ -46,6 +46,18 @@ def _add_segment(sub) -> None:
     p.add_argument("--min-size", type=int, default=500, help="stack mode: smallest object (voxels)")
     p.add_argument(
         "--min-extent", type=int, default=5, help="stack mode: smallest bounding-box side (voxels)"
+    )
+    p.add_argument(
+        "--pixel-vote", type=int, default=2, help="ortho mode: views that must agree on a voxel"
+    )
+    p.add_argument(
+        "--cluster-iou",
+        type=float,
+        default=0.75,
+        help="ortho mode: clusters of objects agreeing less than this are split",
+    )
+    p.add_argument(
+        "--allow-one-view", action="store_true", help="ortho mode: keep objects seen in one view"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--confidence", type=float, default=0.5, help="semantic threshold")
@@ -204,11 +216,6 @@ def _segment(args) -> int:
     from .core.models.loading import load_model
     from .core.preprocess import check_image
 
-    if args.mode == "ortho":
-        raise InputError(
-            "--mode ortho (ortho-plane consensus) is not available in this version; use "
-            "--mode stack or --mode 2d."
-        )
     if args.sample:
         if args.input is not None:
             raise InputError("Give either INPUT or --sample, not both.")
@@ -241,8 +248,8 @@ def _segment(args) -> int:
         batch_size=args.batch_size,
     )
     stack = image if image.ndim == 3 else image[None]
-    if args.mode == "stack":
-        return _segment_stack(args, image, engine, output)
+    if args.mode in ("stack", "ortho"):
+        return _segment_3d(args, image, engine, output)
     bar, update = _progress_bar(stack.shape[0], "segment", args.no_progress)
     try:
         if output.suffix.lower() == ".zarr":
@@ -266,25 +273,35 @@ def _segment(args) -> int:
     return 0
 
 
-def _segment_stack(args, image, engine, output: Path) -> int:
+def _segment_3d(args, image, engine, output: Path) -> int:
     from .core.errors import InputError
+    from .core.inference.ortho import segment_ortho
     from .core.inference.stack import AXES, segment_stack_3d
     from .core.io import write_labels
 
     if image.ndim != 3:
-        raise InputError(f"--mode stack needs a 3D volume; got shape {tuple(image.shape)}.")
-    n = image.shape[AXES[args.axis][0]]
-    bar, update = _progress_bar(n, f"stack {args.axis}", args.no_progress)
+        raise InputError(f"--mode {args.mode} needs a 3D volume; got shape {tuple(image.shape)}.")
+    common = dict(
+        median_slices=args.median_slices, min_size=args.min_size, min_extent=args.min_extent
+    )
+    if args.mode == "stack":
+        total, desc = image.shape[AXES[args.axis][0]], f"stack {args.axis}"
+    else:
+        total, desc = sum(image.shape), "ortho xy+xz+yz"
+    bar, update = _progress_bar(total, desc, args.no_progress)
     try:
-        labels = segment_stack_3d(
-            image,
-            engine,
-            axis=args.axis,
-            median_slices=args.median_slices,
-            min_size=args.min_size,
-            min_extent=args.min_extent,
-            progress=update,
-        )
+        if args.mode == "stack":
+            labels = segment_stack_3d(image, engine, axis=args.axis, progress=update, **common)
+        else:
+            labels = segment_ortho(
+                image,
+                engine,
+                pixel_vote_thr=args.pixel_vote,
+                cluster_iou_thr=args.cluster_iou,
+                allow_one_view=args.allow_one_view,
+                progress=update,
+                **common,
+            )
     finally:
         bar.close()
     write_labels(output, labels, overwrite=args.overwrite)
@@ -293,8 +310,8 @@ def _segment_stack(args, image, engine, output: Path) -> int:
             {
                 "output": str(output),
                 "model": engine.model.name,
-                "mode": "stack",
-                "axis": args.axis,
+                "mode": args.mode,
+                "axis": args.axis if args.mode == "stack" else "xy+xz+yz",
                 "objects": int(labels.max()),
                 "device": str(engine.device),
                 "shape": list(image.shape),
