@@ -243,3 +243,17 @@ def test_cli_finetune_on_a_dataset_folder(small_model_file, crop, tmp_path, caps
     report = json.loads(capsys.readouterr().out)
     assert report["iterations"] == 2 and "f1@0.5" in report["validation"][0]
     assert "cli_tuned" in get_registry().names()
+
+
+def test_finetune_accepts_the_default_model_name(fixed_dataset):
+    result = finetune(
+        "default",
+        fixed_dataset,
+        name="from_default",
+        iterations=1,
+        batch_size=2,
+        register=False,
+        device="cpu",
+    )
+    assert result.config["padding_factor"] == 32
+    assert "Lucchi_Lite_v1 finetuned" in result.config["description"]

@@ -119,6 +119,8 @@ def _resolve(model, registry: ModelRegistry | None, quantized: bool) -> tuple[st
     """Find (name, local file, config) for a registry name, entry, file path or YAML path."""
     from .registry import ModelEntry, get_registry
 
+    if not isinstance(model, ModelEntry) and str(model) == "default":
+        model = default_model_name(registry)
     if isinstance(model, ModelEntry):
         entry = model
         registry = registry or get_registry()
@@ -170,8 +172,6 @@ def load_model(
     """
     from ..device import resolve_device
 
-    if str(model) == "default":
-        model = default_model_name(registry)
     dev = resolve_device(device)
     if quantized and dev.type != "cpu":
         raise InputError("Quantized models run on the CPU only; choose device 'cpu'.")
