@@ -83,9 +83,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def link_slices(
-    slices: np.ndarray, iou_thr: float = 0.25, ioa_thr: float = 0.25
-) -> np.ndarray:
+def link_slices(slices: np.ndarray, iou_thr: float = 0.25, ioa_thr: float = 0.25) -> np.ndarray:
     """Link per-slice 2D instances (Z, H, W) into 3D objects; returns new int64 labels.
 
     See the module docstring for the rules. The loop is over slices; every slice pair is

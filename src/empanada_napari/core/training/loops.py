@@ -369,6 +369,31 @@ def _resolve_settings(settings: TrainSettings | None, overrides: dict) -> TrainS
     return settings.validate()
 
 
+def _train_and_time(
+    module, dataset, settings, device, config, name, output_dir, val, progress, cancel
+) -> tuple[list[dict], list[dict], float]:
+    """Shared by finetune and train: FINETUNE block, freezing, the loop, its duration."""
+    config["FINETUNE"] = _finetune_block(config, settings)
+    frozen = _set_trainable(module, settings.freeze_encoder, settings.unfreeze)
+    # A TorchScript module checkpoints as TorchScript (.pth), an eager one as a state dict.
+    ext = "pth" if isinstance(module, torch.jit.ScriptModule) else "pt"
+    checkpoint = Path(output_dir) / f"{name}.checkpoint.{ext}" if output_dir else None
+    start = time.perf_counter()
+    history, validation = _run(
+        module,
+        dataset,
+        settings,
+        device,
+        config,
+        val=val,
+        progress=progress,
+        cancel=cancel,
+        checkpoint=checkpoint,
+        frozen=frozen,
+    )
+    return history, validation, time.perf_counter() - start
+
+
 def finetune(
     model: str | Path | LoadedModel | torch.jit.ScriptModule,
     dataset,
@@ -406,23 +431,9 @@ def finetune(
             base, path, config = _resolve(model, registry, False)
         module = _jit_load(Path(path), device)
     config = _complete_config(config, module)
-    config["FINETUNE"] = _finetune_block(config, settings)
-    frozen = _set_trainable(module, settings.freeze_encoder, settings.unfreeze)
-    start = time.perf_counter()
-    checkpoint = Path(output_dir) / f"{name}.checkpoint.pth" if output_dir else None
-    history, validation = _run(
-        module,
-        dataset,
-        settings,
-        device,
-        config,
-        val=val,
-        progress=progress,
-        cancel=cancel,
-        checkpoint=checkpoint,
-        frozen=frozen,
+    history, validation, seconds = _train_and_time(
+        module, dataset, settings, device, config, name, output_dir, val, progress, cancel
     )
-    seconds = time.perf_counter() - start
     n = len(dataset)
     config["description"] = (
         f"{base} finetuned for {settings.iterations} iterations (batch {settings.batch_size}) "
@@ -558,23 +569,9 @@ def train(
     config["encoder"] = encoder
     if arch_kwargs:
         config["architecture_params"] = dict(arch_kwargs)
-    config["FINETUNE"] = _finetune_block(config, settings)
-    frozen = _set_trainable(module, settings.freeze_encoder, settings.unfreeze)
-    start = time.perf_counter()
-    checkpoint = Path(output_dir) / f"{name}.checkpoint.pt" if output_dir else None
-    history, validation = _run(
-        module,
-        dataset,
-        settings,
-        device,
-        config,
-        val=val,
-        progress=progress,
-        cancel=cancel,
-        checkpoint=checkpoint,
-        frozen=frozen,
+    history, validation, seconds = _train_and_time(
+        module, dataset, settings, device, config, name, output_dir, val, progress, cancel
     )
-    seconds = time.perf_counter() - start
     params = sum(p.numel() for p in module.parameters())
     config["description"] = (description.strip() + " " if description else "") + (
         f"{architecture} ({encoder} encoder, {params / 1e6:.1f} M parameters) trained from "
