@@ -67,23 +67,21 @@ def run(
         )
         results["2d"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
         results["2d"]["f1@0.5_mean"] = scores["f1@0.5_mean"]
-    if "stack" in modes:
-        t0 = time.perf_counter()
-        pred3d = segment_stack_3d(raw, engine, **(stack_params or {}))
-        seconds = time.perf_counter() - t0
-        gt3d = as_instances(truth.astype(np.uint8))
-        scores = evaluate(pred3d.astype(np.int64), gt3d.astype(np.int64))
-        results["stack"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
-        results["stack_params"] = stack_params or {}
-    if "ortho" in modes:
-        from empanada_napari.core.inference.ortho import segment_ortho
+    from empanada_napari.core.inference.ortho import segment_ortho
 
+    runners = {"stack": segment_stack_3d, "ortho": segment_ortho}
+    gt3d = None
+    for mode in ("stack", "ortho"):
+        if mode not in modes:
+            continue
         t0 = time.perf_counter()
-        pred3d = segment_ortho(raw, engine, **(stack_params or {}))
+        pred3d = runners[mode](raw, engine, **(stack_params or {}))
         seconds = time.perf_counter() - t0
-        gt3d = as_instances(truth.astype(np.uint8))
-        scores = evaluate(pred3d.astype(np.int64), gt3d.astype(np.int64))
-        results["ortho"] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
+        if gt3d is None:
+            gt3d = as_instances(truth.astype(np.uint8)).astype(np.int64)
+        scores = evaluate(pred3d.astype(np.int64), gt3d)
+        results[mode] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
+    results["stack_params"] = stack_params or {}
     return results
 
 

@@ -95,7 +95,8 @@ class RawOutputs:
     extra: dict = field(default_factory=dict)
 
 
-def _cancelled(cancel: CancelFlag) -> bool:
+def is_cancelled(cancel: CancelFlag) -> bool:
+    """True when ``cancel`` (an Event or a callable returning bool) asks to stop."""
     if cancel is None:
         return False
     if isinstance(cancel, threading.Event):
@@ -311,7 +312,7 @@ class Engine2D:
         total = stack.shape[0]
         bs = self.default_batch_size()
         for start in range(0, total, bs):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled(f"Cancelled after {start} of {total} slices.")
             batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
             raw = self.infer(batch)

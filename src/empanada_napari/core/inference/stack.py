@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import Cancelled, InputError
 from ..preprocess import check_image, intensity_range
-from .engine import CancelFlag, Engine2D, ProgressCallback, _cancelled
+from .engine import CancelFlag, Engine2D, ProgressCallback, is_cancelled
 
 AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
 
@@ -220,7 +220,7 @@ def segment_stack_3d(
 
     pending = 0  # next slice index to post-process
     for start in range(0, n, bs):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled(f"Cancelled after {start} of {n} slices.")
         batch = engine.normalize(view[start : start + bs], value_range)
         raw = engine.infer(batch)

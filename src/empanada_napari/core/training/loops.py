@@ -14,7 +14,6 @@ in the original empanada-napari format and register the model.
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ import yaml
 from torch import nn
 
 from ..errors import Cancelled, InputError, ModelError
+from ..inference.engine import is_cancelled
 from ..models.loading import MITONET_NORMS, LoadedModel
 from .loss import LossWeights, PanopticLoss
 
@@ -85,14 +85,6 @@ class TrainResult:
     validation: list[dict[str, float]]
     seconds: float
     iterations: int
-
-
-def _cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def seed_everything(seed: int) -> None:
@@ -236,7 +228,7 @@ def _run(
     for m in frozen:
         m.eval()
     for it in range(1, settings.iterations + 1):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             if checkpoint is not None:
                 _save_checkpoint(module, checkpoint)
             raise Cancelled(
@@ -308,8 +300,7 @@ def _export(
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path = output_dir / f"{name}.pth"
     config_path = output_dir / f"{name}.yaml"
-    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    scripted = scripted.cpu().eval()
+    scripted = module.cpu().eval()  # a ScriptModule (see _finish)
     tmp = model_path.with_suffix(".pth.part")
     try:
         torch.jit.save(scripted, str(tmp))
@@ -394,6 +385,28 @@ def _train_and_time(
     return history, validation, time.perf_counter() - start
 
 
+def _finish(
+    module, config, name, output_dir, register, registry, history, validation, seconds, settings
+) -> TrainResult:
+    """Unfreeze, script if needed, save + register, and package the result."""
+    for p in module.parameters():
+        p.requires_grad_(True)  # a saved model must be finetunable again as a whole
+    if not isinstance(module, torch.jit.ScriptModule):
+        module = torch.jit.script(module.cpu().eval())
+    model_path, config_path = _export(module, config, name, output_dir, register, registry)
+    return TrainResult(
+        module,
+        name,
+        model_path,
+        config_path,
+        config,
+        history,
+        validation,
+        seconds,
+        settings.iterations,
+    )
+
+
 def finetune(
     model: str | Path | LoadedModel | torch.jit.ScriptModule,
     dataset,
@@ -440,19 +453,17 @@ def finetune(
         f"on {n} samples in {seconds / 60:.1f} min on {device}. "
         + str(config.get("description", "")).strip()
     ).strip()
-    for p in module.parameters():
-        p.requires_grad_(True)
-    model_path, config_path = _export(module, config, name, output_dir, register, registry)
-    return TrainResult(
+    return _finish(
         module,
-        name,
-        model_path,
-        config_path,
         config,
+        name,
+        output_dir,
+        register,
+        registry,
         history,
         validation,
         seconds,
-        settings.iterations,
+        settings,
     )
 
 
@@ -579,18 +590,15 @@ def train(
         f"{settings.iterations} iterations of batch {settings.batch_size} on {device} "
         f"({seconds / 60:.1f} min)."
     )
-    for p in module.parameters():
-        p.requires_grad_(True)
-    scripted = torch.jit.script(module.cpu().eval())
-    model_path, config_path = _export(scripted, config, name, output_dir, register, registry)
-    return TrainResult(
-        scripted,
-        name,
-        model_path,
-        config_path,
+    return _finish(
+        module,
         config,
+        name,
+        output_dir,
+        register,
+        registry,
         history,
         validation,
         seconds,
-        settings.iterations,
+        settings,
     )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.architectures.pointrend import point_sample
+
 
 @dataclass
 class LossWeights:
@@ -30,12 +32,6 @@ class LossWeights:
         params = params or {}
         names = cls.__dataclass_fields__
         return cls(**{k: float(v) for k, v in params.items() if k in names})
-
-
-def _point_sample(values: Tensor, coords: Tensor) -> Tensor:
-    """Sample (N, C, H, W) at (N, P, 2) coords in [0, 1], (x, y) order -> (N, C, P)."""
-    grid = (2.0 * coords - 1.0).unsqueeze(2)
-    return F.grid_sample(values, grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
 def bootstrapped_bce(logits: Tensor, target: Tensor, top_k_percent: float) -> Tensor:
@@ -102,15 +98,10 @@ class PanopticLoss(nn.Module):
         if point_logits is not None and coords is not None and w.pr_weight > 0:
             point_logits = point_logits.float()
             if point_logits.shape[1] == 1:
-                point_t = _point_sample(sem_t.unsqueeze(1), coords.float())[:, 0]
+                point_t = point_sample(sem_t.unsqueeze(1), coords.float())[:, 0]
                 pr = F.binary_cross_entropy_with_logits(point_logits[:, 0], (point_t > 0.5).float())
             else:
-                nearest = F.grid_sample(
-                    sem_t.unsqueeze(1),
-                    (2.0 * coords.float() - 1.0).unsqueeze(2),
-                    mode="nearest",
-                    align_corners=False,
-                )[:, 0, :, 0]
+                nearest = point_sample(sem_t.unsqueeze(1), coords.float(), mode="nearest")[:, 0]
                 pr = F.cross_entropy(point_logits, nearest.long())
             total = total + w.pr_weight * pr
             parts["pr"] = pr
