@@ -59,6 +59,32 @@ def _add_segment(sub) -> None:
     p.add_argument(
         "--allow-one-view", action="store_true", help="ortho mode: keep objects seen in one view"
     )
+    p.add_argument(
+        "--chunks",
+        type=_int_triple,
+        help="stack/ortho: block shape Z,Y,X (or one number) for volumes larger than memory; "
+        "default: the whole volume when small, else 64,512,512 (stack) or 160^3 (ortho)",
+    )
+    p.add_argument(
+        "--halo",
+        type=_int_triple,
+        help="stack/ortho: voxels read around each block, Z,Y,X or one number "
+        "(default 8,32,32 for stack along xy, 16 for ortho)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="stack/ortho with a .zarr OUTPUT: finish an interrupted run, skipping done blocks",
+    )
+    p.add_argument(
+        "--scheduler",
+        help="stack/ortho: dask.distributed scheduler address (tcp://host:8786) to run blocks on",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="stack/ortho: run blocks on a local dask cluster of this many processes",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--confidence", type=float, default=0.5, help="semantic threshold")
     p.add_argument("--center-confidence", type=float, default=0.1, help="centre threshold")
@@ -84,6 +110,15 @@ def _add_segment(sub) -> None:
     p.add_argument("--quantized", action="store_true", help="use the quantized (CPU) variant")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _int_triple(text: str) -> tuple[int, int, int] | int:
+    parts = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X or one number, got {text!r}")
+    return tuple(parts)  # type: ignore[return-value]
 
 
 def _add_models(sub) -> None:
@@ -198,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_bar(total: int, desc: str, disable: bool):
+def _progress_bar(total: int, desc: str, disable: bool, unit: str = "slice"):
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="slice", file=sys.stderr, disable=disable)
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
 
     def update(done: int, _total: int) -> None:
         bar.update(done - bar.n)
@@ -227,7 +262,14 @@ def _segment(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"OUTPUT must end in .tif, .tiff or .zarr, got {output.name}.")
-    if output.exists() and not args.overwrite:
+    chunked_opts = (args.chunks, args.halo, args.scheduler, args.workers) != (None,) * 4
+    if args.mode == "2d" and (chunked_opts or args.resume):
+        raise InputError(
+            "--chunks, --halo, --resume, --scheduler and --workers are for --mode stack or ortho."
+        )
+    if args.resume and output.suffix.lower() != ".zarr":
+        raise InputError("--resume needs a .zarr OUTPUT (blocks are written as they finish).")
+    if output.exists() and not args.overwrite and not args.resume:
         raise InputError(f"Output {output} exists; pass --overwrite to replace it.")
     image = read_image(args.input, args.key)
     check_image(image, ndim=(2, 3))
@@ -275,36 +317,49 @@ def _segment(args) -> int:
 
 def _segment_3d(args, image, engine, output: Path) -> int:
     from .core.errors import InputError
-    from .core.inference.ortho import segment_ortho
-    from .core.inference.stack import AXES, segment_stack_3d
+    from .core.inference.chunked import segment_volume
     from .core.io import write_labels
 
     if image.ndim != 3:
         raise InputError(f"--mode {args.mode} needs a 3D volume; got shape {tuple(image.shape)}.")
-    common = dict(
-        median_slices=args.median_slices, min_size=args.min_size, min_extent=args.min_extent
-    )
-    if args.mode == "stack":
-        total, desc = image.shape[AXES[args.axis][0]], f"stack {args.axis}"
-    else:
-        total, desc = sum(image.shape), "ortho xy+xz+yz"
-    bar, update = _progress_bar(total, desc, args.no_progress)
+    to_zarr = output.suffix.lower() == ".zarr"
+    desc = f"stack {args.axis}" if args.mode == "stack" else "ortho xy+xz+yz"
+    bar, update = _progress_bar(0, desc, args.no_progress, unit="block")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        update(done, total)
+
     try:
-        if args.mode == "stack":
-            labels = segment_stack_3d(image, engine, axis=args.axis, progress=update, **common)
-        else:
-            labels = segment_ortho(
-                image,
-                engine,
-                pixel_vote_thr=args.pixel_vote,
-                cluster_iou_thr=args.cluster_iou,
-                allow_one_view=args.allow_one_view,
-                progress=update,
-                **common,
-            )
+        labels = segment_volume(
+            image,
+            engine.model,
+            mode=args.mode,
+            axis=args.axis,
+            out=output if to_zarr else None,
+            chunks=args.chunks,
+            halo=args.halo,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            device=args.device,
+            pixel_vote_thr=args.pixel_vote,
+            cluster_iou_thr=args.cluster_iou,
+            allow_one_view=args.allow_one_view,
+            progress=progress,
+            median_slices=args.median_slices,
+            min_size=args.min_size,
+            min_extent=args.min_extent,
+            **engine.settings.to_dict(),
+        )
     finally:
         bar.close()
-    write_labels(output, labels, overwrite=args.overwrite)
+    if to_zarr:
+        objects = int(labels.attrs["empanada"]["objects"])
+    else:
+        write_labels(output, labels, overwrite=args.overwrite)
+        objects = int(labels.max())
     print(
         json.dumps(
             {
@@ -312,7 +367,7 @@ def _segment_3d(args, image, engine, output: Path) -> int:
                 "model": engine.model.name,
                 "mode": args.mode,
                 "axis": args.axis if args.mode == "stack" else "xy+xz+yz",
-                "objects": int(labels.max()),
+                "objects": objects,
                 "device": str(engine.device),
                 "shape": list(image.shape),
             }

@@ -233,6 +233,32 @@ def _overlap(p: np.ndarray, g: np.ndarray) -> _Overlap:
     )
 
 
+def label_overlap(a: ArrayLike, b: ArrayLike) -> _Overlap:
+    """Sparse overlap table of two label arrays of one shape (0 = background, ids >= 0).
+
+    Shared by the metrics, slice linking, ortho-plane consensus and block stitching: areas of
+    every id, and the voxels shared by every overlapping pair, without dense matrices.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise InputError(f"label arrays differ in shape: {a.shape} vs {b.shape}")
+    return _overlap(a, b)
+
+
+def same_partition(a: ArrayLike, b: ArrayLike) -> bool:
+    """True when two label arrays are equal up to a one-to-one relabelling of their ids."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    ov = _overlap(a, b)
+    # Same foreground, and every object overlaps exactly one object of the other side fully.
+    return (
+        ov.pair_inter.size == ov.pred_ids.size == ov.gt_ids.size
+        and np.array_equal(ov.pred_areas[ov.pair_pred], ov.pair_inter)
+        and np.array_equal(ov.gt_areas[ov.pair_gt], ov.pair_inter)
+    )
+
+
 # --------------------------------------------------------------------------- matching
 
 

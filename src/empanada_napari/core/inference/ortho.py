@@ -21,6 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
+from ..preprocess import intensity_range
 from .engine import CancelFlag, Engine2D, ProgressCallback
 from .stack import StackSettings, filter_objects, segment_stack_3d
 
@@ -138,6 +139,7 @@ def segment_ortho(
     pixel_vote_thr: int = 2,
     cluster_iou_thr: float = 0.75,
     allow_one_view: bool = False,
+    value_range: tuple[float, float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag = None,
     **params,
@@ -148,6 +150,8 @@ def segment_ortho(
     slices over the three views.
     """
     settings = replace(settings or StackSettings(), **params).validate()
+    if value_range is None:
+        value_range = intensity_range(volume)
     shape = volume.shape
     total = shape[0] + shape[1] + shape[2]
     done = 0
@@ -165,6 +169,7 @@ def segment_ortho(
                 volume,
                 engine,
                 replace(settings, axis=axis, min_size=0, min_extent=0),
+                value_range=value_range,
                 progress=view_progress,
                 cancel=cancel,
             )

@@ -185,6 +185,7 @@ def segment_stack_3d(
     engine: Engine2D,
     settings: StackSettings | None = None,
     *,
+    value_range: tuple[float, float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag = None,
     **params,
@@ -192,7 +193,9 @@ def segment_stack_3d(
     """3D instance segmentation of ``volume`` (Z, Y, X) by stack inference along one axis.
 
     Returns uint32 labels (Z, Y, X) with ids 1..K. ``params`` are :class:`StackSettings`
-    fields. ``progress(done, total)`` counts slices; ``cancel`` is checked between batches.
+    fields. ``value_range`` is the intensity range of the whole volume (computed from
+    ``volume`` when not given; blocks of a larger volume pass the volume's).
+    ``progress(done, total)`` counts slices; ``cancel`` is checked between batches.
     """
     from dataclasses import replace
 
@@ -200,7 +203,8 @@ def segment_stack_3d(
     check_image(volume, ndim=(3,), what="volume")
     order = AXES[settings.axis]
     view = np.asarray(volume).transpose(order)
-    value_range = intensity_range(volume)
+    if value_range is None:
+        value_range = intensity_range(volume)
     n = view.shape[0]
     half = settings.median_slices // 2
     bs = engine.default_batch_size()

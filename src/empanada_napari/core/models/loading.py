@@ -28,6 +28,20 @@ _CACHE: dict[tuple[str, float, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A picklable recipe for loading a model on another process or machine.
+
+    ``load_model(spec, device)`` rebuilds the same :class:`LoadedModel` without the registry,
+    which is how the chunked driver sends a model to dask workers (each loads it once).
+    """
+
+    name: str
+    path: str
+    config: dict
+    quantized: bool = False
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A TorchScript model on a device, with the settings inference needs."""
@@ -52,6 +66,10 @@ class LoadedModel:
     @property
     def std(self) -> float:
         return float(self.norms["std"])
+
+    def spec(self) -> ModelSpec:
+        """A picklable description of this model (see :class:`ModelSpec`)."""
+        return ModelSpec(self.name, str(self.path), dict(self.config), self.quantized)
 
     @property
     def supports_batch(self) -> bool:
@@ -119,6 +137,8 @@ def _resolve(model, registry: ModelRegistry | None, quantized: bool) -> tuple[st
     """Find (name, local file, config) for a registry name, entry, file path or YAML path."""
     from .registry import ModelEntry, get_registry
 
+    if isinstance(model, ModelSpec):
+        return model.name, Path(model.path), dict(model.config)
     if not isinstance(model, ModelEntry) and str(model) == "default":
         model = default_model_name(registry)
     if isinstance(model, ModelEntry):
@@ -158,7 +178,7 @@ def default_model_name(registry: ModelRegistry | None = None) -> str:
 
 
 def load_model(
-    model: str | Path | ModelEntry = "default",
+    model: str | Path | ModelEntry | ModelSpec = "default",
     device: str | torch.device | None = "auto",
     *,
     registry: ModelRegistry | None = None,
@@ -173,6 +193,8 @@ def load_model(
     from ..device import resolve_device
 
     dev = resolve_device(device)
+    if isinstance(model, ModelSpec):
+        quantized = model.quantized
     if quantized and dev.type != "cpu":
         raise InputError("Quantized models run on the CPU only; choose device 'cpu'.")
     name, path, config = _resolve(model, registry, quantized)

@@ -1,0 +1,272 @@
+"""The chunked 3D driver: blockwise results against whole-volume results on a real crop,
+stitching rules, dask.distributed, resume and failure handling."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+from empanada_napari.core.errors import Cancelled, EmpanadaError, InputError
+from empanada_napari.core.inference import chunked
+from empanada_napari.core.inference.chunked import Block, plan_blocks, segment_volume
+from empanada_napari.core.inference.engine import Engine2D
+from empanada_napari.core.inference.ortho import segment_ortho
+from empanada_napari.core.inference.stack import segment_stack_3d
+from empanada_napari.core.metrics import evaluate, same_partition
+
+from .conftest import DATA
+
+RAW = tifffile.imread(DATA / "lucchi_crop_raw.tif")  # 16 x 320 x 320 real FIB-SEM
+NO_FILTER = dict(min_size=0, min_extent=0)
+
+
+@pytest.fixture(scope="module")
+def whole_real():
+    """The bundled model's stack result on the real crop, as one block."""
+    return segment_volume(RAW, "default", mode="stack", **NO_FILTER)
+
+
+@pytest.fixture(scope="module")
+def whole_toy(toy_model_file):
+    return segment_volume(RAW, toy_model_file, mode="stack", **NO_FILTER)
+
+
+def test_plan_blocks_cover_the_volume_once_and_pad_within_bounds():
+    blocks = plan_blocks((10, 70, 45), (4, 32, 32), (2, 8, 8), align=(1, 16, 16))
+    owner = np.zeros((10, 70, 45), np.int32)
+    for b in blocks:
+        owner[b.core] += 1
+        for c, p in zip(b.core, b.padded, strict=True):
+            assert p.start <= c.start and c.stop <= p.stop
+        assert b.padded[1].start % 16 == 0 and b.padded[2].start % 16 == 0
+    assert (owner == 1).all()
+    assert len(blocks) == 3 * 3 * 2
+    middle = next(b for b in blocks if b.index == (1, 1, 0))
+    assert middle.padded[0] == slice(2, 10) and middle.padded[1] == slice(16, 70)
+
+
+def test_one_block_equals_the_in_memory_pipelines(toy_model):
+    engine = Engine2D("default")
+    labels = segment_volume(RAW, "default", mode="stack", median_slices=5, min_size=300)
+    assert labels.dtype == np.uint32 and labels.max() >= 2
+    assert same_partition(labels, segment_stack_3d(RAW, engine, median_slices=5, min_size=300))
+    # (a 16-slice crop is too thin for the real model in xz and yz: the toy sees any plane)
+    crop = RAW[:, :96, :128]
+    ortho = segment_volume(crop, toy_model, mode="ortho", min_size=50)
+    assert ortho.max() >= 3
+    assert same_partition(ortho, segment_ortho(crop, Engine2D(toy_model), min_size=50))
+
+
+@pytest.mark.parametrize("chunks, halo", [(4, 2), (5, 3), (4, 4), (5, 5), (8, 4)])
+def test_blocks_along_z_equal_the_whole_volume(toy_model_file, whole_toy, chunks, halo):
+    # The toy model sees each slice in full, so only the stitching can differ from one block.
+    labels = segment_volume(
+        RAW, toy_model_file, mode="stack", chunks=(chunks, 320, 320), halo=(halo, 0, 0),
+        **NO_FILTER,
+    )  # fmt: skip
+    assert whole_toy.max() > 20
+    assert np.array_equal(labels > 0, whole_toy > 0)
+    scores = evaluate(labels, whole_toy)
+    assert scores["n_pred"] == scores["n_gt"] and scores["f1@0.75"] == 1.0
+    if halo >= 4:
+        # A block links its first slices without the history of the slices before it;
+        # four slices of halo are enough for that history to settle: then exactly equal.
+        assert same_partition(labels, whole_toy)
+
+
+def _crosses_a_corner(labels: np.ndarray, chunks: tuple[int, int, int]) -> bool:
+    """Whether some object spans more than one block along every axis (a block corner)."""
+    from scipy import ndimage as ndi
+
+    for box in ndi.find_objects(labels):
+        if box is not None and all(
+            s.start // c != (s.stop - 1) // c for s, c in zip(box, chunks, strict=True)
+        ):
+            return True
+    return False
+
+
+# Each blocking puts a block corner inside one of the crop's real mitochondria.
+BLOCKINGS_3D = [
+    ((8, 192, 256), (4, 32, 32)),
+    ((6, 128, 144), (3, 48, 48)),
+    ((5, 200, 120), (2, 64, 64)),
+]
+
+
+@pytest.mark.parametrize("chunks, halo", BLOCKINGS_3D)
+def test_blocks_in_3d_find_the_same_objects_as_the_whole_volume(whole_real, chunks, halo):
+    labels = segment_volume(RAW, "default", mode="stack", chunks=chunks, halo=halo, **NO_FILTER)
+    assert _crosses_a_corner(whole_real, chunks)
+    scores = evaluate(labels, whole_real)
+    # Every object is found once, none merged with another or split in two at a block
+    # face. The network sees less context at a block edge than in the whole slice, so a few
+    # boundary voxels differ (well under 1 %) and a block may cut off a small fragment near
+    # its edge: that is why this is not an exact equality (the toy tests above are).
+    assert scores["recall@0.75"] == 1.0
+    extra = np.bincount(labels.ravel())[1:][_unmatched(labels, whole_real)]
+    assert (extra < 100).all()
+    assert scores["semantic_iou"] >= 0.98
+
+
+def _unmatched(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Indices (id - 1) of objects of ``pred`` with no IoU >= 0.5 partner in ``truth``."""
+    from empanada_napari.core.metrics import match_instances
+
+    matched = np.zeros(int(pred.max()), bool)
+    m = match_instances(pred, truth)
+    matched[np.asarray(m.pred_ids, dtype=np.int64) - 1] = True
+    return ~matched
+
+
+def test_global_filters_see_whole_objects(whole_real):
+    # An object cut into pieces smaller than min_size by the blocks is still kept.
+    sizes = np.bincount(whole_real.ravel())[1:]
+    min_size = int(np.sort(sizes)[-2]) - 1  # keeps the two largest objects only
+    labels = segment_volume(
+        RAW, "default", mode="stack", chunks=(8, 192, 256), halo=(4, 32, 32), min_size=min_size
+    )
+    assert labels.max() == 2
+    kept = np.bincount(labels.ravel())[1:]
+    assert kept.min() >= min_size
+
+
+def _stitch(tmp_path, shape, blocks_labels, **kw):
+    """Run the link + resolve + write phases on hand-made padded block labels."""
+    blocks = plan_blocks(shape, kw.pop("chunks"), kw.pop("halo"))
+    work = str(tmp_path)
+    counts = {b.index: chunked._save_block(work, b, blocks_labels(b)) for b in blocks}
+    job = chunked._Job(
+        model=None, device="cpu", inference={}, stack={"axis": "xy"}, mode="ortho",
+        ortho={}, value_range=(0.0, 1.0), work=work, link_iou=0.5,
+    )  # fmt: skip
+    nbrs = chunked._neighbours(blocks)
+    links = [
+        (b.index, other, ia, ib)
+        for b in blocks
+        for other, ia, ib in chunked._link_block(job, b, nbrs[b.index])
+    ]
+    luts, n = chunked._resolve_objects(blocks, counts, links, work, **kw)
+    out = np.zeros(shape, np.uint32)
+    for b in blocks:
+        out[b.core] = chunked._write_block(job, b, luts[b.index], None)
+    return out, n
+
+
+def test_touching_objects_across_a_face_stay_apart_and_crossing_ones_join(tmp_path):
+    truth = np.zeros((8, 40, 40), np.int32)
+    truth[:, 5:20, 5:20] = 1  # touches object 2 exactly at the block face y = 20
+    truth[:, 20:35, 5:20] = 2
+    truth[:, 10:30, 25:35] = 3  # crosses the face
+    out, n = _stitch(
+        tmp_path, truth.shape, lambda b: truth[b.padded], chunks=(8, 20, 40), halo=(0, 4, 0),
+        min_size=0, min_extent=0,
+    )  # fmt: skip
+    assert n == 3
+    assert same_partition(out, truth)
+
+
+def test_sizes_and_extents_are_summed_over_blocks(tmp_path):
+    truth = np.zeros((4, 40, 40), np.int32)
+    truth[:, 12:28, 5:9] = 1  # 256 voxels in two blocks of 128 each
+    truth[:, 2:6, 30:34] = 2  # 64 voxels in one block
+    out, n = _stitch(
+        tmp_path, truth.shape, lambda b: truth[b.padded], chunks=(4, 20, 40), halo=(0, 3, 0),
+        min_size=100, min_extent=4,
+    )  # fmt: skip
+    assert n == 1
+    assert np.array_equal(out > 0, truth == 1)
+
+
+def test_distributed_local_cluster_equals_threads(toy_model_file, whole_toy):
+    pytest.importorskip("distributed")
+    labels = segment_volume(
+        RAW, toy_model_file, mode="stack", chunks=(5, 320, 320), halo=(5, 0, 0),
+        scheduler="local:2", **NO_FILTER,
+    )  # fmt: skip
+    assert same_partition(labels, whole_toy)
+
+
+def test_zarr_output_cancel_then_resume_equals_uninterrupted(tmp_path, toy_model_file, whole_toy):
+    import zarr
+
+    out = tmp_path / "labels.zarr"
+    kw = dict(mode="stack", chunks=(4, 320, 320), halo=(4, 0, 0), **NO_FILTER)
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+
+    stop = threading.Event()
+    with pytest.raises(Cancelled):
+        segment_volume(
+            RAW, toy_model_file, out=out, cancel=stop, **kw,
+            progress=lambda d, t: (progress(d, t), d >= 1 and stop.set()),
+        )  # fmt: skip
+    partial = zarr.open_array(str(out), mode="r")  # a valid store right after the cancel
+    assert partial.shape == RAW.shape
+    assert partial.attrs["empanada"]["status"] == "running"
+    saved = list((out / chunked.WORK_DIR).glob("block_*.npz"))
+    assert 0 < len(saved) < 4
+    with pytest.raises(InputError, match="different settings"):
+        segment_volume(RAW, toy_model_file, out=out, resume=True, **{**kw, "median_slices": 1})
+    with pytest.raises(InputError, match="exists"):
+        segment_volume(RAW, toy_model_file, out=out, **kw)
+    seen.clear()
+    result = segment_volume(RAW, toy_model_file, out=out, resume=True, progress=progress, **kw)
+    assert seen[0] == (len(saved), 4) and seen[-1] == (4, 4)  # finished blocks not redone
+    assert result.attrs["empanada"]["status"] == "complete"
+    assert same_partition(result[:], whole_toy)
+    assert not (out / chunked.WORK_DIR).exists()
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_store(tmp_path, toy_model_file, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunked.np, "savez_compressed", full)
+    out = tmp_path / "labels.zarr"
+    with pytest.raises(EmpanadaError, match="No space left"):
+        segment_volume(RAW[:4], toy_model_file, out=out, chunks=(2, 320, 320), halo=(1, 0, 0))
+    assert not list((out / chunked.WORK_DIR).glob("*.part"))  # no half-written block files
+
+
+def test_a_corrupt_input_chunk_names_the_block(tmp_path, toy_model_file):
+    import zarr
+
+    source = zarr.create_array(
+        str(tmp_path / "raw.zarr"), shape=(8, 64, 64), chunks=(4, 64, 64), dtype="uint8"
+    )
+    source[:] = RAW[:8, :64, :64]
+    chunk_file = next(p for p in (tmp_path / "raw.zarr" / "c").rglob("*") if p.is_file())
+    chunk_file.write_bytes(b"not a compressed chunk")
+    with pytest.raises(InputError, match="Could not read block"):
+        segment_volume(source, toy_model_file, chunks=(4, 64, 64), halo=(1, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="planes"), "mode"),
+        (dict(chunks=(4, 4)), "three"),
+        (dict(halo=(0, 8, 8)), "median window"),
+        (dict(resume=True), "output zarr"),
+        (dict(confidence=0.5), "Unknown parameter"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(toy_model_file, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        segment_volume(RAW[:4, :64, :64], toy_model_file, **kwargs)
+
+
+def test_block_core_in_padded():
+    b = Block(
+        (1, 0, 0),
+        (slice(4, 8), slice(0, 10), slice(0, 10)),
+        (slice(2, 10), slice(0, 14), slice(0, 10)),
+    )
+    assert b.core_in_padded == (slice(2, 6), slice(0, 10), slice(0, 10))  # fmt: skip
