@@ -442,3 +442,20 @@ def test_measure_per_plane(crop2d):
     assert len(table["label"]) == n
     first = (table["index-0"] == 0) & (table["label"] == 1)
     assert table["voxels"][first][0] == int((crop2d[0] == 1).sum())
+
+
+def test_benchmark_runs_on_a_small_tiled_volume(tmp_path):
+    import json
+
+    from benchmarks import proofread as bench
+
+    from .conftest import SHARED
+
+    if not (SHARED / "lucchi_train" / "mito_instances_3d_cc.tif").exists():
+        pytest.skip("shared Lucchi data not available")
+    out = tmp_path / "b.json"
+    argv = ["--shape", "64x256x512", "--objects", "3", "--naive-repeats", "1", "--json", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["index_consistent_after_all_edits"] and result["objects"] > 50
+    assert set(result["indexed_ms"]) >= {"merge", "delete"}

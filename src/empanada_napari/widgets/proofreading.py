@@ -536,4 +536,3 @@ class MeasureLabels(Container):
             return
         pr.table_to_csv(self.table, path)
         show_info(f"{len(self.table['label'])} rows written to {path}")
-
