@@ -147,14 +147,19 @@ def test_merge_3d(crop):
     assert merge_labels(labels, [30, 37], index=index, target=17).target == 30
 
 
-def test_merge_in_one_plane(crop):
-    labels = crop.copy()
+@pytest.mark.parametrize(
+    ("volume", "plane", "ids"),
+    [("crop", 5, [17, 30]), ("crop2d", 4, [1, 2])],  # crop2d: t, y, x per-plane instances
+)
+def test_merge_in_one_plane(request, volume, plane, ids):
+    truth = request.getfixturevalue(volume)
+    labels = truth.copy()
     index = LabelIndex.build(labels)
-    edit = merge_labels(labels, [17, 30], index=index, fixed={0: 5})
-    expected = crop.copy()
-    expected[5][np.isin(crop[5], [17, 30])] = 17
+    edit = merge_labels(labels, ids, index=index, fixed={0: plane})
+    expected = truth.copy()
+    expected[plane][np.isin(truth[plane], ids)] = min(ids)
     _check_edit(labels, edit, expected, index)
-    assert edit.box[0] == slice(5, 6)
+    assert edit.box[0] == slice(plane, plane + 1)
 
 
 def test_merge_reads_and_writes_only_the_boxes(crop):
@@ -346,14 +351,7 @@ def test_edits_on_zarr_and_dask(crop, tmp_path):
     assert np.array_equal(d.compute(), crop)
 
 
-def test_2d_plus_t_and_4d(crop2d, crop):
-    # A t, y, x stack of per-plane instances: ids repeat across planes, edits stay in a plane.
-    labels = crop2d.copy()
-    index = LabelIndex.build(labels)
-    edit = merge_labels(labels, [1, 2], index=index, fixed={0: 4})
-    expected = crop2d.copy()
-    expected[4][np.isin(crop2d[4], [1, 2])] = 1
-    _check_edit(labels, edit, expected, index)
+def test_4d_merge_at_one_time_point(crop):
     # t, z, y, x: a 3D merge at one time point leaves the other untouched.
     tz = np.stack([crop, crop])
     index = LabelIndex.build(tz)

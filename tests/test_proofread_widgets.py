@@ -125,6 +125,19 @@ def test_split_with_markers_and_undo(make_napari_viewer, crop, messages):
     _assert_undo_redo(layer, merged, after)
 
 
+def _delete_in_plane(viewer, layer, truth, plane, label_id, messages):
+    """Delete ``label_id`` in ``plane`` through the widget; check the result and undo/redo."""
+    viewer.dims.set_point(0, plane)
+    points = viewer.add_points([_point_on(truth, label_id, z=plane)])
+    w = _dock(viewer, "Delete Labels")
+    w.labels_layer.value, w.points.value, w.mode.value = layer, points, pw.PLANE
+    w()
+    expected = truth.copy()
+    expected[plane][truth[plane] == label_id] = 0
+    assert np.array_equal(np.asarray(layer.data), expected), messages
+    _assert_undo_redo(layer, truth, expected)
+
+
 def test_delete_in_plane_on_zarr_layer(make_napari_viewer, crop, messages, tmp_path):
     import zarr
 
@@ -132,32 +145,17 @@ def test_delete_in_plane_on_zarr_layer(make_napari_viewer, crop, messages, tmp_p
     z[:] = crop
     viewer = make_napari_viewer()
     layer = viewer.add_labels(z)
-    viewer.dims.set_point(0, 3)
-    points = viewer.add_points([_point_on(crop, 37, z=3)])
-    w = _dock(viewer, "Delete Labels")
-    w.labels_layer.value, w.points.value, w.mode.value = layer, points, pw.PLANE
-    w()
-    expected = crop.copy()
-    expected[3][crop[3] == 37] = 0
-    assert np.array_equal(z[:], expected), messages
-    _assert_undo_redo(layer, crop, expected)
+    _delete_in_plane(viewer, layer, crop, 3, 37, messages)
+    assert np.array_equal(z[:], crop)  # the zarr store itself was edited and restored
 
 
-def test_delete_on_dask_layer_and_2d_plus_t(make_napari_viewer, crop, messages):
+def test_delete_on_dask_layer_and_2d_plus_t(make_napari_viewer, messages):
     import dask.array as da
 
     stack = tifffile.imread(DATA / "lucchi_crop_instances_2d.tif")  # t, y, x
     viewer = make_napari_viewer()
     layer = viewer.add_labels(da.from_array(stack.copy(), chunks=(2, 160, 160)))
-    viewer.dims.set_point(0, 6)
-    points = viewer.add_points([_point_on(stack, 2, z=6)])
-    w = _dock(viewer, "Delete Labels")
-    w.labels_layer.value, w.points.value, w.mode.value = layer, points, pw.PLANE
-    w()
-    expected = stack.copy()
-    expected[6][stack[6] == 2] = 0
-    assert np.array_equal(np.asarray(layer.data), expected), messages
-    _assert_undo_redo(layer, stack, expected)
+    _delete_in_plane(viewer, layer, stack, 6, 2, messages)
 
 
 def test_morph_dilate_picked(make_napari_viewer, crop, messages):
