@@ -1,0 +1,158 @@
+"""2D and 3D inference widgets on the real Lucchi crop with the bundled model (pytest-qt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+DATA = Path(__file__).parent / "data"
+PLUGIN = "empanada-napari"
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return tifffile.imread(DATA / "lucchi_crop_raw.tif")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return tifffile.imread(DATA / "lucchi_crop_mito_binary.tif") > 0
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_done(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=timeout)
+
+
+def iou(a, b):
+    a, b = a > 0, b > 0
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def collect_errors(monkeypatch):
+    from empanada_napari.widgets import _common
+
+    messages: list[str] = []
+    monkeypatch.setattr(_common, "show_error", messages.append)
+    return messages
+
+
+# ----------------------------------------------------------------------------- 2D
+
+
+def test_2d_current_slice_matches_engine(make_napari_viewer, qtbot, crop, truth):
+    from empanada_napari.core.inference.engine import Engine2D
+    from empanada_napari.core.models.loading import cached_models
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(crop[:4], name="raw")
+    viewer.dims.set_current_step(0, 2)
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    assert widget.image.value is layer
+    widget.confidence_thr.value = 0.4
+    assert widget.jobs.run_button.enabled
+    widget.jobs.run_button.clicked()
+    assert widget.jobs.busy  # runs in a worker thread, the click returns at once
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert type(out).__name__ == "Labels"
+    assert out.data.shape == (320, 320) and out.data.dtype == np.uint32
+    expected = Engine2D("default", "cpu", confidence_thr=0.4).segment(crop[2])
+    np.testing.assert_array_equal(out.data, expected)
+    assert len(np.unique(out.data)) > 3
+    assert iou(out.data, truth[2]) > 0.7
+    # A second click reuses the loaded model.
+    models = cached_models()
+    widget.jobs.run_button.clicked()
+    wait_done(qtbot, widget)
+    assert cached_models() == models
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 1
+
+
+def test_2d_roi_into_existing_layer_with_undo(make_napari_viewer, qtbot, crop):
+    from empanada_napari.core.inference.engine import Engine2D
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[:3], name="raw")
+    target = viewer.add_labels(np.zeros((3, 320, 320), np.uint32), name="target")
+    shapes = viewer.add_shapes([[[40, 60], [40, 260], [200, 260], [200, 60]]], name="roi")
+    viewer.dims.set_current_step(0, 1)
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.image.value = viewer.layers["raw"]
+    widget.region.value = "shapes ROI"
+    widget.roi.value = shapes
+    widget.output.value = target
+    assert widget.problem() is None
+    widget.run()
+    wait_done(qtbot, widget)
+    expected = Engine2D("default", "cpu").segment(crop[1, 40:200, 60:260])
+    np.testing.assert_array_equal(target.data[1, 40:200, 60:260], expected)
+    assert expected.max() > 0
+    assert not target.data[0].any() and not target.data[2].any()
+    assert not target.data[1, :40].any() and not target.data[1, :, :60].any()
+    target.undo()  # the write went through napari's undo history
+    assert not target.data.any()
+
+
+def test_2d_batch_all_slices(make_napari_viewer, qtbot, crop, truth):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[:3], name="raw", scale=(2, 1, 1))
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.region.value = "all slices (batch)"
+    widget.run()
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert out.data.shape == (3, 320, 320) and out.data.dtype == np.uint32
+    assert tuple(out.scale) == (2, 1, 1)
+    assert iou(out.data, truth[:3]) > 0.7
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 3
+
+
+def test_2d_bad_inputs_notify(make_napari_viewer, qtbot, monkeypatch):
+    errors = collect_errors(monkeypatch)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    # No image at all: the button is disabled with the reason, a click explains it.
+    assert not widget.jobs.run_button.enabled
+    assert "Image layer" in widget.jobs.status.value
+    widget.run()
+    assert errors and "Image layer" in errors[-1]
+    # A Labels layer is not offered as an image; an RGB image is refused with the reason.
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="labels")
+    assert widget.image.value is None
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    assert widget.image.value.name == "rgb"
+    assert "RGB" in widget.jobs.status.value and not widget.jobs.run_button.enabled
+    widget.run()
+    assert "RGB" in errors[-1]
+    # A boolean mask is not an EM image; an empty Shapes layer is not an ROI.
+    viewer.add_image(np.zeros((64, 64), bool), name="mask")
+    widget.image.value = viewer.layers["mask"]
+    widget.run()
+    assert "dtype bool" in errors[-1]
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
+    viewer.add_shapes(name="no shapes")
+    widget.image.value = viewer.layers["grey"]
+    widget.region.value = "shapes ROI"
+    widget.roi.value = viewer.layers["no shapes"]
+    widget.run()
+    assert "no shapes" in errors[-1] and not widget.jobs.run_button.enabled
+    widget.region.value = "current slice"
+    # A constant image is valid (it segments to nothing), also tile by tile.
+    viewer.add_image(np.full((64, 64), 7, np.uint8), name="flat")
+    widget.image.value = viewer.layers["flat"]
+    assert widget.jobs.run_button.enabled
+    widget.tile_size.value = 64
+    widget.jobs.run_button.clicked()
+    wait_done(qtbot, widget)
+    assert viewer.layers[-1].data.shape == (64, 64) and not viewer.layers[-1].data.any()
