@@ -6,6 +6,7 @@ menus); torch comes in with the first job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import Cancelled, EmpanadaError
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     import napari
 
     from ..core.models.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
 
 #: Label of the "make a new layer" entry of output pickers.
 NEW_LAYER = "New Labels layer"
@@ -38,18 +41,21 @@ def notify_info(message: str) -> None:
 # --------------------------------------------------------------------------- jobs
 
 
-class _Relay(QObject):
-    """Carries progress from a worker thread to the GUI thread (queued signal)."""
-
-    progressed = Signal(int, int)
-
-
 class _Failure:
-    """What a job returns instead of raising for errors the user can understand."""
+    """What a job returns instead of raising, so that every error becomes a notification."""
 
-    def __init__(self, exc: EmpanadaError) -> None:
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
         self.cancelled = isinstance(exc, Cancelled)
+
+    @property
+    def message(self) -> str:
+        # Core errors carry a user-readable reason; anything else is a bug: name its type.
+        if isinstance(self.exc, EmpanadaError):
+            return str(self.exc)
+        if isinstance(self.exc, MemoryError):
+            return "Out of memory: try a smaller region, downsampling or a zarr output."
+        return f"{type(self.exc).__name__}: {self.exc}"
 
 
 JobFunction = Callable[[Callable[[int, int], None], threading.Event], Any]
@@ -76,11 +82,16 @@ class JobPanel(Container):
         self.status.native.setWordWrap(True)
         self.run_button.changed.connect(lambda *_: on_run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
-        self._relay = _Relay()
-        self._relay.progressed.connect(self._on_progress)
+        # The worker only stores (done, total); a GUI-thread timer shows it. The worker thread
+        # never touches Qt, and a fast job cannot flood the event loop with updates.
+        self._latest: tuple[int, int] | None = None
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
         self._cancel_event: threading.Event | None = None
         self.worker = None
         self._problem: str | None = None
+        self._showing_problem = False
 
     @property
     def busy(self) -> bool:
@@ -94,14 +105,22 @@ class JobPanel(Container):
             return
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or ""
-        self.status.value = problem or ""
+        if problem is not None:
+            self.status.value = problem
+        elif self._showing_problem:
+            self.status.value = ""  # keep a job's "Done." / "Cancelled." until inputs change
+        self._showing_problem = problem is not None
 
     def cancel(self) -> None:
         if self._cancel_event is not None:
             self._cancel_event.set()
             self.status.value = "Cancelling..."
 
-    def _on_progress(self, done: int, total: int) -> None:
+    def _show_progress(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is None:
+            return
+        done, total = latest
         self.progress.max = max(1, int(total))
         self.progress.value = min(int(done), self.progress.max)
         self.progress.label = f"{done}/{total}"
@@ -117,18 +136,18 @@ class JobPanel(Container):
         from napari.qt.threading import create_worker
 
         cancel = threading.Event()
-        relay = self._relay
 
         def progress(done: int, total: int) -> None:
-            relay.progressed.emit(int(done), int(total))
+            self._latest = (int(done), int(total))  # one tuple swap: atomic under the GIL
 
         def work():
             try:
                 return job(progress, cancel)
             except EmpanadaError as exc:
                 return _Failure(exc)
-            except MemoryError:
-                return _Failure(EmpanadaError("Out of memory: try a smaller region or zarr."))
+            except Exception as exc:  # noqa: BLE001 - shown to the user, traceback logged
+                logger.exception("empanada-napari job failed")
+                return _Failure(exc)
 
         self._cancel_event = cancel
         self.progress.value = 0
@@ -143,10 +162,10 @@ class JobPanel(Container):
             if isinstance(result, _Failure):
                 if result.cancelled:
                     self.status.value = "Cancelled."
-                    notify_info(str(result.exc) or "Cancelled.")
+                    notify_info(result.message or "Cancelled.")
                 else:
-                    self.status.value = f"Failed: {result.exc}"
-                    notify_error(str(result.exc))
+                    self.status.value = f"Failed: {result.message}"
+                    notify_error(result.message)
                 return
             try:
                 on_done(result)
@@ -156,20 +175,19 @@ class JobPanel(Container):
                 return
             self.status.value = "Done."
 
-        def errored(exc: Exception) -> None:
-            # napari already shows unexpected errors (with their traceback) as notifications.
-            self.status.value = f"Failed: {type(exc).__name__}: {exc}"
-
         def finished() -> None:
+            self._timer.stop()
+            self._show_progress()
             self.worker = None
             self._cancel_event = None
             self.cancel_button.enabled = False
             self.set_problem(self._problem)
 
         worker.returned.connect(returned)
-        worker.errored.connect(errored)
         worker.finished.connect(finished)
         self.worker = worker
+        self._latest = None
+        self._timer.start()
         worker.start()
 
 
@@ -198,8 +216,9 @@ class ModelPicker(ComboBox):
         super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
         self._watcher = _RegistryWatcher()
         self._watcher.changed.connect(self.refresh)
+        # The registry holds bound methods weakly, so a closed widget's picker drops out by
+        # itself (no ``destroyed`` hook: PySide6 may call it on a half-deleted object).
         self.registry.add_listener(self._watcher.notify)
-        self.native.destroyed.connect(self._detach)
         self.value = self.default_name()
         self._update_tooltip()
         self.changed.connect(self._update_tooltip)
@@ -234,9 +253,6 @@ class ModelPicker(ComboBox):
         except EmpanadaError:
             self.tooltip = ""
 
-    def _detach(self, *_: Any) -> None:
-        self.registry.remove_listener(self._watcher.notify)
-
 
 def device_picker() -> ComboBox:
     """Device choice: auto plus every device torch can use here."""
@@ -260,10 +276,10 @@ class LayerPicker(ComboBox):
         self._kinds = kinds
         self._extra = extra
         super().__init__(choices=self._choices, **kwargs)
+        # napari holds bound methods weakly: no need to disconnect when the widget goes.
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._refresh)
-        self.native.destroyed.connect(self._disconnect)
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         layers = [
@@ -278,11 +294,6 @@ class LayerPicker(ComboBox):
             self.reset_choices()
         except RuntimeError:  # the Qt widget is already deleted
             pass
-
-    def _disconnect(self, *_: Any) -> None:
-        events = self._viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self._refresh)
 
 
 # --------------------------------------------------------------------------- layers
