@@ -74,9 +74,7 @@ class Inference2DWidget(Container):
         self.split_fragments = CheckBox(value=False, text="split disconnected fragments")
         self.downsample = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
         self.label_divisor = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
-        self.tile_size = SpinBox(
-            value=0, min=0, max=65536, step=64, label="tile size (0: none)"
-        )
+        self.tile_size = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
         self.jobs = JobPanel("Run 2D inference", self.run)
         super().__init__(
             widgets=[

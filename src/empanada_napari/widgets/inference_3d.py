@@ -85,9 +85,7 @@ class Inference3DWidget(Container):
         self.semantic_only = CheckBox(value=False, text="semantic only")
         self.fill_holes = CheckBox(value=False, text="fill holes in objects")
         self.downsample = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
-        self.tile_size = SpinBox(
-            value=0, min=0, max=65536, step=64, label="tile size (0: none)"
-        )
+        self.tile_size = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
         self.pixel_vote_thr = SpinBox(value=2, min=1, max=3, label="voxel votes", visible=False)
         self.cluster_iou_thr = FloatSpinBox(
             value=0.75, min=0.0, max=1.0, step=0.05, label="cluster IoU", visible=False

@@ -186,9 +186,7 @@ class ModelManagerWidget(Container):
             progress(1, 1)
             return entry
 
-        self.jobs.start(
-            work, lambda entry: self._registered(entry.name), description="Importing"
-        )
+        self.jobs.start(work, lambda entry: self._registered(entry.name), description="Importing")
 
     def _registered(self, name: str) -> None:
         self.selected.refresh()
