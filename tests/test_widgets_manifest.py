@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,10 +45,7 @@ def test_every_command_imports_and_is_callable():
 
 @pytest.mark.parametrize("module", WIDGET_MODULES)
 def test_widget_modules_do_not_import_torch(module):
-    code = (
-        f"import sys; import empanada_napari.widgets.{module}; "
-        "print('torch' in sys.modules)"
-    )
+    code = f"import sys; import empanada_napari.widgets.{module}; print('torch' in sys.modules)"
     env_path = str(ROOT / "src")
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -62,6 +58,7 @@ def test_widget_modules_do_not_import_torch(module):
 
 
 def test_package_metadata_for_the_napari_hub():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "Framework :: napari" in project["classifiers"]
     entry = project["entry-points"]["napari.manifest"]["empanada-napari"]

@@ -67,7 +67,8 @@ class JobPanel(Container):
     :meth:`start` runs ``job(progress, cancel)`` in a napari ``thread_worker``: ``progress``
     may be called from the worker thread; ``cancel`` is the Event the Cancel button sets (the
     core checks it between slices or blocks and raises ``Cancelled``). The result goes to
-    ``on_done`` in the GUI thread; core errors become notifications with their reason.
+    ``on_done`` in the GUI thread (a string it returns becomes the status line); errors
+    become notifications with their reason.
     """
 
     def __init__(self, run_text: str, on_run: Callable[[], None]) -> None:
@@ -98,13 +99,19 @@ class JobPanel(Container):
         """True while a job runs."""
         return self.worker is not None
 
-    def set_problem(self, problem: str | None) -> None:
-        """Disable the run button with ``problem`` as the explanation (None enables it)."""
+    def set_problem(self, problem: str | None, *, show: bool = True) -> None:
+        """Disable the run button with ``problem`` as the explanation (None enables it).
+
+        ``show=False`` only sets the button and its tooltip, keeping the status line (a
+        finished job's message stays visible until the inputs change).
+        """
         self._problem = problem
         if self.busy:
             return
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or ""
+        if not show:
+            return
         if problem is not None:
             self.status.value = problem
         elif self._showing_problem:
@@ -128,7 +135,7 @@ class JobPanel(Container):
     def start(
         self,
         job: JobFunction,
-        on_done: Callable[[Any], None],
+        on_done: Callable[[Any], str | None],
         *,
         description: str = "Running",
     ) -> None:
@@ -168,12 +175,12 @@ class JobPanel(Container):
                     notify_error(result.message)
                 return
             try:
-                on_done(result)
+                message = on_done(result)
             except EmpanadaError as exc:
                 self.status.value = f"Failed: {exc}"
                 notify_error(str(exc))
                 return
-            self.status.value = "Done."
+            self.status.value = message if isinstance(message, str) else "Done."
 
         def finished() -> None:
             self._timer.stop()
@@ -181,7 +188,7 @@ class JobPanel(Container):
             self.worker = None
             self._cancel_event = None
             self.cancel_button.enabled = False
-            self.set_problem(self._problem)
+            self.set_problem(self._problem, show=False)
 
         worker.returned.connect(returned)
         worker.finished.connect(finished)

@@ -140,10 +140,13 @@ class ExportWidget(Container):
                 done += _slices(data)
             return written
 
-        def done(paths: list[Path]) -> None:
+        def done(paths: list[Path]) -> str:
             from ._common import notify_info
 
-            notify_info("Exported " + ", ".join(p.name for p in paths))
-            self._update_state()
+            message = "Exported " + ", ".join(p.name for p in paths)
+            notify_info(message)
+            # Disable re-running into the same files, but keep the message on show.
+            self.jobs.set_problem(self.problem(), show=False)
+            return message
 
         self.jobs.start(work, done, description="Exporting")

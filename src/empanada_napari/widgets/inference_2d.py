@@ -232,7 +232,7 @@ class Inference2DWidget(Container):
             description=f"Segmenting with {req.model}",
         )
 
-    def _show(self, layer: Any, req: _Request, labels: np.ndarray) -> None:
+    def _show(self, layer: Any, req: _Request, labels: np.ndarray) -> str:
         """Put the result into the chosen output (GUI thread)."""
         out = self.output.value
         y0, x0 = req.offset
@@ -244,12 +244,18 @@ class Inference2DWidget(Container):
                 index = (*req.lead, slice(y0, y0 + h), slice(x0, x0 + w))
             write_into_labels(out, index, labels)
             out.refresh()
-            return
+            return f"Wrote {_count(labels)} objects into '{out.name}' (undo: Ctrl+Z)."
         where = "stack" if req.batch else "slice " + ",".join(map(str, req.lead))
         name = f"{layer.name} {req.model} 2D" + (f" {where}" if req.lead or req.batch else "")
         ndim = 3 if req.batch else 2
         offset = () if req.batch else (y0, x0)
         self.viewer.add_labels(labels, name=name, **place_like(layer, ndim, offset))
+        return f"Added '{name}': {_count(labels)} objects."
+
+
+def _count(labels: np.ndarray) -> int:
+    """Number of distinct non-zero ids (instance ids repeat across slices of a batch)."""
+    return len(np.unique(labels)) - int((labels == 0).any())
 
 
 def _segment(req: _Request, progress, cancel) -> np.ndarray:

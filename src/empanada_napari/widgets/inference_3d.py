@@ -235,10 +235,13 @@ class Inference3DWidget(Container):
             description=f"Segmenting in 3D ({req.mode}) with {req.model}",
         )
 
-    def _show(self, layer: Any, req: _Request, labels: Any) -> None:
+    def _show(self, layer: Any, req: _Request, labels: Any) -> str:
         mode = req.mode if req.mode == "ortho" else f"stack {req.axis}"
         name = f"{layer.name} {req.model} 3D {mode}"
         self.viewer.add_labels(labels, name=name, **place_like(layer, 3))
+        if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
+            return f"Added '{name}': {int(labels.max(initial=0))} objects."
+        return f"Added '{name}' (stored in {req.out})."
 
 
 def segment(req: _Request, progress, cancel):
