@@ -261,3 +261,44 @@ def test_3d_refuses_2d_image(make_napari_viewer, monkeypatch):
     assert not widget.jobs.run_button.enabled
     widget.run()
     assert "2D Inference" in errors[-1]
+
+
+def test_3d_passes_every_parameter_to_the_chunked_driver(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path
+):
+    import sys
+    import types
+
+    calls = []
+
+    def segment_volume(image, model="default", **kwargs):
+        calls.append((image.shape, model, kwargs))
+        kwargs["progress"](1, 2)
+        kwargs["progress"](2, 2)
+        return np.ones(image.shape, np.uint32)
+
+    fake = types.ModuleType("empanada_napari.core.inference.chunked")
+    fake.segment_volume = segment_volume
+    monkeypatch.setitem(sys.modules, "empanada_napari.core.inference.chunked", fake)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 6, 32, 32), np.uint16), name="t")  # 4D: current volume
+    widget = open_widget(viewer, "3D Inference")
+    widget.mode.value = "ortho"
+    widget.pixel_vote_thr.value = 3
+    widget.out_dir.value = tmp_path
+    widget.chunks.value = 128
+    widget.scheduler.value = "local:2"
+    widget.confidence_thr.value = 0.3
+    widget.run()
+    wait_done(qtbot, widget)
+    shape, model, kwargs = calls[0]
+    assert shape == (6, 32, 32) and model == "Lucchi_Lite_v1"
+    assert kwargs["mode"] == "ortho" and kwargs["pixel_vote_thr"] == 3
+    assert kwargs["out"] == tmp_path / "t_Lucchi_Lite_v1_ortho.zarr"
+    assert kwargs["chunks"] == 128 and kwargs["halo"] is None
+    assert kwargs["scheduler"] == "local:2" and kwargs["device"] == "auto"
+    assert kwargs["confidence_thr"] == 0.3 and kwargs["median_slices"] == 3
+    assert kwargs["min_size"] == 500 and kwargs["min_extent"] == 5
+    assert kwargs["cancel"] is not None
+    assert viewer.layers[-1].name == "t Lucchi_Lite_v1 3D ortho"
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 2
