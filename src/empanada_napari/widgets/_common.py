@@ -12,7 +12,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
@@ -196,6 +205,55 @@ class JobPanel(Container):
         self._latest = None
         self._timer.start()
         worker.start()
+
+
+# --------------------------------------------------------------------------- parameters
+
+DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
+
+
+def engine_controls(*, per_slice: bool) -> dict[str, Any]:
+    """Widgets for the 2D engine's parameters (DESIGN.md s.4), keyed by InferenceSettings
+    field. ``per_slice`` adds the options that only make sense for independent slices."""
+    controls: dict[str, Any] = {
+        "confidence_thr": FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05, label="confidence"),
+        "center_confidence_thr": FloatSpinBox(
+            value=0.1, min=0.0, max=1.0, step=0.05, label="centre confidence"
+        ),
+        "min_distance_object_centers": SpinBox(value=3, min=1, max=99, label="min centre distance"),
+        "fine_boundaries": CheckBox(value=False, text="fine boundaries"),
+        "semantic_only": CheckBox(value=False, text="semantic only"),
+        "fill_holes": CheckBox(value=False, text="fill holes in objects"),
+    }
+    if per_slice:
+        controls["split_fragments"] = CheckBox(value=False, text="split disconnected fragments")
+    controls["downsample"] = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
+    if per_slice:
+        controls["label_divisor"] = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
+    controls["tile_size"] = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
+    return controls
+
+
+def engine_params(controls: dict[str, Any]) -> dict[str, Any]:
+    """InferenceSettings fields from :func:`engine_controls` widgets."""
+    params = {key: widget.value for key, widget in controls.items()}
+    tile = int(params.pop("tile_size"))
+    params["tile_size"] = tile or None
+    # Overlap must stay below half a tile: 128 px (the default) unless tiles are small.
+    params["tile_overlap"] = min(128, tile // 4)
+    return params
+
+
+def watch_inputs(widget: Container, viewer: napari.viewer.Viewer) -> None:
+    """Re-check ``widget.problem()`` whenever its values or the viewer's layers change."""
+
+    def update(*_: Any) -> None:
+        widget.jobs.set_problem(widget.problem())
+
+    widget.changed.connect(update)
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        event.connect(update)
+    update()
 
 
 # --------------------------------------------------------------------------- pickers

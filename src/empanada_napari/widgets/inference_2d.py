@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
+from magicgui.widgets import ComboBox, Container
 
 from ..core.errors import InputError
 from ._common import (
@@ -19,10 +19,13 @@ from ._common import (
     LayerPicker,
     ModelPicker,
     device_picker,
+    engine_controls,
+    engine_params,
     image_problem,
     layer_array,
     leading_index,
     place_like,
+    watch_inputs,
     write_into_labels,
 )
 
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
     import napari
 
 REGIONS = ("current slice", "viewport", "shapes ROI", "all slices (batch)")
-DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass
@@ -59,22 +61,9 @@ class Inference2DWidget(Container):
         self.output = LayerPicker(
             napari_viewer, ("labels",), extra=((NEW_LAYER, NEW_LAYER),), label="output"
         )
-        self.confidence_thr = FloatSpinBox(
-            value=0.5, min=0.0, max=1.0, step=0.05, label="confidence"
-        )
-        self.center_confidence_thr = FloatSpinBox(
-            value=0.1, min=0.0, max=1.0, step=0.05, label="centre confidence"
-        )
-        self.min_distance_object_centers = SpinBox(
-            value=3, min=1, max=99, label="min centre distance"
-        )
-        self.fine_boundaries = CheckBox(value=False, text="fine boundaries")
-        self.semantic_only = CheckBox(value=False, text="semantic only")
-        self.fill_holes = CheckBox(value=False, text="fill holes in objects")
-        self.split_fragments = CheckBox(value=False, text="split disconnected fragments")
-        self.downsample = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
-        self.label_divisor = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
-        self.tile_size = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
+        self.controls = engine_controls(per_slice=True)
+        for key, control in self.controls.items():
+            setattr(self, key, control)
         self.jobs = JobPanel("Run 2D inference", self.run)
         super().__init__(
             widgets=[
@@ -84,24 +73,12 @@ class Inference2DWidget(Container):
                 self.region,
                 self.roi,
                 self.output,
-                self.confidence_thr,
-                self.center_confidence_thr,
-                self.min_distance_object_centers,
-                self.fine_boundaries,
-                self.semantic_only,
-                self.fill_holes,
-                self.split_fragments,
-                self.downsample,
-                self.label_divisor,
-                self.tile_size,
+                *self.controls.values(),
                 self.jobs,
             ]
         )
         self.region.changed.connect(self._on_region)
-        self.changed.connect(self._update_state)
-        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            event.connect(self._update_state)
-        self._update_state()
+        watch_inputs(self, napari_viewer)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -110,20 +87,7 @@ class Inference2DWidget(Container):
 
     def params(self) -> dict[str, Any]:
         """InferenceSettings fields from the widget."""
-        return {
-            "confidence_thr": float(self.confidence_thr.value),
-            "center_confidence_thr": float(self.center_confidence_thr.value),
-            "min_distance_object_centers": int(self.min_distance_object_centers.value),
-            "fine_boundaries": bool(self.fine_boundaries.value),
-            "semantic_only": bool(self.semantic_only.value),
-            "fill_holes": bool(self.fill_holes.value),
-            "split_fragments": bool(self.split_fragments.value),
-            "downsample": int(self.downsample.value),
-            "label_divisor": int(self.label_divisor.value),
-            "tile_size": int(self.tile_size.value) or None,
-            # Overlap must stay below half a tile; 128 px (the default) unless tiles are small.
-            "tile_overlap": min(128, max(0, int(self.tile_size.value) // 4)),
-        }
+        return engine_params(self.controls)
 
     def problem(self) -> str | None:
         """Why the current inputs cannot run, or None (reads no pixels)."""
@@ -154,9 +118,6 @@ class Inference2DWidget(Container):
             if np.dtype(out.data.dtype).kind not in "ui":
                 return f"Output layer '{out.name}' must hold integer labels."
         return None
-
-    def _update_state(self, *_: Any) -> None:
-        self.jobs.set_problem(self.problem())
 
     def _plane_box(self, layer: Any) -> tuple[int, int, int, int]:
         """(y0, y1, x0, x1) of the region to segment in the layer's current plane."""

@@ -27,13 +27,15 @@ from ._common import (
     LayerPicker,
     ModelPicker,
     device_picker,
+    engine_controls,
+    engine_params,
     image_problem,
     layer_array,
     leading_index,
     notify_error,
     place_like,
+    watch_inputs,
 )
-from .inference_2d import DOWNSAMPLE
 
 if TYPE_CHECKING:
     import napari
@@ -72,20 +74,9 @@ class Inference3DWidget(Container):
         self.median_slices = SpinBox(value=3, min=1, max=11, step=2, label="median slices")
         self.min_size = SpinBox(value=500, min=0, max=10**9, label="min size (voxels)")
         self.min_extent = SpinBox(value=5, min=0, max=10**5, label="min extent")
-        self.confidence_thr = FloatSpinBox(
-            value=0.5, min=0.0, max=1.0, step=0.05, label="confidence"
-        )
-        self.center_confidence_thr = FloatSpinBox(
-            value=0.1, min=0.0, max=1.0, step=0.05, label="centre confidence"
-        )
-        self.min_distance_object_centers = SpinBox(
-            value=3, min=1, max=99, label="min centre distance"
-        )
-        self.fine_boundaries = CheckBox(value=False, text="fine boundaries")
-        self.semantic_only = CheckBox(value=False, text="semantic only")
-        self.fill_holes = CheckBox(value=False, text="fill holes in objects")
-        self.downsample = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
-        self.tile_size = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
+        self.controls = engine_controls(per_slice=False)
+        for key, control in self.controls.items():
+            setattr(self, key, control)
         self.pixel_vote_thr = SpinBox(value=2, min=1, max=3, label="voxel votes", visible=False)
         self.cluster_iou_thr = FloatSpinBox(
             value=0.75, min=0.0, max=1.0, step=0.05, label="cluster IoU", visible=False
@@ -109,14 +100,7 @@ class Inference3DWidget(Container):
                 self.median_slices,
                 self.min_size,
                 self.min_extent,
-                self.confidence_thr,
-                self.center_confidence_thr,
-                self.min_distance_object_centers,
-                self.fine_boundaries,
-                self.semantic_only,
-                self.fill_holes,
-                self.downsample,
-                self.tile_size,
+                *self.controls.values(),
                 self.pixel_vote_thr,
                 self.cluster_iou_thr,
                 self.allow_one_view,
@@ -130,10 +114,7 @@ class Inference3DWidget(Container):
             ]
         )
         self.mode.changed.connect(self._on_mode)
-        self.changed.connect(self._update_state)
-        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            event.connect(self._update_state)
-        self._update_state()
+        watch_inputs(self, napari_viewer)
 
     def _on_mode(self, *_: Any) -> None:
         ortho = self.mode.value == "ortho"
@@ -143,17 +124,8 @@ class Inference3DWidget(Container):
 
     def params(self) -> dict[str, Any]:
         """InferenceSettings and StackSettings fields from the widget."""
-        tile = int(self.tile_size.value)
         return {
-            "confidence_thr": float(self.confidence_thr.value),
-            "center_confidence_thr": float(self.center_confidence_thr.value),
-            "min_distance_object_centers": int(self.min_distance_object_centers.value),
-            "fine_boundaries": bool(self.fine_boundaries.value),
-            "semantic_only": bool(self.semantic_only.value),
-            "fill_holes": bool(self.fill_holes.value),
-            "downsample": int(self.downsample.value),
-            "tile_size": tile or None,
-            "tile_overlap": min(128, max(0, tile // 4)),
+            **engine_params(self.controls),
             "median_slices": int(self.median_slices.value),
             "min_size": int(self.min_size.value),
             "min_extent": int(self.min_extent.value),
@@ -193,9 +165,6 @@ class Inference3DWidget(Container):
         elif self.resume.value or scheduler:
             return "Resume and a dask scheduler need a zarr output folder."
         return None
-
-    def _update_state(self, *_: Any) -> None:
-        self.jobs.set_problem(self.problem())
 
     def request(self) -> _Request:
         layer = self.image.value
