@@ -217,8 +217,10 @@ def segment(req: _Request, progress, cancel):
     """Worker-thread part: the chunked driver where available, else the in-memory one."""
     try:
         from ..core.inference.chunked import segment_volume
-    except ImportError:  # the chunked driver is not part of this installation yet
-        return _segment_in_memory(req, progress, cancel)
+    except ModuleNotFoundError as exc:
+        if exc.name != "empanada_napari.core.inference.chunked":
+            raise  # a broken installation must not fall back silently
+        return _segment_in_memory(req, progress, cancel)  # a core without the chunked driver
     kwargs: dict[str, Any] = {}
     if req.mode == "ortho":
         kwargs.update(req.ortho)
