@@ -1,0 +1,447 @@
+"""Plumbing shared by the dock widgets: jobs in threads, pickers, layer helpers, notifications.
+
+Kept free of torch at import time (napari loads the plugin's widget modules when it builds its
+menus); torch comes in with the first job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..core.errors import Cancelled, EmpanadaError
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..core.models.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Label of the "make a new layer" entry of output pickers.
+NEW_LAYER = "New Labels layer"
+
+
+def notify_error(message: str) -> None:
+    """Show a user-caused problem as a napari error notification (no traceback)."""
+    show_error(message)
+
+
+def notify_info(message: str) -> None:
+    show_info(message)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class _Failure:
+    """What a job returns instead of raising, so that every error becomes a notification."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.cancelled = isinstance(exc, Cancelled)
+
+    @property
+    def message(self) -> str:
+        # Core errors carry a user-readable reason; anything else is a bug: name its type.
+        if isinstance(self.exc, EmpanadaError):
+            return str(self.exc)
+        if isinstance(self.exc, MemoryError):
+            return "Out of memory: try a smaller region, downsampling or a zarr output."
+        return f"{type(self.exc).__name__}: {self.exc}"
+
+
+JobFunction = Callable[[Callable[[int, int], None], threading.Event], Any]
+
+
+class JobPanel(Container):
+    """Run button, determinate progress bar, Cancel button and a status line.
+
+    :meth:`start` runs ``job(progress, cancel)`` in a napari ``thread_worker``: ``progress``
+    may be called from the worker thread; ``cancel`` is the Event the Cancel button sets (the
+    core checks it between slices or blocks and raises ``Cancelled``). The result goes to
+    ``on_done`` in the GUI thread (a string it returns becomes the status line); errors
+    become notifications with their reason.
+    """
+
+    def __init__(self, run_text: str, on_run: Callable[[], None]) -> None:
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        super().__init__(widgets=[buttons, self.progress, self.status], labels=False)
+        self.status.native.setWordWrap(True)
+        self.run_button.changed.connect(lambda *_: on_run())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        # The worker only stores (done, total); a GUI-thread timer shows it. The worker thread
+        # never touches Qt, and a fast job cannot flood the event loop with updates.
+        self._latest: tuple[int, int] | None = None
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
+        self._cancel_event: threading.Event | None = None
+        self.worker = None
+        self._problem: str | None = None
+        self._showing_problem = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs."""
+        return self.worker is not None
+
+    def set_problem(self, problem: str | None, *, show: bool = True) -> None:
+        """Disable the run button with ``problem`` as the explanation (None enables it).
+
+        ``show=False`` only sets the button and its tooltip, keeping the status line (a
+        finished job's message stays visible until the inputs change).
+        """
+        self._problem = problem
+        if self.busy:
+            return
+        self.run_button.enabled = problem is None
+        self.run_button.tooltip = problem or ""
+        if not show:
+            return
+        if problem is not None:
+            self.status.value = problem
+        elif self._showing_problem:
+            self.status.value = ""  # keep a job's "Done." / "Cancelled." until inputs change
+        self._showing_problem = problem is not None
+
+    def cancel(self) -> None:
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+            self.status.value = "Cancelling..."
+
+    def _show_progress(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is None:
+            return
+        done, total = latest
+        self.progress.max = max(1, int(total))
+        self.progress.value = min(int(done), self.progress.max)
+        self.progress.label = f"{done}/{total}"
+
+    def start(
+        self,
+        job: JobFunction,
+        on_done: Callable[[Any], str | None],
+        *,
+        description: str = "Running",
+    ) -> None:
+        """Run ``job`` in a thread worker (see the class docstring)."""
+        from napari.qt.threading import create_worker
+
+        cancel = threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            self._latest = (int(done), int(total))  # one tuple swap: atomic under the GIL
+
+        def work():
+            try:
+                return job(progress, cancel)
+            except EmpanadaError as exc:
+                return _Failure(exc)
+            except Exception as exc:  # noqa: BLE001 - shown to the user, traceback logged
+                logger.exception("empanada-napari job failed")
+                return _Failure(exc)
+
+        self._cancel_event = cancel
+        self.progress.value = 0
+        self.progress.max = 1
+        self.progress.label = "progress"
+        self.status.value = f"{description}..."
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        worker = create_worker(work, _start_thread=False)
+
+        def returned(result: Any) -> None:
+            if isinstance(result, _Failure):
+                if result.cancelled:
+                    self.status.value = "Cancelled."
+                    notify_info(result.message or "Cancelled.")
+                else:
+                    self.status.value = f"Failed: {result.message}"
+                    notify_error(result.message)
+                return
+            try:
+                message = on_done(result)
+            except EmpanadaError as exc:
+                self.status.value = f"Failed: {exc}"
+                notify_error(str(exc))
+                return
+            self.status.value = message if isinstance(message, str) else "Done."
+
+        def finished() -> None:
+            self._timer.stop()
+            self._show_progress()
+            self.worker = None
+            self._cancel_event = None
+            self.cancel_button.enabled = False
+            self.set_problem(self._problem, show=False)
+
+        worker.returned.connect(returned)
+        worker.finished.connect(finished)
+        self.worker = worker
+        self._latest = None
+        self._timer.start()
+        worker.start()
+
+
+# --------------------------------------------------------------------------- parameters
+
+DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
+
+
+def engine_controls(*, per_slice: bool) -> dict[str, Any]:
+    """Widgets for the 2D engine's parameters (DESIGN.md s.4), keyed by InferenceSettings
+    field. ``per_slice`` adds the options that only make sense for independent slices."""
+    controls: dict[str, Any] = {
+        "confidence_thr": FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05, label="confidence"),
+        "center_confidence_thr": FloatSpinBox(
+            value=0.1, min=0.0, max=1.0, step=0.05, label="centre confidence"
+        ),
+        "min_distance_object_centers": SpinBox(value=3, min=1, max=99, label="min centre distance"),
+        "fine_boundaries": CheckBox(value=False, text="fine boundaries"),
+        "semantic_only": CheckBox(value=False, text="semantic only"),
+        "fill_holes": CheckBox(value=False, text="fill holes in objects"),
+    }
+    if per_slice:
+        controls["split_fragments"] = CheckBox(value=False, text="split disconnected fragments")
+    controls["downsample"] = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
+    if per_slice:
+        controls["label_divisor"] = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
+    controls["tile_size"] = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
+    return controls
+
+
+def engine_params(controls: dict[str, Any]) -> dict[str, Any]:
+    """InferenceSettings fields from :func:`engine_controls` widgets."""
+    params = {key: widget.value for key, widget in controls.items()}
+    tile = int(params.pop("tile_size"))
+    params["tile_size"] = tile or None
+    # Overlap must stay below half a tile: 128 px (the default) unless tiles are small.
+    params["tile_overlap"] = min(128, tile // 4)
+    return params
+
+
+def watch_inputs(widget: Container, viewer: napari.viewer.Viewer) -> None:
+    """Re-check ``widget.problem()`` whenever its values or the viewer's layers change."""
+
+    def update(*_: Any) -> None:
+        widget.jobs.set_problem(widget.problem())
+
+    widget.changed.connect(update)
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        event.connect(update)
+    update()
+
+
+# --------------------------------------------------------------------------- pickers
+
+
+class _RegistryWatcher(QObject):
+    """Registry listener that hops to the GUI thread: registrations may run in a worker."""
+
+    changed = Signal()
+
+    def notify(self) -> None:
+        try:
+            self.changed.emit()
+        except RuntimeError:  # the Qt object is gone; the registry drops dead listeners
+            pass
+
+
+class ModelPicker(ComboBox):
+    """Model choice that refreshes whenever the registry changes (register/import/remove)."""
+
+    def __init__(self, registry: ModelRegistry | None = None, **kwargs: Any) -> None:
+        from ..core.models.registry import get_registry
+
+        self.registry = registry or get_registry()
+        super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
+        self._watcher = _RegistryWatcher()
+        self._watcher.changed.connect(self.refresh)
+        # The registry holds bound methods weakly, so a closed widget's picker drops out by
+        # itself (no ``destroyed`` hook: PySide6 may call it on a half-deleted object).
+        self.registry.add_listener(self._watcher.notify)
+        self.value = self.default_name()
+        self._update_tooltip()
+        self.changed.connect(self._update_tooltip)
+
+    def default_name(self) -> str | None:
+        from ..core.models.loading import default_model_name
+
+        names = self.registry.names()
+        name = default_model_name(self.registry)
+        return name if name in names else (names[0] if names else None)
+
+    def _model_names(self, _widget: Any = None) -> list[str]:
+        try:
+            return self.registry.names()
+        except EmpanadaError:
+            return []
+
+    def refresh(self) -> None:
+        """Re-read the registry, keeping the current choice when it still exists."""
+        current = self.value
+        self.reset_choices()
+        if current in self.choices:
+            self.value = current
+        elif self.choices:
+            self.value = self.default_name()
+        self._update_tooltip()
+
+    def _update_tooltip(self, *_: Any) -> None:
+        name = self.value
+        try:
+            self.tooltip = self.registry.get(name).description if name else ""
+        except EmpanadaError:
+            self.tooltip = ""
+
+
+def device_picker() -> ComboBox:
+    """Device choice: auto plus every device torch can use here."""
+    from ..core.device import available_devices
+
+    return ComboBox(choices=["auto", *available_devices()], value="auto", label="device")
+
+
+class LayerPicker(ComboBox):
+    """Choice among the viewer's layers of some kinds, kept in step with the layer list."""
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        kinds: tuple[str, ...],
+        *,
+        extra: tuple[tuple[str, Any], ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        self._viewer = viewer
+        self._kinds = kinds
+        self._extra = extra
+        super().__init__(choices=self._choices, **kwargs)
+        # napari holds bound methods weakly: no need to disconnect when the widget goes.
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._refresh)
+
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        layers = [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if type(layer).__name__.lower() in self._kinds
+        ]
+        return [*self._extra, *layers]
+
+    def _refresh(self, *_: Any) -> None:
+        try:
+            self.reset_choices()
+        except RuntimeError:  # the Qt widget is already deleted
+            pass
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def layer_array(layer: napari.layers.Layer):
+    """The full-resolution data of a layer (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def image_problem(layer: Any, ndim: tuple[int, ...] = (2, 3, 4)) -> str | None:
+    """Why an Image layer cannot be segmented, or None. Reads no pixels."""
+    if layer is None:
+        return "Open or choose an Image layer (EM, greyscale)."
+    if type(layer).__name__ != "Image":
+        return f"Layer '{layer.name}' is a {type(layer).__name__} layer; choose an Image layer."
+    if getattr(layer, "rgb", False):
+        return (
+            f"Layer '{layer.name}' is an RGB image; EM images are greyscale. Convert it to "
+            "one channel first."
+        )
+    data = layer_array(layer)
+    dtype = np.dtype(data.dtype)
+    if dtype == np.bool_ or dtype.kind not in "uif":
+        return f"Layer '{layer.name}' has dtype {dtype}; expected a greyscale EM image."
+    if any(s == 0 for s in data.shape):
+        return f"Layer '{layer.name}' is empty (shape {tuple(data.shape)})."
+    if data.ndim not in ndim:
+        return (
+            f"Layer '{layer.name}' has {data.ndim} dimensions; this widget takes "
+            f"{' or '.join(map(str, ndim))}."
+        )
+    return None
+
+
+def leading_index(viewer: napari.viewer.Viewer, layer: Any, keep: int) -> tuple[int, ...]:
+    """Indices of ``layer``'s leading dimensions at the viewer's current position.
+
+    The last ``keep`` dimensions are left out (2 for a plane, 3 for a volume).
+    """
+    data = layer_array(layer)
+    lead = data.ndim - keep
+    if lead <= 0:
+        return ()
+    point = layer.world_to_data(viewer.dims.point)
+    return tuple(
+        int(np.clip(np.round(p), 0, s - 1))
+        for p, s in zip(point[:lead], data.shape[:lead], strict=True)
+    )
+
+
+def place_like(layer: Any, ndim: int, offset: tuple[int, ...] = ()) -> dict[str, Any]:
+    """``scale``/``translate`` so that an array of the last ``ndim`` dims of ``layer``
+    (shifted by ``offset`` pixels in its last dims) overlays it."""
+    scale = np.asarray(layer.scale)[-ndim:]
+    translate = np.asarray(layer.translate, dtype=float)[-ndim:].copy()
+    if offset:
+        translate[-len(offset) :] += np.asarray(offset) * scale[-len(offset) :]
+    return {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def write_into_labels(labels_layer: Any, index: tuple, values: np.ndarray) -> None:
+    """Write ``values`` into ``labels_layer.data[index]`` through napari's undo history.
+
+    ``index`` is a tuple of ints and slices; values are cast to the layer's dtype.
+    """
+    data = labels_layer.data
+    target_dtype = np.dtype(data.dtype)
+    if values.size and np.iinfo(target_dtype).max < int(values.max()):
+        raise EmpanadaError(
+            f"Label ids up to {int(values.max())} do not fit layer '{labels_layer.name}' "
+            f"({target_dtype}); use a new layer or a smaller label divisor."
+        )
+    grids = []
+    sub_shape = values.shape
+    k = 0
+    for item in index:
+        if isinstance(item, slice):
+            start = item.start or 0
+            grids.append(np.arange(start, start + sub_shape[k]))
+            k += 1
+        else:
+            grids.append(np.array([int(item)]))
+    mesh = np.meshgrid(*grids, indexing="ij")
+    indices = tuple(m.ravel() for m in mesh)
+    labels_layer.data_setitem(indices, values.astype(target_dtype).ravel())

@@ -1,0 +1,152 @@
+"""Export Segmentations: Labels (and optionally Image) layers to tiff stacks, tiff slices or zarr.
+
+Label dtypes are kept exactly (uint32 ids stay uint32); zarr exports carry the layer's name,
+scale and translate under the ``empanada`` attribute so that the plugin's reader restores them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
+
+from ._common import JobPanel, layer_array, notify_error
+from ._io import _safe, _slices, export_array
+
+if TYPE_CHECKING:
+    import napari
+
+#: Display name -> (format key, file suffix).
+FORMATS = {
+    "tiff stack": ("tiff", ".tif"),
+    "tiff per slice": ("tiff-slices", ""),
+    "zarr": ("zarr", ".zarr"),
+}
+
+
+class ExportWidget(Container):
+    """Dock widget: write the chosen layers into a folder, one file (or folder) per layer."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.include_images = CheckBox(value=False, text="also list image layers")
+        self.layers = Select(choices=self._choices, label="layers")
+        self.format = ComboBox(choices=list(FORMATS), value="tiff stack", label="format")
+        self.folder = FileEdit(mode="d", value="", label="folder")
+        self.overwrite = CheckBox(value=False, text="overwrite existing files")
+        self.jobs = JobPanel("Export", self.run)
+        super().__init__(
+            widgets=[
+                self.include_images,
+                self.layers,
+                self.format,
+                self.folder,
+                self.overwrite,
+                self.jobs,
+            ]
+        )
+        self.layers.native.setMinimumHeight(90)
+        events = napari_viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._refresh)
+        self.include_images.changed.connect(self._refresh)
+        self.changed.connect(self._update_state)
+        self._refresh()
+
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        kinds = {"Labels", "Image"} if self.include_images.value else {"Labels"}
+        return [(ly.name, ly) for ly in self.viewer.layers if type(ly).__name__ in kinds]
+
+    def _refresh(self, *_: Any) -> None:
+        try:
+            before = list(self.layers.value)
+            self.layers.reset_choices()
+            # Select every Labels layer by default; keep an explicit choice otherwise.
+            keep = [ly for ly in before if ly in self.layers.choices]
+            labels = [ly for ly in self.layers.choices if type(ly).__name__ == "Labels"]
+            self.layers.value = keep or labels
+        except RuntimeError:  # Qt widget already deleted
+            return
+        self._update_state()
+
+    def targets(self) -> list[tuple[Any, Path]]:
+        """(layer, output path) for each chosen layer."""
+        folder = Path(str(self.folder.value)).expanduser()
+        suffix = FORMATS[self.format.value][1]
+        return [(ly, folder / f"{_safe(ly.name)}{suffix}") for ly in self.layers.value]
+
+    def problem(self) -> str | None:
+        """Why the export cannot run, or None."""
+        if not self.layers.value:
+            return "Choose at least one Labels layer to export."
+        folder = str(self.folder.value or "").strip()
+        if folder in ("", "."):
+            return "Choose the folder to export into."
+        if not Path(folder).expanduser().is_dir():
+            return f"Folder {folder} does not exist."
+        for layer in self.layers.value:
+            if getattr(layer, "rgb", False):
+                return f"Layer '{layer.name}' is RGB; only greyscale images and labels export."
+            if any(s == 0 for s in layer_array(layer).shape):
+                return f"Layer '{layer.name}' is empty."
+        if not self.overwrite.value:
+            for _, path in self.targets():
+                if path.exists():
+                    return f"{path.name} exists in the folder: tick overwrite."
+        return None
+
+    def _update_state(self, *_: Any) -> None:
+        self.jobs.set_problem(self.problem())
+
+    def run(self) -> None:
+        """Validate, then write the layers in a worker thread."""
+        problem = self.problem()
+        if problem is not None:
+            notify_error(problem)
+            return
+        fmt = FORMATS[self.format.value][0]
+        overwrite = bool(self.overwrite.value)
+        jobs = [
+            (
+                layer_array(ly),
+                path,
+                "labels" if type(ly).__name__ == "Labels" else "image",
+                ly.name,
+                {"scale": list(ly.scale), "translate": list(ly.translate)},
+            )
+            for ly, path in self.targets()
+        ]
+
+        def work(progress, cancel) -> list[Path]:
+            total = sum(_slices(data) for data, *_ in jobs)
+            done = 0
+            written = []
+            for data, path, kind, name, meta in jobs:
+                base = done
+                written.append(
+                    export_array(
+                        data,
+                        path,
+                        fmt,
+                        kind=kind,
+                        name=name,
+                        meta=meta,
+                        overwrite=overwrite,
+                        progress=lambda k, base=base: progress(base + k, total),
+                        cancel=cancel,
+                    )
+                )
+                done += _slices(data)
+            return written
+
+        def done(paths: list[Path]) -> str:
+            from ._common import notify_info
+
+            message = "Exported " + ", ".join(p.name for p in paths)
+            notify_info(message)
+            # Disable re-running into the same files, but keep the message on show.
+            self.jobs.set_problem(self.problem(), show=False)
+            return message
+
+        self.jobs.start(work, done, description="Exporting")

@@ -1,0 +1,232 @@
+"""2D Inference (Parameter Testing): segment a slice, the viewport, a Shapes ROI or a whole stack.
+
+The model is loaded once (``load_model`` caches it per file and device) and reused between
+clicks, so trying another confidence threshold costs only the inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container
+
+from ..core.errors import InputError
+from ._common import (
+    NEW_LAYER,
+    JobPanel,
+    LayerPicker,
+    ModelPicker,
+    device_picker,
+    engine_controls,
+    engine_params,
+    image_problem,
+    layer_array,
+    leading_index,
+    place_like,
+    watch_inputs,
+    write_into_labels,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+REGIONS = ("current slice", "viewport", "shapes ROI", "all slices (batch)")
+
+
+@dataclass
+class _Request:
+    """Everything a run needs, read from the widget in the GUI thread."""
+
+    data: Any  # the array to segment: (H, W) crop or (N, H, W) stack
+    lead: tuple[int, ...]  # indices of the layer's dims before the segmented ones
+    offset: tuple[int, int]  # (y0, x0) of the crop in the plane
+    batch: bool
+    model: str
+    device: str
+    params: dict[str, Any]
+
+
+class Inference2DWidget(Container):
+    """Dock widget: 2D panoptic inference with every parameter of DESIGN.md s.4."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.image = LayerPicker(napari_viewer, ("image",), label="image")
+        self.model = ModelPicker()
+        self.device = device_picker()
+        self.region = ComboBox(choices=REGIONS, value=REGIONS[0], label="region")
+        self.roi = LayerPicker(napari_viewer, ("shapes",), label="ROI shapes", visible=False)
+        self.output = LayerPicker(
+            napari_viewer, ("labels",), extra=((NEW_LAYER, NEW_LAYER),), label="output"
+        )
+        self.controls = engine_controls(per_slice=True)
+        for key, control in self.controls.items():
+            setattr(self, key, control)
+        self.jobs = JobPanel("Run 2D inference", self.run)
+        super().__init__(
+            widgets=[
+                self.image,
+                self.model,
+                self.device,
+                self.region,
+                self.roi,
+                self.output,
+                *self.controls.values(),
+                self.jobs,
+            ]
+        )
+        self.region.changed.connect(self._on_region)
+        watch_inputs(self, napari_viewer)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _on_region(self, *_: Any) -> None:
+        self.roi.visible = self.region.value == "shapes ROI"
+
+    def params(self) -> dict[str, Any]:
+        """InferenceSettings fields from the widget."""
+        return engine_params(self.controls)
+
+    def problem(self) -> str | None:
+        """Why the current inputs cannot run, or None (reads no pixels)."""
+        layer = self.image.value
+        problem = image_problem(layer)
+        if problem:
+            return problem
+        if self.model.value is None:
+            return "No model registered: add one in the Model Manager."
+        if self.viewer.dims.ndisplay == 3 and self.region.value != REGIONS[3]:
+            return "Switch the viewer to 2D to segment a slice, the viewport or an ROI."
+        data = layer_array(layer)
+        if self.region.value == "all slices (batch)" and data.ndim < 3:
+            return f"Layer '{layer.name}' is a single 2D image: choose 'current slice'."
+        if self.region.value == "shapes ROI":
+            shapes = self.roi.value
+            if shapes is None:
+                return "Draw a rectangle in a Shapes layer to use 'shapes ROI'."
+            if len(shapes.data) == 0:
+                return f"Shapes layer '{shapes.name}' has no shapes: draw an ROI."
+        out = self.output.value
+        if out is not None and out != NEW_LAYER:
+            if tuple(out.data.shape) != tuple(data.shape):
+                return (
+                    f"Output layer '{out.name}' has shape {tuple(out.data.shape)}, image "
+                    f"'{layer.name}' has {tuple(data.shape)}: choose '{NEW_LAYER}'."
+                )
+            if np.dtype(out.data.dtype).kind not in "ui":
+                return f"Output layer '{out.name}' must hold integer labels."
+        return None
+
+    def _plane_box(self, layer: Any) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of the region to segment in the layer's current plane."""
+        height, width = layer_array(layer).shape[-2:]
+        box = (0, height, 0, width)
+        if self.region.value == "viewport":
+            corners = np.asarray(layer.corner_pixels)[:, -2:]
+            if np.all(corners[1] > corners[0]):
+                # corner_pixels are inclusive indices of the last visible pixel.
+                box = (
+                    max(0, int(corners[0, 0])),
+                    min(height, int(corners[1, 0]) + 1),
+                    max(0, int(corners[0, 1])),
+                    min(width, int(corners[1, 1]) + 1),
+                )
+        elif self.region.value == "shapes ROI":
+            box = self._roi_box(layer, height, width)
+        return box
+
+    def _roi_box(self, layer: Any, height: int, width: int) -> tuple[int, int, int, int]:
+        shapes = self.roi.value
+        chosen = sorted(shapes.selected_data) or range(len(shapes.data))
+        points = []
+        for i in chosen:
+            for vertex in np.asarray(shapes.data[i]):
+                world = shapes.data_to_world(vertex)
+                points.append(layer.world_to_data(world)[-2:])
+        pts = np.asarray(points)
+        y0, x0 = np.floor(pts.min(axis=0)).astype(int)
+        y1, x1 = np.ceil(pts.max(axis=0)).astype(int)
+        y0, x0 = max(0, y0), max(0, x0)
+        y1, x1 = min(height, y1), min(width, x1)
+        if y1 - y0 < 2 or x1 - x0 < 2:
+            raise InputError("The ROI does not overlap the image: draw it over the image.")
+        return y0, y1, x0, x1
+
+    def request(self) -> _Request:
+        """Read the job from the widget (GUI thread)."""
+        layer = self.image.value
+        data = layer_array(layer)
+        batch = self.region.value == "all slices (batch)"
+        if batch:
+            lead = leading_index(self.viewer, layer, keep=3)
+            return _Request(
+                data[lead], lead, (0, 0), True, self.model.value, self.device.value, self.params()
+            )
+        lead = leading_index(self.viewer, layer, keep=2)
+        y0, y1, x0, x1 = self._plane_box(layer)
+        crop = data[(*lead, slice(y0, y1), slice(x0, x1))]
+        return _Request(
+            crop, lead, (y0, x0), False, self.model.value, self.device.value, self.params()
+        )
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Validate, then segment in a worker thread."""
+        from ._common import notify_error
+
+        problem = self.problem()
+        if problem is None:
+            try:
+                req = self.request()
+            except InputError as exc:
+                problem = str(exc)
+        if problem is not None:
+            notify_error(problem)
+            return
+        layer = self.image.value
+        self.jobs.start(
+            lambda progress, cancel: _segment(req, progress, cancel),
+            lambda labels: self._show(layer, req, labels),
+            description=f"Segmenting with {req.model}",
+        )
+
+    def _show(self, layer: Any, req: _Request, labels: np.ndarray) -> str:
+        """Put the result into the chosen output (GUI thread)."""
+        out = self.output.value
+        y0, x0 = req.offset
+        if out is not None and out != NEW_LAYER and out in self.viewer.layers:
+            if req.batch:
+                index = (*req.lead, slice(None), slice(None), slice(None))
+            else:
+                h, w = labels.shape
+                index = (*req.lead, slice(y0, y0 + h), slice(x0, x0 + w))
+            write_into_labels(out, index, labels)
+            out.refresh()
+            return f"Wrote {_count(labels)} objects into '{out.name}' (undo: Ctrl+Z)."
+        where = "stack" if req.batch else "slice " + ",".join(map(str, req.lead))
+        name = f"{layer.name} {req.model} 2D" + (f" {where}" if req.lead or req.batch else "")
+        ndim = 3 if req.batch else 2
+        offset = () if req.batch else (y0, x0)
+        self.viewer.add_labels(labels, name=name, **place_like(layer, ndim, offset))
+        return f"Added '{name}': {_count(labels)} objects."
+
+
+def _count(labels: np.ndarray) -> int:
+    """Number of distinct non-zero ids (instance ids repeat across slices of a batch)."""
+    return len(np.unique(labels)) - int((labels == 0).any())
+
+
+def _segment(req: _Request, progress, cancel) -> np.ndarray:
+    """Worker-thread part: load (or reuse) the model and run the 2D engine."""
+    from ..core.inference.engine import Engine2D
+
+    engine = Engine2D(req.model, req.device, **req.params)
+    if not req.batch:
+        progress(0, 1)
+        labels = engine.segment(np.asarray(req.data))
+        progress(1, 1)
+        return labels
+    return engine.segment_stack(req.data, progress=progress, cancel=cancel)

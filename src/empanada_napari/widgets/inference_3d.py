@@ -1,0 +1,270 @@
+"""3D Inference: stack or ortho-plane segmentation of an Image layer (numpy, dask, multiscale).
+
+The work is done by the core's chunked driver ``segment_volume`` (block by block, optionally
+into a zarr array on disk and on a dask scheduler), so volumes larger than memory work; where
+that driver is not installed the in-memory ``segment_stack_3d`` / ``segment_ortho`` are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    SpinBox,
+)
+
+from ._common import (
+    JobPanel,
+    LayerPicker,
+    ModelPicker,
+    device_picker,
+    engine_controls,
+    engine_params,
+    image_problem,
+    layer_array,
+    leading_index,
+    notify_error,
+    place_like,
+    watch_inputs,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+MODES = ("stack", "ortho")
+AXES = ("xy", "xz", "yz")
+
+
+@dataclass
+class _Request:
+    volume: Any
+    model: str
+    mode: str
+    axis: str
+    device: str
+    out: Path | None
+    chunks: int | None
+    halo: int | None
+    resume: bool
+    overwrite: bool
+    scheduler: str | None
+    ortho: dict[str, Any]
+    params: dict[str, Any]
+
+
+class Inference3DWidget(Container):
+    """Dock widget: 3D instance segmentation with every stack / ortho-plane parameter."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.image = LayerPicker(napari_viewer, ("image",), label="image")
+        self.model = ModelPicker()
+        self.device = device_picker()
+        self.mode = ComboBox(choices=MODES, value="stack", label="mode")
+        self.axis = ComboBox(choices=AXES, value="xy", label="stack axis")
+        self.median_slices = SpinBox(value=3, min=1, max=11, step=2, label="median slices")
+        self.min_size = SpinBox(value=500, min=0, max=10**9, label="min size (voxels)")
+        self.min_extent = SpinBox(value=5, min=0, max=10**5, label="min extent")
+        self.controls = engine_controls(per_slice=False)
+        for key, control in self.controls.items():
+            setattr(self, key, control)
+        self.pixel_vote_thr = SpinBox(value=2, min=1, max=3, label="voxel votes", visible=False)
+        self.cluster_iou_thr = FloatSpinBox(
+            value=0.75, min=0.0, max=1.0, step=0.05, label="cluster IoU", visible=False
+        )
+        self.allow_one_view = CheckBox(value=False, text="allow one view", visible=False)
+        self.out_dir = FileEdit(mode="d", value="", label="zarr output folder")
+        self.chunks = SpinBox(value=0, min=0, max=100000, step=64, label="chunk size (0: auto)")
+        self.halo = SpinBox(value=0, min=0, max=10000, label="halo (0: auto)")
+        self.resume = CheckBox(value=False, text="resume an interrupted run")
+        self.overwrite = CheckBox(value=False, text="overwrite output")
+        self.scheduler = LineEdit(value="", label="dask scheduler")
+        self.scheduler.tooltip = "empty: local threads; tcp://host:port; local:N (N processes)"
+        self.jobs = JobPanel("Run 3D inference", self.run)
+        super().__init__(
+            widgets=[
+                self.image,
+                self.model,
+                self.device,
+                self.mode,
+                self.axis,
+                self.median_slices,
+                self.min_size,
+                self.min_extent,
+                *self.controls.values(),
+                self.pixel_vote_thr,
+                self.cluster_iou_thr,
+                self.allow_one_view,
+                self.out_dir,
+                self.chunks,
+                self.halo,
+                self.resume,
+                self.overwrite,
+                self.scheduler,
+                self.jobs,
+            ]
+        )
+        self.mode.changed.connect(self._on_mode)
+        watch_inputs(self, napari_viewer)
+
+    def _on_mode(self, *_: Any) -> None:
+        ortho = self.mode.value == "ortho"
+        self.axis.visible = not ortho
+        for widget in (self.pixel_vote_thr, self.cluster_iou_thr, self.allow_one_view):
+            widget.visible = ortho
+
+    def params(self) -> dict[str, Any]:
+        """InferenceSettings and StackSettings fields from the widget."""
+        return {
+            **engine_params(self.controls),
+            "median_slices": int(self.median_slices.value),
+            "min_size": int(self.min_size.value),
+            "min_extent": int(self.min_extent.value),
+        }
+
+    def _out_path(self) -> Path | None:
+        folder = str(self.out_dir.value or "").strip()
+        if folder in ("", "."):
+            return None
+        layer = self.image.value
+        mode = self.mode.value if self.mode.value == "ortho" else f"stack_{self.axis.value}"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)
+        return Path(folder).expanduser() / f"{safe}_{self.model.value}_{mode}.zarr"
+
+    def problem(self) -> str | None:
+        """Why the current inputs cannot run, or None (reads no pixels)."""
+        layer = self.image.value
+        problem = image_problem(layer, ndim=(3, 4, 5))
+        if problem:
+            if layer is not None and type(layer).__name__ == "Image":
+                if layer_array(layer).ndim == 2:
+                    return f"Layer '{layer.name}' is 2D: use 2D Inference for single images."
+            return problem
+        if self.model.value is None:
+            return "No model registered: add one in the Model Manager."
+        if self.median_slices.value % 2 == 0:
+            return "Median slices must be odd."
+        scheduler = self.scheduler.value.strip()
+        if scheduler and not scheduler.startswith(("tcp://", "tls://", "local:")):
+            return "Dask scheduler must be empty, tcp://host:port or local:N."
+        out = self._out_path()
+        if out is not None:
+            if not out.parent.is_dir():
+                return f"Output folder {out.parent} does not exist."
+            if out.exists() and not (self.resume.value or self.overwrite.value):
+                return f"{out.name} exists in the output folder: tick resume or overwrite."
+        elif self.resume.value or scheduler:
+            return "Resume and a dask scheduler need a zarr output folder."
+        return None
+
+    def request(self) -> _Request:
+        layer = self.image.value
+        data = layer_array(layer)
+        lead = leading_index(self.viewer, layer, keep=3)
+        return _Request(
+            volume=data[lead] if lead else data,
+            model=self.model.value,
+            mode=self.mode.value,
+            axis=self.axis.value,
+            device=self.device.value,
+            out=self._out_path(),
+            chunks=int(self.chunks.value) or None,
+            halo=int(self.halo.value) or None,
+            resume=bool(self.resume.value),
+            overwrite=bool(self.overwrite.value),
+            scheduler=self.scheduler.value.strip() or None,
+            ortho={
+                "pixel_vote_thr": int(self.pixel_vote_thr.value),
+                "cluster_iou_thr": float(self.cluster_iou_thr.value),
+                "allow_one_view": bool(self.allow_one_view.value),
+            },
+            params=self.params(),
+        )
+
+    def run(self) -> None:
+        """Validate, then segment the volume in a worker thread."""
+        problem = self.problem()
+        if problem is not None:
+            notify_error(problem)
+            return
+        layer = self.image.value
+        req = self.request()
+        self.jobs.start(
+            lambda progress, cancel: segment(req, progress, cancel),
+            lambda labels: self._show(layer, req, labels),
+            description=f"Segmenting in 3D ({req.mode}) with {req.model}",
+        )
+
+    def _show(self, layer: Any, req: _Request, labels: Any) -> str:
+        mode = req.mode if req.mode == "ortho" else f"stack {req.axis}"
+        name = f"{layer.name} {req.model} 3D {mode}"
+        self.viewer.add_labels(labels, name=name, **place_like(layer, 3))
+        if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
+            return f"Added '{name}': {int(labels.max(initial=0))} objects."
+        return f"Added '{name}' (stored in {req.out})."
+
+
+def segment(req: _Request, progress, cancel):
+    """Worker-thread part: the chunked driver where available, else the in-memory one."""
+    try:
+        from ..core.inference.chunked import segment_volume
+    except ModuleNotFoundError as exc:
+        if exc.name != "empanada_napari.core.inference.chunked":
+            raise  # a broken installation must not fall back silently
+        return _segment_in_memory(req, progress, cancel)  # a core without the chunked driver
+    kwargs: dict[str, Any] = {}
+    if req.mode == "ortho":
+        kwargs.update(req.ortho)
+    return segment_volume(
+        req.volume,
+        req.model,
+        mode=req.mode,
+        axis=req.axis,
+        out=req.out,
+        chunks=req.chunks,
+        halo=req.halo,
+        resume=req.resume,
+        overwrite=req.overwrite,
+        scheduler=req.scheduler,
+        device=req.device,
+        progress=progress,
+        cancel=cancel,
+        **kwargs,
+        **req.params,
+    )
+
+
+def _segment_in_memory(req: _Request, progress, cancel):
+    from ..core.inference.engine import Engine2D
+    from ..core.inference.ortho import segment_ortho
+    from ..core.inference.stack import segment_stack_3d
+    from ..core.io import create_zarr_labels
+
+    stack_keys = ("median_slices", "min_size", "min_extent")
+    engine_params = {k: v for k, v in req.params.items() if k not in stack_keys}
+    stack_params = {k: req.params[k] for k in stack_keys}
+    engine = Engine2D(req.model, req.device, **engine_params)
+    volume = np.asarray(req.volume)
+    if req.mode == "ortho":
+        labels = segment_ortho(
+            volume, engine, progress=progress, cancel=cancel, **req.ortho, **stack_params
+        )
+    else:
+        labels = segment_stack_3d(
+            volume, engine, axis=req.axis, progress=progress, cancel=cancel, **stack_params
+        )
+    if req.out is None:
+        return labels
+    out = create_zarr_labels(req.out, labels.shape, labels.dtype, overwrite=True)
+    out[...] = labels
+    out.attrs["empanada"] = {"status": "complete", "model": req.model, "mode": req.mode}
+    return out

@@ -1,0 +1,304 @@
+"""2D and 3D inference widgets on the real Lucchi crop with the bundled model (pytest-qt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+DATA = Path(__file__).parent / "data"
+PLUGIN = "empanada-napari"
+
+
+def _pin_singletons(extra: int = 200_000) -> None:
+    """Work around a refcount bug of this environment (PySide6 6.12 / compiled psygnal on
+    Python 3.11): every Qt signal emission or psygnal event drops one reference to None or
+    True, so a long Qt session aborts at interpreter exit with 'none_dealloc'. Extra
+    references that are never released keep the test process from aborting after it passed.
+    """
+    import ctypes
+    import sys
+
+    if sys.version_info >= (3, 12):  # immortal singletons: nothing to do
+        return
+    for obj in (None, True, False):
+        for _ in range(extra):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+_pin_singletons()
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return tifffile.imread(DATA / "lucchi_crop_raw.tif")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return tifffile.imread(DATA / "lucchi_crop_mito_binary.tif") > 0
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_done(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=timeout)
+
+
+def iou(a, b):
+    a, b = a > 0, b > 0
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def collect_errors(monkeypatch):
+    from empanada_napari.widgets import _common
+
+    messages: list[str] = []
+    monkeypatch.setattr(_common, "show_error", messages.append)
+    return messages
+
+
+# ----------------------------------------------------------------------------- 2D
+
+
+def test_2d_current_slice_matches_engine(make_napari_viewer, qtbot, crop, truth):
+    from empanada_napari.core.inference.engine import Engine2D
+    from empanada_napari.core.models.loading import cached_models
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(crop[:4], name="raw")
+    viewer.dims.set_current_step(0, 2)
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    assert widget.image.value is layer
+    widget.confidence_thr.value = 0.4
+    assert widget.jobs.run_button.enabled
+    widget.jobs.run_button.clicked()
+    assert widget.jobs.busy  # runs in a worker thread, the click returns at once
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert type(out).__name__ == "Labels"
+    assert out.data.shape == (320, 320) and out.data.dtype == np.uint32
+    expected = Engine2D("default", "cpu", confidence_thr=0.4).segment(crop[2])
+    np.testing.assert_array_equal(out.data, expected)
+    assert len(np.unique(out.data)) > 3
+    assert iou(out.data, truth[2]) > 0.7
+    # A second click reuses the loaded model.
+    models = cached_models()
+    widget.jobs.run_button.clicked()
+    wait_done(qtbot, widget)
+    assert cached_models() == models
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 1
+
+
+def test_2d_roi_into_existing_layer_with_undo(make_napari_viewer, qtbot, crop):
+    from empanada_napari.core.inference.engine import Engine2D
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[:3], name="raw")
+    target = viewer.add_labels(np.zeros((3, 320, 320), np.uint32), name="target")
+    shapes = viewer.add_shapes([[[40, 60], [40, 260], [200, 260], [200, 60]]], name="roi")
+    viewer.dims.set_current_step(0, 1)
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.image.value = viewer.layers["raw"]
+    widget.region.value = "shapes ROI"
+    widget.roi.value = shapes
+    widget.output.value = target
+    assert widget.problem() is None
+    widget.run()
+    wait_done(qtbot, widget)
+    expected = Engine2D("default", "cpu").segment(crop[1, 40:200, 60:260])
+    np.testing.assert_array_equal(target.data[1, 40:200, 60:260], expected)
+    assert expected.max() > 0
+    assert not target.data[0].any() and not target.data[2].any()
+    assert not target.data[1, :40].any() and not target.data[1, :, :60].any()
+    target.undo()  # the write went through napari's undo history
+    assert not target.data.any()
+
+
+def test_2d_batch_all_slices(make_napari_viewer, qtbot, crop, truth):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[:3], name="raw", scale=(2, 1, 1))
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.region.value = "all slices (batch)"
+    widget.run()
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert out.data.shape == (3, 320, 320) and out.data.dtype == np.uint32
+    assert tuple(out.scale) == (2, 1, 1)
+    assert iou(out.data, truth[:3]) > 0.7
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 3
+
+
+def test_2d_bad_inputs_notify(make_napari_viewer, qtbot, monkeypatch):
+    errors = collect_errors(monkeypatch)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    # No image at all: the button is disabled with the reason, a click explains it.
+    assert not widget.jobs.run_button.enabled
+    assert "Image layer" in widget.jobs.status.value
+    widget.run()
+    assert errors and "Image layer" in errors[-1]
+    # A Labels layer is not offered as an image; an RGB image is refused with the reason.
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="labels")
+    assert widget.image.value is None
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    assert widget.image.value.name == "rgb"
+    assert "RGB" in widget.jobs.status.value and not widget.jobs.run_button.enabled
+    widget.run()
+    assert "RGB" in errors[-1]
+    # A boolean mask is not an EM image; an empty Shapes layer is not an ROI.
+    viewer.add_image(np.zeros((64, 64), bool), name="mask")
+    widget.image.value = viewer.layers["mask"]
+    widget.run()
+    assert "dtype bool" in errors[-1]
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
+    viewer.add_shapes(name="no shapes")
+    widget.image.value = viewer.layers["grey"]
+    widget.region.value = "shapes ROI"
+    widget.roi.value = viewer.layers["no shapes"]
+    widget.run()
+    assert "no shapes" in errors[-1] and not widget.jobs.run_button.enabled
+    widget.region.value = "current slice"
+    # A constant image is valid (it segments to nothing), also tile by tile.
+    viewer.add_image(np.full((64, 64), 7, np.uint8), name="flat")
+    widget.image.value = viewer.layers["flat"]
+    assert widget.jobs.run_button.enabled
+    widget.tile_size.value = 64
+    widget.jobs.run_button.clicked()
+    wait_done(qtbot, widget)
+    assert viewer.layers[-1].data.shape == (64, 64) and not viewer.layers[-1].data.any()
+
+
+# ----------------------------------------------------------------------------- 3D
+
+
+def same_partition(a, b) -> bool:
+    """True when two label arrays are equal up to relabelling."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_3d_stack_real_crop(make_napari_viewer, qtbot, crop, truth):
+    from empanada_napari.core.inference.engine import Engine2D
+    from empanada_napari.core.inference.stack import segment_stack_3d
+
+    viewer = make_napari_viewer()
+    volume = crop[:6, :192, :192]
+    layer = viewer.add_image(volume, name="raw", scale=(5, 5, 5))
+    widget = open_widget(viewer, "3D Inference")
+    assert widget.image.value is layer and widget.problem() is None
+    widget.min_size.value = 200
+    widget.jobs.run_button.clicked()
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert out.name == "raw Lucchi_Lite_v1 3D stack xy"
+    assert type(out).__name__ == "Labels" and tuple(out.scale) == (5, 5, 5)
+    labels = np.asarray(out.data)
+    assert labels.shape == volume.shape and labels.dtype == np.uint32
+    assert 1 <= labels.max() < 50
+    assert iou(labels, truth[:6, :192, :192]) > 0.7
+    expected = segment_stack_3d(volume, Engine2D("default", "cpu"), min_size=200)
+    assert same_partition(labels, expected)
+    assert widget.jobs.progress.value == widget.jobs.progress.max
+
+
+def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
+    import zarr
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[:4, 160:, 160:], name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    widget.out_dir.value = tmp_path
+    widget.min_size.value = 50
+    widget.min_extent.value = 2  # only 4 slices
+    assert widget.problem() is None
+    widget.run()
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    path = tmp_path / "raw_Lucchi_Lite_v1_stack_xy.zarr"
+    assert path.exists()
+    stored = zarr.open_array(str(path), mode="r")
+    assert "empanada" in stored.attrs
+    np.testing.assert_array_equal(np.asarray(out.data), stored[...])
+    assert stored[...].max() > 0
+    # napari opens it again through the plugin's reader as a Labels layer.
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert type(layers[0]).__name__ == "Labels"
+    np.testing.assert_array_equal(np.asarray(layers[0].data), stored[...])
+    # Running again into the same folder asks for resume/overwrite first.
+    assert "exists" in widget.problem()
+
+
+def test_3d_cancel_stops_and_leaves_viewer_consistent(make_napari_viewer, qtbot, crop):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    widget.mode.value = "ortho"
+    assert not widget.pixel_vote_thr.native.isHidden() and widget.axis.native.isHidden()
+    widget.run()
+    qtbot.waitUntil(lambda: widget.jobs.progress.value >= 1, timeout=60_000)
+    widget.jobs.cancel_button.clicked()
+    wait_done(qtbot, widget, timeout=20_000)
+    assert widget.jobs.status.value == "Cancelled."
+    assert widget.jobs.progress.value < widget.jobs.progress.max
+    assert [layer.name for layer in viewer.layers] == ["raw"]
+    assert widget.jobs.run_button.enabled and not widget.jobs.cancel_button.enabled
+
+
+def test_3d_refuses_2d_image(make_napari_viewer, monkeypatch):
+    errors = collect_errors(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="plane")
+    widget = open_widget(viewer, "3D Inference")
+    assert not widget.jobs.run_button.enabled
+    widget.run()
+    assert "2D Inference" in errors[-1]
+
+
+def test_3d_passes_every_parameter_to_the_chunked_driver(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path
+):
+    import sys
+    import types
+
+    calls = []
+
+    def segment_volume(image, model="default", **kwargs):
+        calls.append((image.shape, model, kwargs))
+        kwargs["progress"](1, 2)
+        kwargs["progress"](2, 2)
+        return np.ones(image.shape, np.uint32)
+
+    fake = types.ModuleType("empanada_napari.core.inference.chunked")
+    fake.segment_volume = segment_volume
+    monkeypatch.setitem(sys.modules, "empanada_napari.core.inference.chunked", fake)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 6, 32, 32), np.uint16), name="t")  # 4D: current volume
+    widget = open_widget(viewer, "3D Inference")
+    widget.mode.value = "ortho"
+    widget.pixel_vote_thr.value = 3
+    widget.out_dir.value = tmp_path
+    widget.chunks.value = 128
+    widget.scheduler.value = "local:2"
+    widget.confidence_thr.value = 0.3
+    widget.run()
+    wait_done(qtbot, widget)
+    shape, model, kwargs = calls[0]
+    assert shape == (6, 32, 32) and model == "Lucchi_Lite_v1"
+    assert kwargs["mode"] == "ortho" and kwargs["pixel_vote_thr"] == 3
+    assert kwargs["out"] == tmp_path / "t_Lucchi_Lite_v1_ortho.zarr"
+    assert kwargs["chunks"] == 128 and kwargs["halo"] is None
+    assert kwargs["scheduler"] == "local:2" and kwargs["device"] == "auto"
+    assert kwargs["confidence_thr"] == 0.3 and kwargs["median_slices"] == 3
+    assert kwargs["min_size"] == 500 and kwargs["min_extent"] == 5
+    assert kwargs["cancel"] is not None
+    assert viewer.layers[-1].name == "t Lucchi_Lite_v1 3D ortho"
+    assert widget.jobs.progress.value == widget.jobs.progress.max == 2
