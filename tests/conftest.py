@@ -17,6 +17,29 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+
+def _pin_singletons(extra: int = 1_000_000) -> None:
+    """Keep ``None``/``True``/``False`` alive for the whole test session on Python < 3.12.
+
+    In this environment (napari 0.9.2 with PySide6 6.12 or PyQt5 5.15, psygnal 0.15-0.16 on
+    Python 3.11) some C extension drops a reference to these singletons on Qt/psygnal event
+    emissions: a suite that opens many viewers then aborts with 'Fatal Python error:
+    none_dealloc'. Compiled psygnal is one source (its pure-Python build leaks less) but not
+    the only one. Python 3.12 made the singletons immortal; on 3.11 extra references that
+    are never released keep the count above zero. Tests only: the library does not do this.
+    """
+    import ctypes
+    import sys
+
+    if sys.version_info >= (3, 12):
+        return
+    for obj in (None, True, False):
+        for _ in range(extra):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+_pin_singletons()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

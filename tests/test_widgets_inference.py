@@ -15,25 +15,6 @@ DATA = Path(__file__).parent / "data"
 PLUGIN = "empanada-napari"
 
 
-def _pin_singletons(extra: int = 200_000) -> None:
-    """Work around a refcount bug of this environment (PySide6 6.12 / compiled psygnal on
-    Python 3.11): every Qt signal emission or psygnal event drops one reference to None or
-    True, so a long Qt session aborts at interpreter exit with 'none_dealloc'. Extra
-    references that are never released keep the test process from aborting after it passed.
-    """
-    import ctypes
-    import sys
-
-    if sys.version_info >= (3, 12):  # immortal singletons: nothing to do
-        return
-    for obj in (None, True, False):
-        for _ in range(extra):
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-
-
-_pin_singletons()
-
-
 @pytest.fixture(scope="module")
 def crop():
     return tifffile.imread(DATA / "lucchi_crop_raw.tif")
@@ -242,6 +223,7 @@ def test_3d_cancel_stops_and_leaves_viewer_consistent(make_napari_viewer, qtbot,
     viewer.add_image(crop, name="raw")
     widget = open_widget(viewer, "3D Inference")
     widget.mode.value = "ortho"
+    widget.chunks.value = 64  # 25 blocks, so there is something left to cancel
     assert not widget.pixel_vote_thr.native.isHidden() and widget.axis.native.isHidden()
     widget.run()
     qtbot.waitUntil(lambda: widget.jobs.progress.value >= 1, timeout=60_000)

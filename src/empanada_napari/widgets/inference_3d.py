@@ -214,13 +214,9 @@ class Inference3DWidget(Container):
 
 
 def segment(req: _Request, progress, cancel):
-    """Worker-thread part: the chunked driver where available, else the in-memory one."""
-    try:
-        from ..core.inference.chunked import segment_volume
-    except ModuleNotFoundError as exc:
-        if exc.name != "empanada_napari.core.inference.chunked":
-            raise  # a broken installation must not fall back silently
-        return _segment_in_memory(req, progress, cancel)  # a core without the chunked driver
+    """Worker-thread part: the core's chunked driver (progress counts blocks)."""
+    from ..core.inference.chunked import segment_volume
+
     kwargs: dict[str, Any] = {}
     if req.mode == "ortho":
         kwargs.update(req.ortho)
@@ -241,30 +237,3 @@ def segment(req: _Request, progress, cancel):
         **kwargs,
         **req.params,
     )
-
-
-def _segment_in_memory(req: _Request, progress, cancel):
-    from ..core.inference.engine import Engine2D
-    from ..core.inference.ortho import segment_ortho
-    from ..core.inference.stack import segment_stack_3d
-    from ..core.io import create_zarr_labels
-
-    stack_keys = ("median_slices", "min_size", "min_extent")
-    engine_params = {k: v for k, v in req.params.items() if k not in stack_keys}
-    stack_params = {k: req.params[k] for k in stack_keys}
-    engine = Engine2D(req.model, req.device, **engine_params)
-    volume = np.asarray(req.volume)
-    if req.mode == "ortho":
-        labels = segment_ortho(
-            volume, engine, progress=progress, cancel=cancel, **req.ortho, **stack_params
-        )
-    else:
-        labels = segment_stack_3d(
-            volume, engine, axis=req.axis, progress=progress, cancel=cancel, **stack_params
-        )
-    if req.out is None:
-        return labels
-    out = create_zarr_labels(req.out, labels.shape, labels.dtype, overwrite=True)
-    out[...] = labels
-    out.attrs["empanada"] = {"status": "complete", "model": req.model, "mode": req.mode}
-    return out
