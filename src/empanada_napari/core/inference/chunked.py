@@ -294,11 +294,13 @@ def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
     return n
 
 
-def _load(work: str, block: Block, key: str) -> np.ndarray:
+def _load(work: str, block: Block, *keys: str):
+    """Arrays ``keys`` of a saved block (one array for one key), reading the file once."""
     path = _block_file(work, block)
     try:
         with np.load(path) as data:
-            return data[key]
+            arrays = tuple(data[k] for k in keys)
+        return arrays[0] if len(arrays) == 1 else arrays
     except Exception as err:
         raise EmpanadaError(
             f"The work file {path} of block {block.name} is unreadable ({err}); "
@@ -335,7 +337,7 @@ def _link_block(job: _Job, block: Block, neighbours: list[Block]) -> list[tuple]
             # linked by the stack's own slice-to-slice rules, as in a whole-volume run: a
             # block starts its linking afresh, so near its first slices its objects are
             # still pieces that the block before it had already joined.
-            fa, fb = _face_links(labels, block, _load(job.work, other, "labels"), other, face, job)
+            fa, fb = _face_links(labels, block, other_labels, other, face, job)
             ia, ib = np.concatenate([ia, fa]), np.concatenate([ib, fb])
         if ia.size:
             links.append((other.index, ia, ib))
@@ -591,9 +593,10 @@ def _resolve_objects(
         if n == 0:
             continue
         idx = comp[offsets[b.index] : offsets[b.index] + n]
-        np.add.at(size, idx, _load(work, b, "sizes")[1:])
-        np.minimum.at(lo, idx, _load(work, b, "lo")[1:])
-        np.maximum.at(hi, idx, _load(work, b, "hi")[1:])
+        b_size, b_lo, b_hi = _load(work, b, "sizes", "lo", "hi")
+        np.add.at(size, idx, b_size[1:])
+        np.minimum.at(lo, idx, b_lo[1:])
+        np.maximum.at(hi, idx, b_hi[1:])
     keep = (size > 0) & (size >= min_size)
     if min_extent > 0:
         keep &= (hi - lo).min(axis=1) >= min_extent
