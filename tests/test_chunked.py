@@ -228,7 +228,10 @@ def test_full_disk_is_a_clear_error_and_keeps_the_store(tmp_path, toy_model_file
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(chunked.np, "savez_compressed", full)
+    import zarr.storage._local
+
+    # Every chunk zarr writes to a local store goes through _put.
+    monkeypatch.setattr(zarr.storage._local, "_put", full)
     out = tmp_path / "labels.zarr"
     with pytest.raises(EmpanadaError, match="No space left"):
         segment_volume(RAW[:4], toy_model_file, out=out, chunks=(2, 320, 320), halo=(1, 0, 0))

@@ -116,3 +116,25 @@ def test_stack_progress_cancel_and_bad_settings(toy_model, balls):
             segment_stack_3d(image, Engine2D(toy_model), **bad)
     with pytest.raises(InputError, match="dimensions"):
         segment_stack_3d(image[0], Engine2D(toy_model))
+
+
+def test_pipelined_post_processing_gives_the_same_labels_and_reports_errors(
+    toy_model, balls, monkeypatch
+):
+    image, _ = balls
+    engine = Engine2D(toy_model, batch_size=4)
+    plain = segment_stack_3d(image, engine, min_size=200, pipeline=False)
+    piped = segment_stack_3d(image, engine, min_size=200, pipeline=True)
+    assert np.array_equal(plain, piped) and plain.max() == 3
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("post-processing failed")
+
+    monkeypatch.setattr(engine, "postprocess", broken)
+    with pytest.raises(RuntimeError, match="post-processing failed"):
+        segment_stack_3d(image, engine, pipeline=True)
+    # The error stops the run: at most the one batch already queued behind it also ran.
+    assert 1 <= len(calls) <= 2

@@ -227,7 +227,17 @@ def _cancel_flag(job: _Job, local: CancelFlag) -> CancelFlag:
 
 
 def _block_file(work: str, block: Block) -> Path:
+    """The block's summary; it is written last, so it exists only for finished blocks."""
     return Path(work) / f"block_{block.name}.npz"
+
+
+def _labels_store(work: str, block: Block) -> Path:
+    return Path(work) / f"block_{block.name}.zarr"
+
+
+def _work_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # Small chunks so that linking reads little more than the halo it compares.
+    return tuple(min(s, c) for s, c in zip(shape, (32, 256, 256), strict=True))
 
 
 def _read_block(source, block: Block) -> np.ndarray:
@@ -270,10 +280,19 @@ def _segment_block(job: _Job, block: Block, source, cancel: CancelFlag = None) -
 
 
 def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
-    """Save a padded block's labels with its core summary; returns its number of ids."""
+    """Save a padded block's labels with its summary; returns its number of ids.
+
+    The labels go to a zarr array (zstd: fast, and linking reads only the regions it
+    needs); the summary holds the voxel count of each id in the padded block and the size
+    and bounding box of each id inside the block's core.
+    """
+    import zarr
+    from zarr.codecs import ZstdCodec
+
     n = int(labels.max()) if labels.size else 0
     core = labels[block.core_in_padded]
     sizes = np.bincount(core.ravel(), minlength=n + 1).astype(np.int64)
+    psizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.int64)
     lo = np.full((n + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
     hi = np.full((n + 1, 3), np.iinfo(np.int64).min, dtype=np.int64)
     for i, box in enumerate(ndi.find_objects(core, max_label=n), start=1):
@@ -283,9 +302,19 @@ def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
     path = _block_file(work, block)
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.part")
     try:
+        store = zarr.create_array(
+            str(_labels_store(work, block)),
+            shape=labels.shape,
+            dtype=np.uint32,
+            chunks=_work_chunks(labels.shape),
+            compressors=ZstdCodec(level=1),
+            fill_value=0,
+            overwrite=True,  # left over from a run killed while writing it
+        )
+        store[...] = labels
         with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
-            np.savez_compressed(fh, labels=labels, sizes=sizes, lo=lo, hi=hi)
-        os.replace(tmp, path)  # a block file exists only once complete
+            np.savez(fh, sizes=sizes, psizes=psizes, lo=lo, hi=hi)
+        os.replace(tmp, path)  # a block counts as done only once its summary exists
     except OSError as err:
         raise _disk_error(err, path) from err
     finally:
@@ -295,38 +324,52 @@ def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
 
 
 def _load(work: str, block: Block, *keys: str):
-    """Arrays ``keys`` of a saved block (one array for one key), reading the file once."""
+    """Summary arrays ``keys`` of a saved block (one array for one key), one file read."""
     path = _block_file(work, block)
     try:
         with np.load(path) as data:
             arrays = tuple(data[k] for k in keys)
         return arrays[0] if len(arrays) == 1 else arrays
     except Exception as err:
-        raise EmpanadaError(
-            f"The work file {path} of block {block.name} is unreadable ({err}); "
-            "delete it and resume to segment that block again."
-        ) from err
+        raise _unreadable(path, block, err) from err
+
+
+def _read_labels(work: str, block: Block, region: tuple = (...,)) -> np.ndarray:
+    """A region (relative to the padded block) of a saved block's labels."""
+    import zarr
+
+    path = _labels_store(work, block)
+    try:
+        return np.asarray(zarr.open_array(str(path), mode="r")[region])
+    except Exception as err:
+        raise _unreadable(path, block, err) from err
+
+
+def _unreadable(path: Path, block: Block, err: Exception) -> EmpanadaError:
+    return EmpanadaError(
+        f"The work file {path} of block {block.name} is unreadable ({err}); "
+        f"delete {_block_file(str(path.parent), block).name} and resume to segment that "
+        "block again."
+    )
 
 
 def _link_block(job: _Job, block: Block, neighbours: list[Block]) -> list[tuple]:
     """Phase 2: (neighbour index, ids here, ids there) of objects linked across faces."""
-    labels = _load(job.work, block, "labels")
-    sizes = np.bincount(labels.ravel())
+    sizes = _load(job.work, block, "psizes")
     links = []
     for other in neighbours:
         region = _intersection(block.padded, other.padded)
         if region is None:
             continue
-        other_labels = _load(job.work, other, "labels")
-        here = labels[_relative(region, block.padded)]
-        there = other_labels[_relative(region, other.padded)]
+        here = _read_labels(job.work, block, _relative(region, block.padded))
+        there = _read_labels(job.work, other, _relative(region, other.padded))
         ov = label_overlap(here, there)
         # Same object: IoU in the shared region >= link_iou, or one of the two lies mostly
         # (>= link_ioa of its voxels in its own padded block) inside the other. The second
         # rule joins a fragment that one block split off near its edge; measuring it on the
         # whole object, not on its part in the shared region, keeps an object that pokes a
         # few voxels into its neighbour's territory from merging with that neighbour.
-        other_sizes = np.bincount(other_labels.ravel())
+        other_sizes = _load(job.work, other, "psizes")
         ia_all, ib_all = ov.pred_ids[ov.pair_pred], ov.gt_ids[ov.pair_gt]
         smaller = np.minimum(sizes[ia_all], other_sizes[ib_all])
         keep = (ov.pair_ious() >= job.link_iou) | (ov.pair_inter >= job.link_ioa * smaller)
@@ -337,7 +380,7 @@ def _link_block(job: _Job, block: Block, neighbours: list[Block]) -> list[tuple]
             # linked by the stack's own slice-to-slice rules, as in a whole-volume run: a
             # block starts its linking afresh, so near its first slices its objects are
             # still pieces that the block before it had already joined.
-            fa, fb = _face_links(labels, block, other_labels, other, face, job)
+            fa, fb = _face_links(block, other, face, job)
             ia, ib = np.concatenate([ia, fa]), np.concatenate([ib, fb])
         if ia.size:
             links.append((other.index, ia, ib))
@@ -353,8 +396,8 @@ def _stack_face(job: _Job, block: Block, other: Block) -> int | None:
     return k if step == tuple(int(d == k) for d in range(3)) else None
 
 
-def _face_links(a, block: Block, b, other: Block, k: int, job: _Job):
-    """(ids in a, ids in b) joined by :func:`link_slices` on the two slices at the face."""
+def _face_links(block: Block, other: Block, k: int, job: _Job):
+    """(ids in block, ids in other) joined by :func:`link_slices` on the slices at the face."""
     last = block.core[k].stop - 1
     # Only the part of the face that the two blocks own: elsewhere their halos hold pieces
     # of objects cut by the block edges, which their own neighbours link.
@@ -362,28 +405,23 @@ def _face_links(a, block: Block, b, other: Block, k: int, job: _Job):
     sb = list(other.core_in_padded)
     sa[k] = last - block.padded[k].start
     sb[k] = last + 1 - other.padded[k].start
-    pair = np.stack([a[tuple(sa)], b[tuple(sb)]])
+    pair = np.stack([_read_labels(job.work, block, tuple(sa)),
+                     _read_labels(job.work, other, tuple(sb))])  # fmt: skip
     linked = link_slices(pair, job.stack["iou_thr"], job.stack["ioa_thr"])
-    # Objects of the two sides that link_slices gave one id are the same object.
-    ids_a = np.unique(np.stack([pair[0].ravel(), linked[0].ravel()]), axis=1)
-    ids_b = np.unique(np.stack([pair[1].ravel(), linked[1].ravel()]), axis=1)
-    ids_a = ids_a[:, ids_a[0] > 0]
-    ids_b = ids_b[:, ids_b[0] > 0]
-    common, ka, kb = np.intersect1d(ids_a[1], ids_b[1], return_indices=True)
-    if common.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    # Every (a, b) pair sharing a linked id: expand, since several ids may share one.
-    pa = [ids_a[0][ids_a[1] == c] for c in common]
-    pb = [ids_b[0][ids_b[1] == c] for c in common]
-    fa = np.concatenate([np.repeat(x, len(y)) for x, y in zip(pa, pb, strict=True)])
-    fb = np.concatenate([np.tile(y, len(x)) for x, y in zip(pa, pb, strict=True)])
-    return fa.astype(np.int64), fb.astype(np.int64)
+    # Each object lies whole inside one linked object: read its linked id at any voxel.
+    ids_a, at_a = np.unique(pair[0], return_index=True)
+    ids_b, at_b = np.unique(pair[1], return_index=True)
+    to_a, to_b = linked[0].ravel()[at_a], linked[1].ravel()[at_b]
+    ids_a, to_a = ids_a[ids_a > 0], to_a[ids_a > 0]
+    ids_b, to_b = ids_b[ids_b > 0], to_b[ids_b > 0]
+    # Every (a, b) pair that shares a linked id (several ids may share one).
+    ia, ib = np.nonzero(to_a[:, None] == to_b[None, :])
+    return ids_a[ia].astype(np.int64), ids_b[ib].astype(np.int64)
 
 
 def _write_block(job: _Job, block: Block, lut: np.ndarray, out: str | None):
     """Phase 4: the block's core through its lookup table, into ``out`` or returned."""
-    core = _load(job.work, block, "labels")[block.core_in_padded]
-    result = lut[core]
+    result = lut[_read_labels(job.work, block, block.core_in_padded)]
     if out is None:
         return result
     import zarr
