@@ -148,6 +148,8 @@ class Engine2D:
     def _forward(self, x: torch.Tensor, render_steps: int, fine: bool) -> dict:
         """One model call on a padded batch; AMP on CUDA; outputs as float32."""
         use_amp = self.settings.amp and self.device.type == "cuda" and not self.model.quantized
+        if not self.model.quantized:  # the layout of the weights (see load_model)
+            x = x.contiguous(memory_format=torch.channels_last)
         with self.model.lock, torch.inference_mode():
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 if self.model.supports_batch or x.shape[0] == 1:

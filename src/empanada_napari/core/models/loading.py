@@ -177,6 +177,18 @@ def default_model_name(registry: ModelRegistry | None = None) -> str:
     return "MitoNet_v1"
 
 
+def _channels_last(module) -> None:
+    """Store 4D weights channels-last, in place: convolutions run 1.1-1.6x faster on the
+    CPU (measured on the bundled model, docs/benchmarks.md) and use tensor cores on CUDA.
+    Outputs change by float rounding only. A module that refuses is left as it is."""
+    import torch
+
+    try:
+        module.to(memory_format=torch.channels_last)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        pass
+
+
 def load_model(
     model: str | Path | ModelEntry | ModelSpec = "default",
     device: str | torch.device | None = "auto",
@@ -209,6 +221,8 @@ def load_model(
         if cached is not None:
             return cached
         module = _jit_load(path, dev)
+        if not quantized:
+            _channels_last(module)
         padding = config.get("padding_factor") or getattr(module, "padding_factor", 16)
         norms = config.get("norms") or dict(MITONET_NORMS)
         loaded = LoadedModel(
