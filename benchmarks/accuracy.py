@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-distance", type=int, default=3)
     p.add_argument("--fine-boundaries", action="store_true")
     p.add_argument("--downsample", type=int, default=1)
+    p.add_argument("--tta", action="store_true", help="average over flips (4x the network)")
     p.add_argument("--median-slices", type=int, default=3)
     p.add_argument("--min-size", type=int, default=500)
     p.add_argument("--min-extent", type=int, default=5)
@@ -144,6 +145,7 @@ def main(argv=None) -> int:
             "min_distance_object_centers": args.min_distance,
             "fine_boundaries": args.fine_boundaries,
             "downsample": args.downsample,
+            "tta": args.tta,
         },
         stack_params={
             "median_slices": args.median_slices,

@@ -33,8 +33,10 @@ def disks():
         {"downsample": 2, "fine_boundaries": True},
         {"tile_size": 96, "tile_overlap": 32},
         {"batch_size": 1},
+        {"tta": True},
+        {"tta": True, "tile_size": 96, "tile_overlap": 32},
     ],
-    ids=["coarse", "fine", "down2", "down2-fine", "tiled", "bs1"],
+    ids=["coarse", "fine", "down2", "down2-fine", "tiled", "bs1", "tta", "tta-tiled"],
 )
 def test_disks_are_recovered(toy_model, disks, params):
     image, truth = disks
@@ -54,6 +56,24 @@ def test_tiled_equals_untiled(toy_model, disks):
     tiled = Engine2D(toy_model, tile_size=160, tile_overlap=64).segment(big)
     assert np.array_equal(whole, tiled)
     assert len(np.unique(whole)) == 4 * len(CENTRES) + 1
+
+
+def test_flip_averaging_is_flip_equivariant_on_real_em():
+    # With test-time flips, segmenting a mirrored image gives the mirrored labels (up to
+    # relabelling): the offsets' signs are undone correctly for every flip.
+    import tifffile
+
+    from empanada_napari.core.metrics import same_partition
+
+    from .conftest import DATA
+
+    image = tifffile.imread(DATA / "lucchi_crop_raw.tif")[0]
+    engine = Engine2D("default", "cpu", tta=True)
+    labels = engine.segment(image, value_range=(0, 255))
+    assert labels.max() % 10000 >= 3  # several mitochondria in this crop
+    for axis in (0, 1):
+        mirrored = engine.segment(np.flip(image, axis).copy(), value_range=(0, 255))
+        assert same_partition(np.flip(mirrored, axis), labels)
 
 
 def test_batched_equals_single(toy_model, disks):

@@ -103,6 +103,9 @@ def _add_segment(sub) -> None:
         help="give disconnected pieces of an instance their own ids",
     )
     p.add_argument("--downsample", type=int, default=1, help="1, 2, 4, ... 64")
+    p.add_argument(
+        "--tta", action="store_true", help="average the network over 4 flips (4x slower)"
+    )
     p.add_argument("--label-divisor", type=int, default=10000)
     p.add_argument("--tile-size", type=int, help="tile images larger than this (pixels)")
     p.add_argument("--tile-overlap", type=int, default=128)
@@ -284,6 +287,7 @@ def _segment(args) -> int:
         fill_holes=args.fill_holes,
         split_fragments=args.split_fragments,
         downsample=args.downsample,
+        tta=args.tta,
         label_divisor=args.label_divisor,
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,

@@ -228,6 +228,7 @@ def engine_controls(*, per_slice: bool) -> dict[str, Any]:
     if per_slice:
         controls["split_fragments"] = CheckBox(value=False, text="split disconnected fragments")
     controls["downsample"] = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
+    controls["tta"] = CheckBox(value=False, text="average over flips (4x slower)")
     if per_slice:
         controls["label_divisor"] = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
     controls["tile_size"] = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")

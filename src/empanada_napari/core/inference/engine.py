@@ -46,6 +46,7 @@ class InferenceSettings:
     tile_overlap: int = 128
     batch_size: int | None = None
     amp: bool = True
+    tta: bool = False
 
     def validate(self) -> InferenceSettings:
         """Raise :class:`InputError` naming the first invalid parameter; return self."""
@@ -200,16 +201,43 @@ class Engine2D:
         grid = 1 if fine else 4  # instance-map stride relative to the model input
         hd, wd = x.shape[-2:]
         tile = s.tile_size
-        if tile is None or (hd <= tile and wd <= tile):
-            out = self._padded_forward(x, render_steps, fine, d, grid)
+
+        def run(inp: torch.Tensor) -> dict:
+            if tile is None or (hd <= tile and wd <= tile):
+                return self._padded_forward(inp, render_steps, fine, d, grid)
+            return self._tiled_forward(inp, render_steps, fine, d, grid)
+
+        if not s.tta:
+            out = run(x)
+            sem_prob = pp.semantic_probabilities(out["sem_logits"])
+            ctr_hmp, offsets = out["ctr_hmp"], out["offsets"]
         else:
-            out = self._tiled_forward(x, render_steps, fine, d, grid)
+            sem_prob, ctr_hmp, offsets = self._flip_average(run, x)
         return RawOutputs(
-            sem_prob=pp.semantic_probabilities(out["sem_logits"]),
-            ctr_hmp=out["ctr_hmp"],
-            offsets=out["offsets"],
-            shape=(height, width),
+            sem_prob=sem_prob, ctr_hmp=ctr_hmp, offsets=offsets, shape=(height, width)
         )
+
+    @staticmethod
+    def _flip_average(run: Callable[[torch.Tensor], dict], x: torch.Tensor):
+        """Test-time augmentation: the mean of the outputs for the image and its three
+        flips (vertical, horizontal, both), each flipped back. Flipping an axis negates that
+        component of the offsets (dy, dx). The padded size is a multiple of the 1/4 grid, so
+        a flipped grid cell lands exactly on another cell."""
+        sem = ctr = off = None
+        flips = ((), (-2,), (-1,), (-2, -1))
+        for dims in flips:
+            out = run(torch.flip(x, dims) if dims else x)
+            p = pp.semantic_probabilities(out["sem_logits"])
+            c, o = out["ctr_hmp"], out["offsets"].clone()
+            if dims:
+                p, c, o = torch.flip(p, dims), torch.flip(c, dims), torch.flip(o, dims)
+                for dim in dims:  # offsets channel 0 is dy (axis -2), channel 1 is dx
+                    o[:, 0 if dim == -2 else 1] *= -1
+            sem = p if sem is None else sem + p
+            ctr = c if ctr is None else ctr + c
+            off = o if off is None else off + o
+        n = len(flips)
+        return sem / n, ctr / n, off / n
 
     def _tiled_forward(
         self, x: torch.Tensor, render_steps: int, fine: bool, scale: int, grid: int

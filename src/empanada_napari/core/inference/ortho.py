@@ -21,6 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
+from ..metrics import label_overlap
 from ..preprocess import intensity_range
 from .engine import CancelFlag, Engine2D, ProgressCallback
 from .stack import StackSettings, filter_objects, segment_stack_3d
@@ -30,12 +31,8 @@ VIEWS = ("xy", "xz", "yz")
 
 def _pair_ious(a: np.ndarray, b: np.ndarray):
     """(id_a, id_b, IoU) of every overlapping pair of objects of two label volumes."""
-    fg = (a > 0) & (b > 0)
-    pairs, inter = np.unique(np.stack([a[fg], b[fg]]), axis=1, return_counts=True)
-    area_a = np.bincount(a.ravel())
-    area_b = np.bincount(b.ravel())
-    iou = inter / (area_a[pairs[0]] + area_b[pairs[1]] - inter)
-    return pairs[0], pairs[1], iou
+    ov = label_overlap(a, b)
+    return ov.pred_ids[ov.pair_pred], ov.gt_ids[ov.pair_gt], ov.pair_ious()
 
 
 def ortho_consensus(
