@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import markdown_table, write_result
+
 KEYS = ("semantic_iou", "f1@0.5", "f1@0.75", "pq", "ap@0.5", "n_pred", "n_gt")
+HEADERS = ("semantic IoU", "F1@0.5", "F1@0.75", "PQ", "AP@0.5", "n_pred", "n_gt")  # of KEYS
+MODES = ("2d", "stack", "ortho")
 
 
 def find_volume(data: Path, split: str | None) -> tuple[Path, Path]:
@@ -85,19 +89,29 @@ def run(
     return results
 
 
+def _cell(value, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def format_table(results: dict) -> str:
+    """A fixed-width text table: one row per mode, the KEYS and seconds as columns."""
     rows = [f"{'mode':<8}" + "".join(f"{k:>14}" for k in KEYS) + f"{'seconds':>10}"]
-    for mode in ("2d", "stack", "ortho"):
+    for mode in MODES:
         if mode in results:
             r = results[mode]
-            cells = "".join(
-                f"{r[k]:>14.4f}" if isinstance(r[k], float) else f"{r[k]:>14}" for k in KEYS
-            )
+            cells = "".join(f"{_cell(r[k], 4):>14}" for k in KEYS)
             rows.append(f"{mode:<8}{cells}{r['seconds']:>10.1f}")
     return "\n".join(rows)
 
 
-def main(argv=None) -> int:
+def markdown(result: dict) -> str:
+    """The same table as markdown for docs/benchmarks.md (scores to 3 decimals)."""
+    rows = [[mode] + [_cell(result[mode][k], 3) for k in KEYS] for mode in MODES if mode in result]
+    return markdown_table(("mode", *HEADERS), rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score the model on the chosen volume; print the table, write or print the JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
     p.add_argument("--data", type=Path, help="folder with a raw and a *binary* tif")
@@ -156,8 +170,7 @@ def main(argv=None) -> int:
     results["data"] = {"raw": str(args.raw), "gt": str(args.gt), "z": args.z}
     print(format_table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_result(args.json, "accuracy", argv, results)
     else:
         print(json.dumps(results, indent=2))
     return 0

@@ -6,7 +6,7 @@ zarr out) and reports that process's peak RSS, time and voxels/s. Memory should 
 block size only, so the RSS column should stay flat while the volume grows past the RAM.
 
     python -m benchmarks.memory --data ../shared/data/lucchi_train/raw.tif \\
-        --sizes 256,512,1024 --big-gb 13 --downsample 8 --work runs/memory
+        --sizes 256,512,1024 --big-gb 13 --downsample 8 --work runs/memory [--json out.json]
 
 ``--downsample 8`` runs the network on 8x smaller slices (results are rendered back to full
 resolution, so post-processing, linking and writing still touch every voxel); it keeps the
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import markdown_table, shape_text, si, write_result
 
 
 def tile_volume(source: np.ndarray, shape: tuple[int, int, int], path: Path, chunks) -> None:
@@ -71,6 +73,7 @@ def run_one(args) -> dict:
     voxels = int(np.prod(volume.shape))
     return {
         "shape": list(volume.shape),
+        "voxels": voxels,
         "gigavoxels": round(voxels / 1e9, 3),
         "blocks": blocks[-1][1] if blocks else 0,
         "objects": int(labels.attrs["empanada"]["objects"]),
@@ -80,7 +83,35 @@ def run_one(args) -> dict:
     }
 
 
+def markdown(result: dict) -> str:
+    """The docs/benchmarks.md table of a ``--json`` result: one row per volume."""
+    header = [
+        "volume",
+        "voxels (G)",
+        "blocks",
+        "objects",
+        "time (s)",
+        "voxels/s",
+        "peak RSS (GB)",
+    ]
+    rows = [
+        [
+            shape_text(r["shape"]),
+            # 3 significant digits, not 3 decimals: a quick 64^3 run would read 0.000.
+            f"{r.get('voxels', r['gigavoxels'] * 1e9) / 1e9:.3g}",
+            r["blocks"],
+            r["objects"],
+            r["seconds"],
+            si(r["voxels_per_s"]),
+            f"{r['peak_rss_gb']:.2f}",
+        ]
+        for r in result["rows"]
+    ]
+    return markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Tile, segment each volume in a fresh process and print (and optionally save) the rows."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/lucchi_train/raw.tif")
     p.add_argument("--sizes", default="256,512,1024", help="cube sides to test")
@@ -89,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="stack", choices=["stack", "ortho"])
     p.add_argument("--downsample", type=int, default=8)
     p.add_argument("--work", default="runs/memory")
+    p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one volume here
     args = p.parse_args(argv)
     if args.one:
@@ -119,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {'x'.join(map(str, r['shape']))} | {r['gigavoxels']} | {r['blocks']} | "
             f"{r['objects']} | {r['seconds']} | {r['voxels_per_s']:.3g} | {r['peak_rss_gb']} |"
         )
+    if args.json:
+        write_result(args.json, "memory", argv, {"rows": rows})
     return 0
 
 

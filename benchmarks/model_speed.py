@@ -1,6 +1,7 @@
 """Forward-pass time per slice for each architecture the package offers.
 
     python -m benchmarks.model_speed --size 1024 --repeats 3 [--device cuda] [--json out.json]
+        [--archs panoptic_lite,bundled]
 
 Random weights (speed does not depend on them), scripted with torch.jit.script as shipped,
 eval mode, ``render_steps=2``; the first call is a warm-up and not counted. On CUDA also
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import re
 import sys
-import time
 from pathlib import Path
+
+from benchmarks._common import markdown_table, time_call, write_result
 
 CONFIGS = [
     ("panoptic_lite", {}, "bundled-model architecture"),
@@ -39,20 +40,49 @@ def time_forward(module, x, repeats: int, amp: bool = False) -> float:
         if x.device.type == "cuda":
             torch.cuda.synchronize()
 
-    call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_call(call, repeats)
 
 
-def main(argv=None) -> int:
+def selected(name: str, archs: str | None) -> bool:
+    """Whether model ``name`` (``arch(encoder)`` or ``bundled``) passes the ``--archs`` filter."""
+    if not archs:
+        return True
+    wanted = {a.strip() for a in archs.split(",")}
+    return name in wanted or name.split("(")[0] in wanted
+
+
+def markdown(result: dict) -> str:
+    """The docs/benchmarks.md table of a ``--json`` result (CUDA: batch and fp16 columns)."""
+    rows = result["rows"]
+    cuda = any("fp16_s_per_slice" in r for r in rows)
+    threads = result["meta"].get("torch_threads", result["meta"].get("threads"))
+    if cuda:
+        header = ["model", "parameters", "batch", "fp32 s / slice", "fp16 s / slice"]
+    else:
+        header = ["model", "parameters", f"s / slice (CPU, {threads} threads)"]
+    table = []
+    for r in rows:
+        # panoptic_bifpn_pr(resnet50) -> panoptic_bifpn_pr, ResNet-50, as the doc wrote them.
+        model = re.sub(r"\(resnet(\d+)\)$", r", ResNet-\1", r["model"].replace("(default)", ""))
+        model += f" ({r['note']})" if r["note"] else ""
+        cells = [model, f"{r['params_m']:.1f} M"]
+        if cuda:
+            cells += [r["batch"], f"{r['fp32_s_per_slice']:.3g}", f"{r['fp16_s_per_slice']:.3g}"]
+        else:
+            cells.append(f"{r['fp32_s_per_slice']:.3g}")
+        table.append(cells)
+    return markdown_table(header, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time every selected model; print one JSON row per model and batch."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--archs", help="comma list of architectures (or arch(encoder)) and/or 'bundled'"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -67,17 +97,15 @@ def main(argv=None) -> int:
     rows = []
     models = []
     for arch, kwargs, note in CONFIGS:
+        name = f"{arch}({kwargs.get('encoder', 'default')})"
+        if not selected(name, args.archs):
+            continue
         torch.manual_seed(0)
-        models.append(
-            (
-                f"{arch}({kwargs.get('encoder', 'default')})",
-                note,
-                torch.jit.script(build_model(arch, **kwargs).eval()).to(device),
-            )
-        )
+        models.append((name, note, torch.jit.script(build_model(arch, **kwargs).eval()).to(device)))
     try:
-        bundled = load_model("default", device)
-        models.append((bundled.name, "bundled, loaded from disk", bundled.module))
+        if selected("bundled", args.archs):
+            bundled = load_model("default", device)
+            models.append((bundled.name, "bundled, loaded from disk", bundled.module))
     except Exception as err:  # noqa: BLE001 - the table is still useful without it
         print(f"(bundled model not timed: {err})", file=sys.stderr)
     batches = (1, 4, 8) if device.type == "cuda" else (1,)
@@ -95,17 +123,9 @@ def main(argv=None) -> int:
                 row["fp16_s_per_slice"] = time_forward(module, x, args.repeats, True) / batch
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {
-        "size": args.size,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-    }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        meta = {"size": args.size, "device": str(device)}
+        write_result(args.json, "model_speed", argv, {"meta": meta, "rows": rows})
     return 0
 
 

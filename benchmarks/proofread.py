@@ -2,6 +2,7 @@
 
     python -m benchmarks.proofread --data ../shared/data/lucchi_train \\
         --shape 512x1024x1024 --objects 15 --naive-repeats 5 [--json out.json]
+        [--labels instances.tif]
 
 The volume is the real Lucchi ground truth (3D instances), subsampled by ``--stride`` (3: each
 mitochondrion keeps its shape at 15 nm voxels) and tiled with flips, each tile's objects
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import markdown_table, write_result
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchi_train"
 
@@ -169,9 +171,40 @@ def bench(
     }
 
 
-def main(argv=None) -> int:
+def _size_name(low: float, high: float) -> str:
+    return "large" if low >= 90 else "small" if high <= 10 else "typical"
+
+
+def markdown(result: dict | list[dict]) -> str:
+    """The docs/benchmarks.md table: one row per result (e.g. the 40-60th and 95-100th runs)."""
+    header = [
+        "objects timed",
+        "voxels (median)",
+        "merge indexed / full",
+        "split indexed / full",
+        "delete indexed / full",
+    ]
+    rows = []
+    for r in result if isinstance(result, list) else [result]:
+        low, high = r["size_percentiles"]
+        name = f"{_size_name(low, high)} ({low:g}-{high:g}th percentile)"
+        cells = [
+            f"{name}, {r['timed_objects']} objects",
+            f"{r['typical_object_voxels']:,.0f}",
+        ]
+        for edit in ("merge", "split", "delete"):
+            fast, full = r["indexed_ms"].get(edit), r["full_scan_ms"].get(edit)
+            fast_text = "-" if fast is None else f"**{fast:,.1f}**"
+            cells.append(f"{fast_text} / {'-' if full is None else f'{full:,.0f}'}")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the tiled volume, time the edits and print (and optionally save) the result."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="holds mito_instances_3d_cc")
+    p.add_argument("--labels", type=Path, help="a 3D instance tif instead of the one in --data")
     p.add_argument("--shape", default="512x1024x1024")
     p.add_argument("--stride", type=int, default=3)
     p.add_argument("--objects", type=int, default=15)
@@ -183,17 +216,15 @@ def main(argv=None) -> int:
     import tifffile
 
     shape = tuple(int(v) for v in args.shape.split("x"))
-    truth = tifffile.imread(args.data / "mito_instances_3d_cc.tif")
+    truth = tifffile.imread(args.labels or args.data / "mito_instances_3d_cc.tif")
     labels = tiled_volume(truth, shape, args.stride)
     del truth
     pct = tuple(float(v) for v in args.percentiles.split(","))
     result = bench(labels, args.objects, args.naive_repeats, pct)
     result["size_percentiles"] = list(pct)
-    result["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     print(json.dumps(result, indent=2), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_result(args.json, "proofread", argv, result)
     return 0
 
 

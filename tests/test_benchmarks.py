@@ -1,10 +1,19 @@
-"""The accuracy harness runs end to end on the real crop in tests/data (quick mode)."""
+"""The benchmark harnesses and the report that renders them into docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
 
-from benchmarks import accuracy
+from benchmarks import _common, accuracy, model_speed, proofread, report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_accuracy_harness_quick(tmp_path, capsys):
@@ -19,3 +28,127 @@ def test_accuracy_harness_quick(tmp_path, capsys):
     # The bundled model on its held-out crop (see tests/test_bundled_model.py).
     assert results["2d"]["semantic_iou"] > 0.85 and results["stack"]["semantic_iou"] > 0.85
     assert results["stack"]["n_gt"] == 4 and results["model"] == "Lucchi_Lite_v1"
+
+
+def _blocks(text: str) -> dict[str, str]:
+    """The content of every figure block of a doc."""
+    return dict(re.findall(r"<!-- figure:(\w+) -->\n(.*?)<!-- /figure:\1 -->", text, re.S))
+
+
+def _outside(text: str) -> str:
+    """The doc with the content of every figure block removed (the prose people write)."""
+    return re.sub(r"(<!-- figure:(\w+) -->\n).*?(<!-- /figure:\2 -->)", r"\1\3", text, flags=re.S)
+
+
+def _table_rows(block: str) -> list[list[str]]:
+    lines = [line for line in block.splitlines() if line.startswith("|")][2:]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_report_quick_rewrites_only_the_blocks(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    original = (ROOT / "docs" / "benchmarks.md").read_text()
+    doc.write_text(original)
+    out = tmp_path / "bench"
+
+    args = ["--quick", "--only", "throughput,memory", "--out", str(out)]
+    assert report.main([*args, "--doc", str(doc)]) == 0
+
+    text = doc.read_text()
+    assert _outside(text) == _outside(original)
+    before, after = _blocks(original), _blocks(text)
+    assert set(after) == set(report.FIGURES)
+    for name in ("accuracy", "model_speed", "proofread"):  # not run: left as they were
+        assert after[name] == before[name]
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    head = subprocess.run(git, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    for name in ("throughput", "memory"):
+        result = json.loads((out / f"{name}.json").read_text())
+        header = after[name].splitlines()[0]
+        assert result["meta"]["commit"].startswith(head)
+        assert f"commit `{result['meta']['commit']}`" in header
+        assert f"{os.cpu_count()} cores" in header and "no GPU" in header
+        assert f"`{result['command']}`" in header and f"benchmarks.{name}" in result["command"]
+
+    thr = json.loads((out / "throughput.json").read_text())["rows"]
+    rows = _table_rows(after["throughput"])
+    assert len(rows) == len(thr) == 1
+    assert rows[0][:2] == ["8 x 128 x 128", "1"]
+    ratio_2d, ratio_stack = float(rows[0][3]), float(rows[0][4])
+    assert ratio_2d > 0 and ratio_stack > 0
+    assert ratio_stack == round(thr[0]["stack_s"] / thr[0]["forward_s"], 2)
+    assert ratio_2d == round(thr[0]["2d_s"] / thr[0]["forward_s"], 2)
+
+    mem = json.loads((out / "memory.json").read_text())["rows"]
+    rows = _table_rows(after["memory"])
+    assert len(rows) == len(mem) == 1
+    voxels = math.prod(mem[0]["shape"])
+    assert mem[0]["voxels"] == voxels == 160**3 and rows[0][0] == "160^3"
+    assert math.isclose(float(rows[0][1]) * 1e9, voxels, rel_tol=1e-3)
+    assert rows[0][2:4] == [str(mem[0]["blocks"]), str(mem[0]["objects"])]
+    assert float(rows[0][6]) == mem[0]["peak_rss_gb"] > 0
+
+    # --render-only gives the same blocks from the JSON without running anything.
+    again = tmp_path / "again.md"
+    again.write_text(original)
+    assert report.main(["--render-only", *args, "--doc", str(again)]) == 0
+    assert again.read_text() == text
+
+
+def test_report_failed_figure_keeps_its_block(tmp_path, monkeypatch, capfd):
+    bad = dataclasses.replace(report.FIGURES["proofread"], quick=("--no-such-option",))
+    monkeypatch.setitem(report.FIGURES, "proofread", bad)
+    doc = tmp_path / "benchmarks.md"
+    original = (ROOT / "docs" / "benchmarks.md").read_text()
+    doc.write_text(original)
+    out = tmp_path / "bench"
+    out.mkdir()
+    stale = {"meta": {}, "command": "old", "size_percentiles": [40, 60]}
+    (out / "proofread.json").write_text(json.dumps(stale))  # must not be rendered
+
+    args = ["--quick", "--only", "proofread", "--out", str(out), "--doc", str(doc)]
+    assert report.main(args) != 0
+
+    assert doc.read_text() == original
+    assert not (out / "proofread.json").exists()
+    assert "failed figures: proofread" in capfd.readouterr().err
+
+
+def test_time_call_is_the_median_after_a_warm_up():
+    durations = iter([100.0, 3.0, 1.0, 2.0])  # the warm-up (100) is not counted
+    now = [0.0]
+    calls = []
+
+    def fn():
+        calls.append(1)
+        now[0] += next(durations)
+
+    assert _common.time_call(fn, 3, clock=lambda: now[0]) == 2.0
+    assert len(calls) == 4
+    assert 0.001 <= _common.time_call(lambda: time.sleep(0.001), 2) < 1
+
+
+def test_markdown_of_cuda_speed_and_two_proofread_runs():
+    meta = {"torch_threads": 8}
+    row = {"model": "panoptic_deeplab_pr(resnet50)", "note": "MitoNet_v1-size", "params_m": 55.2}
+    row |= {"batch": 4, "fp32_s_per_slice": 0.05, "fp16_s_per_slice": 0.02}
+    speed = {"meta": meta, "rows": [row]}
+    table = model_speed.markdown(speed)
+    assert "fp16 s / slice" in table
+    assert (
+        "| panoptic_deeplab_pr, ResNet-50 (MitoNet_v1-size) | 55.2 M | 4 | 0.05 | 0.02 |" in table
+    )
+
+    def run(low, high, ms):
+        return {
+            "size_percentiles": [low, high],
+            "timed_objects": 15,
+            "typical_object_voxels": 4029.0,
+            "indexed_ms": {"merge": ms, "delete": 0.9},  # no split: a single maximum
+            "full_scan_ms": {"merge": 377.4, "delete": 309.0},
+        }
+
+    rows = _table_rows(proofread.markdown([run(40, 60, 2.2), run(95, 100, 8.0)]))
+    typical = ["typical (40-60th percentile), 15 objects", "4,029", "**2.2** / 377"]
+    assert rows[0] == [*typical, "- / -", "**0.9** / 309"]
+    assert rows[1][0] == "large (95-100th percentile), 15 objects"
