@@ -104,10 +104,32 @@ def format_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def markdown(result: dict) -> str:
-    """The same table as markdown for docs/benchmarks.md (scores to 3 decimals)."""
-    rows = [[mode] + [_cell(result[mode][k], 3) for k in KEYS] for mode in MODES if mode in result]
-    return markdown_table(("mode", *HEADERS), rows)
+def settings_label(result: dict) -> str:
+    """The settings of a run in a few words (confidence, flips, 3D filters)."""
+    engine = result.get("engine", {})
+    stack = result.get("stack_params", {})
+    words = [f"confidence {engine.get('confidence_thr', 0.5):g}"]
+    if engine.get("tta"):
+        words.append("flip TTA")
+    if stack:
+        words.append(
+            f"median {stack['median_slices']}, min_size {stack['min_size']}, "
+            f"min_extent {stack['min_extent']}"
+        )
+    return "; ".join(words)
+
+
+def markdown(result: dict | list[dict]) -> str:
+    """The table as markdown for docs/benchmarks.md (scores to 3 decimals); several runs
+    (e.g. two settings) give one row per run and mode, labelled with the settings."""
+    results = result if isinstance(result, list) else [result]
+    rows = [
+        [mode, settings_label(r)] + [_cell(r[mode][k], 3) for k in KEYS]
+        for r in results
+        for mode in MODES
+        if mode in r
+    ]
+    return markdown_table(("mode", "settings", *HEADERS), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
