@@ -59,9 +59,12 @@ FIGURES: dict[str, Figure] = {
     ),
     "throughput": Figure(
         "throughput",
-        full=("--sizes 16x512x512,16x768x1024 --batch-sizes 1,2",),
+        full=(
+            "--sizes 16x512x512,16x768x1024 --batch-sizes 1,2 --ortho-sizes 64x256x256,128x384x384",
+        ),
         quick=(
-            "--raw tests/data/lucchi_crop_raw.tif --sizes 8x128x128 --batch-sizes 1 --repeats 1",
+            "--raw tests/data/lucchi_crop_raw.tif --sizes 8x128x128 --batch-sizes 1 --repeats 1"
+            " --ortho-sizes 16x64x64",
         ),
         device=True,
     ),

@@ -10,6 +10,8 @@ For each volume size (a crop of the raw volume) and batch size it times:
 - ``stack``: 3D stack inference (2D + median filter + linking + filters);
 - ``postprocess``: panoptic post-processing alone, as pixels per second;
 and reports voxels/s and the ratio pipeline / forward (1.0 = post-processing fully hidden).
+With ``--ortho-sizes`` it also times ortho-plane consensus on those crops (cubes suit it)
+against the forward passes over the slices of all three views.
 Each is the median of ``--repeats`` runs after a warm-up: single runs on shared cores are noisy.
 """
 
@@ -83,6 +85,34 @@ def bench(model, volume, batch_size, device, repeats: int = 3) -> dict:
     }
 
 
+def bench_ortho(model, volume, device, repeats: int = 3) -> dict:
+    """Median times of ortho-plane consensus and of the forward passes over its 3 views."""
+    from empanada_napari.core.inference.engine import Engine2D
+    from empanada_napari.core.inference.ortho import segment_ortho
+    from empanada_napari.core.inference.stack import AXES
+    from empanada_napari.core.preprocess import intensity_range
+
+    engine = Engine2D(model, device)
+    value_range = intensity_range(volume)
+    views = [volume.transpose(AXES[axis]) for axis in ("xy", "xz", "yz")]
+
+    def forward_all() -> None:
+        for view in views:
+            _forward_pass(engine, view, value_range)
+
+    forward = time_call(forward_all, repeats)
+    ortho = time_call(lambda: segment_ortho(volume, engine), repeats)
+    return {
+        "shape": list(volume.shape),
+        "batch_size": engine.default_batch_size(),
+        "repeats": repeats,
+        "forward_3_views_s": forward,
+        "ortho_s": ortho,
+        "ortho_ratio": ortho / forward,
+        "ortho_voxels_per_s": volume.size / ortho,
+    }
+
+
 def markdown(result: dict) -> str:
     """The docs/benchmarks.md table of a ``--json`` result: one row per volume and batch."""
     header = [
@@ -104,7 +134,20 @@ def markdown(result: dict) -> str:
         ]
         for r in result["rows"]
     ]
-    return markdown_table(header, rows)
+    table = markdown_table(header, rows)
+    if result.get("ortho_rows"):
+        ortho = [
+            [
+                " x ".join(map(str, r["shape"])),
+                r["batch_size"],
+                si(r["ortho_voxels_per_s"]),
+                f"{r['ortho_ratio']:.2f}",
+            ]
+            for r in result["ortho_rows"]
+        ]
+        header = ["volume", "batch", "ortho-plane voxels/s", "ortho / forward over 3 views"]
+        table += "\n\n" + markdown_table(header, ortho)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, help="a raw tif to crop from instead of --data/raw.tif")
     p.add_argument("--sizes", default="16x512x512,32x768x1024")
     p.add_argument("--batch-sizes", default="1,2,4")
+    p.add_argument("--ortho-sizes", default="", help="crops for ortho-plane, e.g. 64x256x256")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measure (median)")
     p.add_argument("--json", type=Path)
@@ -131,9 +175,17 @@ def main(argv: list[str] | None = None) -> int:
             row = bench(args.model, volume, bs, args.device, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    ortho_rows = []
+    for size in filter(None, args.ortho_sizes.split(",")):
+        z, y, x = (int(v) for v in size.split("x"))
+        volume = tifffile.imread(raw, key=range(z))[:, :y, :x]
+        row = bench_ortho(args.model, volume, args.device, args.repeats)
+        ortho_rows.append(row)
+        print(json.dumps(row), flush=True)
     if args.json:
         meta = {"model": args.model, "device": args.device, "raw": str(raw)}
-        write_result(args.json, "throughput", argv, {"meta": meta, "rows": rows})
+        result = {"meta": meta, "rows": rows, "ortho_rows": ortho_rows}
+        write_result(args.json, "throughput", argv, result)
     return 0
 
 

@@ -70,9 +70,14 @@ def test_report_quick_rewrites_only_the_blocks(tmp_path):
         assert f"{os.cpu_count()} cores" in header and "no GPU" in header
         assert f"`{result['command']}`" in header and f"benchmarks.{name}" in result["command"]
 
-    thr = json.loads((out / "throughput.json").read_text())["rows"]
-    rows = _table_rows(after["throughput"])
+    result = json.loads((out / "throughput.json").read_text())
+    thr, ortho = result["rows"], result["ortho_rows"]
+    stack_table, ortho_table = after["throughput"].rsplit("\n\n| volume", 1)
+    rows = _table_rows(stack_table)
     assert len(rows) == len(thr) == 1
+    (o_row,) = _table_rows("| volume" + ortho_table)
+    assert o_row[0] == "16 x 64 x 64" and len(ortho) == 1
+    assert float(o_row[3]) == round(ortho[0]["ortho_s"] / ortho[0]["forward_3_views_s"], 2) > 0
     assert rows[0][:2] == ["8 x 128 x 128", "1"]
     ratio_2d, ratio_stack = float(rows[0][3]), float(rows[0][4])
     assert ratio_2d > 0 and ratio_stack > 0
