@@ -97,6 +97,40 @@ def _pair_table(a: np.ndarray, na: int, b: np.ndarray, nb: int):
     return keys // (nb + 1) - 1, keys % (nb + 1) - 1, counts
 
 
+def matched_pairs(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Indices of the pairs ``(a[k], b[k])`` in a maximum-total-weight matching.
+
+    The optimal assignment is solved on each connected component of the pair graph on its
+    own: objects overlap only their neighbours, so components are tiny and the cost stays
+    linear in the number of objects instead of cubic (a slice with thousands of objects).
+    """
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    n = ua.size + ub.size
+    graph = coo_matrix((np.ones(a.size, np.int8), (ia, ib + ua.size)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    pair_comp = comp[ia]
+    single = np.bincount(pair_comp)[pair_comp] == 1
+    chosen = [np.flatnonzero(single)]  # a component of one pair: that pair
+    multi = np.flatnonzero(~single)
+    multi = multi[np.argsort(pair_comp[multi], kind="stable")]
+    for group in np.split(multi, np.flatnonzero(np.diff(pair_comp[multi])) + 1):
+        if group.size == 0:
+            continue
+        rows, r = np.unique(ia[group], return_inverse=True)
+        cols, c = np.unique(ib[group], return_inverse=True)
+        index = np.full((rows.size, cols.size), -1, dtype=np.int64)
+        index[r, c] = group
+        w = np.zeros(index.shape)
+        w[r, c] = weight[group]
+        rr, cc = linear_sum_assignment(-w)
+        picked = index[rr, cc]
+        chosen.append(picked[picked >= 0])  # a row may be left with a non-pair
+    return np.sort(np.concatenate(chosen))
+
+
 class _Growing:
     """A (n, width) int64 array that grows by rows; rows start at ``fill``."""
 
@@ -167,21 +201,19 @@ class SliceLinker:
         self._measure(z)
 
     def _link_forward(self, lut, pi, ci, inter, area_prev, area_cur, prev_fids) -> None:
-        # Optimal assignment on IoU among the objects that overlap at all.
-        rows_u, r = np.unique(pi, return_inverse=True)
-        cols_u, c = np.unique(ci, return_inverse=True)
-        iou = np.zeros((rows_u.size, cols_u.size))
-        iou[r, c] = inter / (area_prev[pi] + area_cur[ci] - inter)
-        rows, cols = linear_sum_assignment(-iou)
-        keep = iou[rows, cols] >= self.iou_thr
-        lut[cols_u[cols[keep]] + 1] = prev_fids[rows_u[rows[keep]]]
-        # Unmatched objects covered enough by one previous object join it.
-        inter_m = np.zeros_like(iou)
-        inter_m[r, c] = inter
-        best = inter_m.argmax(axis=0)
-        ioa = inter_m[best, np.arange(cols_u.size)] / area_cur[cols_u]
-        join = (ioa >= self.ioa_thr) & (lut[cols_u + 1] == 0)
-        lut[cols_u[join] + 1] = prev_fids[rows_u[best[join]]]
+        # Optimal assignment on the IoU of overlapping objects, pairs >= iou_thr linked.
+        iou = inter / (area_prev[pi] + area_cur[ci] - inter)
+        matched = matched_pairs(pi, ci, iou)
+        matched = matched[iou[matched] >= self.iou_thr]
+        lut[ci[matched] + 1] = prev_fids[pi[matched]]
+        # Unmatched objects covered enough by one previous object join it (the previous
+        # object of largest intersection; ties go to the smaller id).
+        order = np.lexsort((pi, -inter, ci))
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = ci[order][1:] != ci[order][:-1]
+        best = order[first]
+        join = (inter[best] >= self.ioa_thr * area_cur[ci[best]]) & (lut[ci[best] + 1] == 0)
+        lut[ci[best[join]] + 1] = prev_fids[pi[best[join]]]
 
     def _link_backward(self, z: int, pi, fi, inter) -> None:
         """An object of slice z - 1 that does not continue into slice z joins the object of
