@@ -9,7 +9,12 @@ import pytest
 
 from empanada_napari.core.errors import Cancelled, InputError
 from empanada_napari.core.inference.engine import Engine2D
-from empanada_napari.core.inference.stack import filter_objects, link_slices, segment_stack_3d
+from empanada_napari.core.inference.stack import (
+    filter_objects,
+    link_slices,
+    matched_pairs,
+    segment_stack_3d,
+)
 from empanada_napari.core.metrics import instance_scores
 
 
@@ -63,6 +68,20 @@ def test_backward_pass_joins_an_object_that_ends_inside_another():
     s[0, 2:12, 20:28] = 2  # a second object that ends in slice 0 and lies inside slice 1's
     out = link_slices(s)
     assert out[0, 5, 5] == out[0, 5, 25] == out[1, 5, 15]
+
+
+def test_matched_pairs_is_optimal_per_component():
+    # Component 1: greedy would take (1, 10) at 0.6 and leave (2, 11) at 0.1; the optimum
+    # takes (1, 11) + (2, 10) = 0.5 + 0.5. Component 2: a single pair. Component 3: one row
+    # overlapping two columns keeps its best.
+    a = np.array([1, 1, 2, 2, 5, 7, 7])
+    b = np.array([10, 11, 10, 11, 20, 30, 31])
+    w = np.array([0.6, 0.5, 0.5, 0.1, 0.3, 0.2, 0.4])
+    picked = matched_pairs(a, b, w)
+    assert sorted(zip(a[picked].tolist(), b[picked].tolist(), strict=True)) == [
+        (1, 11), (2, 10), (5, 20), (7, 31)
+    ]  # fmt: skip
+    assert matched_pairs(a[:0], b[:0], w[:0]).size == 0
 
 
 def test_filter_objects_size_extent_and_relabel():
