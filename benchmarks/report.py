@@ -192,24 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.doc is None and not args.quick:
         args.doc = ROOT / "docs" / "benchmarks.md"
     # Quick numbers come from tiny crops: they go into a doc only when one is named.
-    doc = args.doc.read_text() if args.doc is not None else None
     failed = []
     for name in names:
         figure = FIGURES[name]
         if not args.render_only and not run_figure(name, figure, out, args.quick, args.device):
             failed.append(name)
             continue
-        if doc is None:
+        if args.doc is None:
             continue
         try:
-            doc = replace_block(doc, name, render(name, figure, out, args.quick))
+            # Read the doc afresh for each figure: runs take hours, and people edit the prose
+            # meanwhile; only this figure's block changes.
+            old = args.doc.read_text()
+            new = replace_block(old, name, render(name, figure, out, args.quick))
         except (OSError, KeyError, ValueError, TypeError) as err:
             print(f"[{name}] not rendered: {err}", file=sys.stderr)
             failed.append(name)
             continue
+        if new != old:
+            args.doc.write_text(new)
         print(f"[{name}] rendered into {args.doc}", flush=True)
-    if doc is not None and doc != args.doc.read_text():
-        args.doc.write_text(doc)
     if failed:
         print(f"failed figures: {', '.join(failed)}", file=sys.stderr)
         return 1
