@@ -165,8 +165,11 @@ def panoptic_labels(
     if semantic_only:
         out = cls
     else:
-        things = torch.tensor(list(thing_list), device=cls.device, dtype=cls.dtype)
-        thing = torch.isin(cls, things)
+        if len(thing_list) == 1:  # the usual case; isin costs a sort
+            thing = cls == int(thing_list[0])
+        else:
+            things = torch.tensor(list(thing_list), device=cls.device, dtype=cls.dtype)
+            thing = torch.isin(cls, things)
         inst = instance_ids(
             thing,
             ctr_hmp,
@@ -194,15 +197,19 @@ def _merge_semantic_and_instances(
     if bool(has_inst.any()):
         flat_inst = inst[has_inst]
         flat_cls = cls[has_inst]
-        # Consecutive instance numbers in raster order of each instance's first pixel.
-        uniq, first = _unique_first(flat_inst)
-        order = torch.argsort(first)
+        # Consecutive instance numbers in raster order of each instance's first pixel. Ids
+        # are centre indices 1..K, so a table of K + 1 entries replaces a sort of the pixels.
+        n_ids = int(flat_inst.max()) + 1
+        first = torch.full((n_ids,), flat_inst.numel(), dtype=torch.long, device=inst.device)
+        positions = torch.arange(flat_inst.numel(), device=inst.device)
+        first = first.scatter_reduce(0, flat_inst, positions, reduce="amin")
+        order = torch.argsort(first, stable=True)  # absent ids (first = numel) sort last
         rank = torch.empty_like(order)
-        rank[order] = torch.arange(1, order.numel() + 1, device=order.device)
-        k = rank[torch.searchsorted(uniq, flat_inst)]
+        rank[order] = torch.arange(1, n_ids + 1, device=order.device)
+        k = rank[flat_inst]
         # One class per instance: the majority class of its pixels (matters for C > 1).
         n_cls = int(cls.max()) + 1
-        votes = torch.bincount(k * n_cls + flat_cls, minlength=(uniq.numel() + 1) * n_cls)
+        votes = torch.bincount(k * n_cls + flat_cls, minlength=(n_ids + 1) * n_cls)
         inst_cls = votes.reshape(-1, n_cls).argmax(dim=1)
         out[has_inst] = inst_cls[k] * label_divisor + k
     stuff = (cls > 0) & ~thing
@@ -211,15 +218,6 @@ def _merge_semantic_and_instances(
         keep = areas[cls[stuff]] >= stuff_area
         out[stuff] = torch.where(keep, cls[stuff] * label_divisor, torch.zeros_like(cls[stuff]))
     return out
-
-
-def _unique_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted unique values and the index of each one's first occurrence."""
-    uniq, inverse = torch.unique(values, return_inverse=True)
-    positions = torch.arange(values.numel(), device=values.device)
-    first = torch.full((uniq.numel(),), values.numel(), dtype=torch.long, device=values.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return uniq, first
 
 
 # ----------------------------------------------------------------------------------------
