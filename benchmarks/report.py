@@ -45,7 +45,7 @@ FIGURES: dict[str, Figure] = {
         "accuracy",
         full=(
             "--model default --data ../shared/data/lucchi_train --z 132,165 --modes 2d,stack",
-            "--model default --data ../shared/data/lucchi_train --z 132,165 --modes 2d,stack,ortho"
+            "--model default --data ../shared/data/lucchi_train --z 132,165 --modes 2d,stack"
             " --median-slices 7 --min-size 5000 --min-extent 8 --tta",
         ),
         quick=("--quick --modes 2d,stack",),
