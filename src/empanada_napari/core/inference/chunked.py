@@ -282,12 +282,11 @@ def _segment_block(job: _Job, block: Block, source, cancel: CancelFlag = None) -
 def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
     """Save a padded block's labels with its summary; returns its number of ids.
 
-    The labels go to a zarr array (zstd: fast, and linking reads only the regions it
-    needs); the summary holds the voxel count of each id in the padded block and the size
-    and bounding box of each id inside the block's core.
+    The labels go to a compressed zarr array (linking reads only the regions it needs); the
+    summary holds the voxel count of each id in the padded block and the size and bounding
+    box of each id inside the block's core.
     """
     import zarr
-    from zarr.codecs import ZstdCodec
 
     n = int(labels.max()) if labels.size else 0
     core = labels[block.core_in_padded]
@@ -302,14 +301,15 @@ def _save_block(work: str, block: Block, labels: np.ndarray) -> int:
     path = _block_file(work, block)
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.part")
     try:
-        store = zarr.create_array(
+        # zarr's default codec (zstd in zarr 3, blosc-lz4 in zarr 2): fast, and label
+        # blocks compress hundreds of times.
+        store = zarr.open_array(
             str(_labels_store(work, block)),
+            mode="w",  # replaces one left by a run killed while writing it
             shape=labels.shape,
             dtype=np.uint32,
             chunks=_work_chunks(labels.shape),
-            compressors=ZstdCodec(level=1),
             fill_value=0,
-            overwrite=True,  # left over from a run killed while writing it
         )
         store[...] = labels
         with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a name
