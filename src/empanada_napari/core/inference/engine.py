@@ -228,8 +228,8 @@ class Engine2D:
         for dims in flips:
             out = run(torch.flip(x, dims) if dims else x)
             p = pp.semantic_probabilities(out["sem_logits"])
-            c, o = out["ctr_hmp"], out["offsets"].clone()
-            if dims:
+            c, o = out["ctr_hmp"], out["offsets"]
+            if dims:  # torch.flip copies, so the sign change below edits no model output
                 p, c, o = torch.flip(p, dims), torch.flip(c, dims), torch.flip(o, dims)
                 for dim in dims:  # offsets channel 0 is dy (axis -2), channel 1 is dx
                     o[:, 0 if dim == -2 else 1] *= -1

@@ -131,23 +131,6 @@ def matched_pairs(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-class _Growing:
-    """A (n, width) int64 array that grows by rows; rows start at ``fill``."""
-
-    def __init__(self, width: int, fill: int) -> None:
-        self.data = np.full((64, width), fill, dtype=np.int64)
-        self.fill = fill
-
-    def reserve(self, n: int) -> None:
-        if n > len(self.data):
-            extra = np.full(
-                (max(n, 2 * len(self.data)) - len(self.data), self.data.shape[1]),
-                self.fill,
-                dtype=np.int64,
-            )
-            self.data = np.concatenate([self.data, extra])
-
-
 class SliceLinker:
     """Slice-to-slice linking of 2D instances into 3D objects, one slice at a time.
 
@@ -168,9 +151,8 @@ class SliceLinker:
         self.dense = np.zeros(shape, dtype=np.uint32) if out is None else out
         self.fids: list[np.ndarray] = []  # per slice: dense index - 1 -> forward id
         self.next_id = 1
-        self._size = _Growing(1, 0)
-        self._lo = _Growing(3, np.iinfo(np.int64).max)
-        self._hi = _Growing(3, np.iinfo(np.int64).min)
+        # Per slice: voxel count, box start and box stop of each of its forward ids.
+        self._stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._joins: list[np.ndarray] = []  # (2, k) forward ids joined by the backward pass
 
     def add(self, labels: np.ndarray) -> None:
@@ -183,7 +165,7 @@ class SliceLinker:
             prev, prev_fids = self.dense[z - 1], self.fids[-1]
             npv = prev_fids.size
             pi, ci, inter = _pair_table(prev, npv, cur, nc)
-            area_prev = np.bincount(prev.reshape(-1), minlength=npv + 1)[1:]
+            area_prev = self._stats[-1][0]
             area_cur = np.bincount(cur.reshape(-1), minlength=nc + 1)[1:]
             if inter.size:
                 self._link_forward(lut, pi, ci, inter, area_prev, area_cur, prev_fids)
@@ -197,7 +179,7 @@ class SliceLinker:
         self.dense[z] = fd_lut[cur]
         self.fids.append(fids)
         if z > 0 and nc and self.fids[-2].size:
-            self._link_backward(z, pi, fd_lut[ci + 1].astype(np.int64) - 1, inter)
+            self._link_backward(pi, fd_lut[ci + 1].astype(np.int64) - 1, inter, area_prev)
         self._measure(z)
 
     def _link_forward(self, lut, pi, ci, inter, area_prev, area_cur, prev_fids) -> None:
@@ -215,7 +197,7 @@ class SliceLinker:
         join = (inter[best] >= self.ioa_thr * area_cur[ci[best]]) & (lut[ci[best] + 1] == 0)
         lut[ci[best[join]] + 1] = prev_fids[pi[best[join]]]
 
-    def _link_backward(self, z: int, pi, fi, inter) -> None:
+    def _link_backward(self, pi, fi, inter, area_prev) -> None:
         """An object of slice z - 1 that does not continue into slice z joins the object of
         slice z it overlaps most, when that covers >= ioa_thr of its area."""
         prev_fids, cur_fids = self.fids[-2], self.fids[-1]
@@ -234,23 +216,16 @@ class SliceLinker:
         first = np.ones(order.size, dtype=bool)
         first[1:] = a[order][1:] != a[order][:-1]
         pick = order[first]
-        area = np.bincount(self.dense[z - 1].reshape(-1), minlength=prev_fids.size + 1)[1:]
-        ok = inter[pick] >= self.ioa_thr * area[a[pick]]
+        ok = inter[pick] >= self.ioa_thr * area_prev[a[pick]]
         self._joins.append(np.stack([prev_fids[a[pick][ok]], cur_fids[b[pick][ok]]]))
 
     def _measure(self, z: int) -> None:
         fids, fd = self.fids[-1], self.dense[z]
-        if fids.size == 0:
-            return
-        for g in (self._size, self._lo, self._hi):
-            g.reserve(self.next_id)
-        self._size.data[fids, 0] += np.bincount(fd.reshape(-1), minlength=fids.size + 1)[1:]
+        area = np.bincount(fd.reshape(-1), minlength=fids.size + 1)[1:]
         boxes = ndi.find_objects(fd, max_label=fids.size)
         lo = np.array([[z, b[0].start, b[1].start] for b in boxes], dtype=np.int64)
         hi = np.array([[z + 1, b[0].stop, b[1].stop] for b in boxes], dtype=np.int64)
-        np.minimum(self._lo.data[fids], lo, out=lo)
-        np.maximum(self._hi.data[fids], hi, out=hi)
-        self._lo.data[fids], self._hi.data[fids] = lo, hi
+        self._stats.append((area, lo.reshape(-1, 3), hi.reshape(-1, 3)))
 
     def finish(self, min_size: int = 0, min_extent: int = 0) -> np.ndarray:
         """The 3D labels (uint32, ids 1..K in order of each object's first forward id), in
@@ -259,14 +234,15 @@ class SliceLinker:
         joins = np.concatenate(self._joins, axis=1) if self._joins else np.zeros((2, 0), int)
         graph = coo_matrix((np.ones(joins.shape[1], np.int8), (joins[0], joins[1])), shape=(n, n))
         n_comp, comp = connected_components(graph, directed=False)
-        for g in (self._size, self._lo, self._hi):
-            g.reserve(n)
+        # Sizes and boxes of whole objects: every slice's numbers summed per component.
+        at = comp[np.concatenate(self.fids)] if self.fids else np.zeros(0, np.int64)
         size = np.zeros(n_comp, np.int64)
-        np.add.at(size, comp[1:], self._size.data[1:n, 0])
         lo = np.full((n_comp, 3), np.iinfo(np.int64).max, np.int64)
         hi = np.full((n_comp, 3), np.iinfo(np.int64).min, np.int64)
-        np.minimum.at(lo, comp[1:], self._lo.data[1:n])
-        np.maximum.at(hi, comp[1:], self._hi.data[1:n])
+        if self._stats:
+            np.add.at(size, at, np.concatenate([st[0] for st in self._stats]))
+            np.minimum.at(lo, at, np.concatenate([st[1] for st in self._stats]))
+            np.maximum.at(hi, at, np.concatenate([st[2] for st in self._stats]))
         keep = (size > 0) & (size >= min_size)
         if min_extent > 0:
             keep &= (hi - lo).min(axis=1) >= min_extent
@@ -301,9 +277,7 @@ def link_slices(slices: np.ndarray, iou_thr: float = 0.25, ioa_thr: float = 0.25
 def filter_objects(labels: np.ndarray, min_size: int = 0, min_extent: int = 0) -> np.ndarray:
     """Drop objects below ``min_size`` voxels or with any bounding-box side < ``min_extent``
     and relabel the rest 1..K (uint32, in increasing order of their old ids)."""
-    labels = np.asarray(labels)
-    ids, dense = _dense_ids(labels.reshape(labels.shape[0], -1))
-    dense = dense.reshape(labels.shape)
+    ids, dense = _dense_ids(np.asarray(labels))
     keep = np.bincount(dense.reshape(-1), minlength=ids.size + 1)[1:] >= min_size
     if min_extent > 0:
         boxes = ndi.find_objects(dense, max_label=ids.size)
