@@ -97,8 +97,8 @@ def export_array(
     import tifffile
 
     from ..core.errors import Cancelled, InputError
-    from ..core.inference.engine import is_cancelled
     from ..core.io import create_zarr_labels
+    from ..core.jobs import is_cancelled
 
     meta = meta or {}
     if path.exists() and not overwrite:

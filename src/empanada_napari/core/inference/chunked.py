@@ -56,9 +56,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import Cancelled, EmpanadaError, InputError
 from ..io import _disk_error, create_zarr_labels
+from ..jobs import CancelFlag, Progress, is_cancelled
 from ..metrics import label_overlap
 from ..preprocess import check_image, intensity_range
-from .engine import CancelFlag, InferenceSettings, ProgressCallback, is_cancelled
+from .engine import InferenceSettings
 from .stack import AXES, StackSettings, link_slices
 
 WORK_DIR = ".empanada-work"
@@ -671,7 +672,7 @@ def segment_volume(
     allow_one_view: bool = False,
     link_iou: float = 0.5,
     link_ioa: float = 0.5,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     cancel: CancelFlag = None,
     **params,
 ):

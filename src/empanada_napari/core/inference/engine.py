@@ -10,7 +10,6 @@ labels with :mod:`.postprocess`. The model is loaded once (and cached by
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -20,12 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled, InputError
+from ..jobs import CancelFlag, Progress, is_cancelled
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
 from . import postprocess as pp
-
-ProgressCallback = Callable[[int, int], None]
-CancelFlag = Callable[[], bool] | threading.Event | None
 
 
 @dataclass
@@ -94,15 +91,6 @@ class RawOutputs:
     offsets: torch.Tensor
     shape: tuple[int, int]
     extra: dict = field(default_factory=dict)
-
-
-def is_cancelled(cancel: CancelFlag) -> bool:
-    """True when ``cancel`` (an Event or a callable returning bool) asks to stop."""
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def _tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
@@ -327,7 +315,7 @@ class Engine2D:
         stack,
         *,
         value_range: tuple[float, float] | None = None,
-        progress: ProgressCallback | None = None,
+        progress: Progress | None = None,
         cancel: CancelFlag = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, labels)`` for consecutive batches of slices of ``stack`` (N, H, W).
@@ -357,7 +345,7 @@ class Engine2D:
         *,
         out=None,
         value_range: tuple[float, float] | None = None,
-        progress: ProgressCallback | None = None,
+        progress: Progress | None = None,
         cancel: CancelFlag = None,
     ):
         """Segment every slice of ``stack`` (N, H, W) independently ("2D mode").
@@ -382,7 +370,7 @@ def segment_2d(
     model: str | LoadedModel = "default",
     device: str | torch.device | None = "auto",
     *,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     cancel: CancelFlag = None,
     **params: Any,
 ) -> np.ndarray:

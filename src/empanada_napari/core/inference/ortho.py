@@ -21,9 +21,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
+from ..jobs import CancelFlag, Progress
 from ..metrics import label_overlap
 from ..preprocess import intensity_range
-from .engine import CancelFlag, Engine2D, ProgressCallback
+from .engine import Engine2D
 from .stack import StackSettings, filter_objects, segment_stack_3d
 
 VIEWS = ("xy", "xz", "yz")
@@ -137,7 +138,7 @@ def segment_ortho(
     cluster_iou_thr: float = 0.75,
     allow_one_view: bool = False,
     value_range: tuple[float, float] | None = None,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     cancel: CancelFlag = None,
     **params,
 ) -> np.ndarray:

@@ -27,8 +27,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import Cancelled, InputError
+from ..jobs import CancelFlag, Progress, is_cancelled
 from ..preprocess import check_image, intensity_range
-from .engine import CancelFlag, Engine2D, ProgressCallback, is_cancelled
+from .engine import Engine2D
 
 AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
 
@@ -307,7 +308,7 @@ def segment_stack_3d(
     settings: StackSettings | None = None,
     *,
     value_range: tuple[float, float] | None = None,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     cancel: CancelFlag = None,
     pipeline: bool | None = None,
     **params,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,10 @@ import yaml
 from torch import nn
 
 from ..errors import Cancelled, InputError, ModelError
-from ..inference.engine import is_cancelled
+from ..jobs import Progress, is_cancelled
 from ..models.loading import MITONET_NORMS, LoadedModel
 from .loss import LossWeights, PanopticLoss
 
-TrainProgress = Callable[[int, int, dict[str, float]], None]
 ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 CEM_URL = (
     "https://zenodo.org/record/6453160/files/"
@@ -203,7 +202,7 @@ def _run(
     config: dict,
     *,
     val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
-    progress: TrainProgress | None,
+    progress: Progress | None,
     cancel,
     checkpoint: Path | None,
     frozen: list,
@@ -417,7 +416,7 @@ def finetune(
     output_dir: str | Path | None = None,
     register: bool = True,
     registry=None,
-    progress: TrainProgress | None = None,
+    progress: Progress | None = None,
     cancel=None,
     **overrides: Any,
 ) -> TrainResult:
@@ -550,7 +549,7 @@ def train(
     register: bool = True,
     registry=None,
     description: str = "",
-    progress: TrainProgress | None = None,
+    progress: Progress | None = None,
     cancel=None,
     **overrides: Any,
 ) -> TrainResult:
