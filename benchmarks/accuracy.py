@@ -64,7 +64,7 @@ def run(
     truth = binary > 0
     if "2d" in modes:
         t0 = time.perf_counter()
-        pred2d = engine.segment_stack(raw)
+        pred2d = engine.segment_slices(raw)
         seconds = time.perf_counter() - t0
         scores = evaluate(
             pred2d.astype(np.int64), truth.astype(np.int64), per_slice=True, relabel_2d_cc=True

@@ -52,7 +52,7 @@ def bench(model, volume, batch_size, device, repeats: int = 3) -> dict:
     engine = Engine2D(model, device, batch_size=batch_size)
     value_range = intensity_range(volume)
     forward = time_call(lambda: _forward_pass(engine, volume, value_range), repeats)
-    two_d = time_call(lambda: engine.segment_stack(volume, value_range=value_range), repeats)
+    two_d = time_call(lambda: engine.segment_slices(volume, value_range=value_range), repeats)
     stack = time_call(lambda: segment_stack_3d(volume, engine), repeats)
     bs = engine.default_batch_size()
     raws = [

@@ -48,7 +48,7 @@ def score(model, val_raw, val_bin, device, **engine):
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.metrics import evaluate
 
-    pred = Engine2D(model, device, **engine).segment_stack(val_raw)
+    pred = Engine2D(model, device, **engine).segment_slices(val_raw)
     s = evaluate(
         pred.astype(np.int64), (val_bin > 0).astype(np.int64), per_slice=True, relabel_2d_cc=True
     )

@@ -52,7 +52,7 @@ def test_bundled_model_is_registered_default_and_offline():
 
 def test_bundled_model_segments_held_out_lucchi_in_2d(crop, engine):
     raw, binary = crop
-    pred = engine.segment_stack(raw)
+    pred = engine.segment_slices(raw)
     assert semantic_iou(pred, binary) > 0.85
     scores = evaluate(
         pred.astype(np.int64), binary.astype(np.int64), per_slice=True, relabel_2d_cc=True
@@ -71,10 +71,10 @@ def test_bundled_model_segments_held_out_lucchi_in_3d(crop, engine):
 
 def test_uint16_and_float_versions_give_the_same_quality(crop, engine):
     raw, binary = crop
-    reference = semantic_iou(engine.segment_stack(raw[:4]), binary[:4])
+    reference = semantic_iou(engine.segment_slices(raw[:4]), binary[:4])
     narrow = (raw[:4].astype(np.uint16) * 3 + 5000).astype(np.uint16)
     as_float = raw[:4].astype(np.float32) / 255.0 * 2.0 - 1.0
-    scores = [semantic_iou(engine.segment_stack(v), binary[:4]) for v in (narrow, as_float)]
+    scores = [semantic_iou(engine.segment_slices(v), binary[:4]) for v in (narrow, as_float)]
     # Both go through the same robust-range rule, so they agree with each other; neither
     # may do worse than the uint8 original (the original plugin's /65535 gave nothing).
     assert abs(scores[0] - scores[1]) < 0.005

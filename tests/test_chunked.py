@@ -12,11 +12,21 @@ import tifffile
 
 from empanada_napari.core.errors import Cancelled, EmpanadaError, InputError
 from empanada_napari.core.inference import chunked
+from empanada_napari.core.inference.blocks.link import link_block
+from empanada_napari.core.inference.blocks.plan import Job, neighbours
+from empanada_napari.core.inference.blocks.resolve import resolve_blocks
+from empanada_napari.core.inference.blocks.store import save_block, write_block
 from empanada_napari.core.inference.chunked import Block, plan_blocks, segment_volume
 from empanada_napari.core.inference.engine import Engine2D
 from empanada_napari.core.inference.ortho import segment_ortho
 from empanada_napari.core.inference.stack import segment_stack_3d
 from empanada_napari.core.metrics import evaluate, same_partition
+from empanada_napari.core.settings import (
+    BlockSettings,
+    InferenceSettings,
+    OrthoSettings,
+    StackSettings,
+)
 
 from .conftest import DATA
 
@@ -139,21 +149,22 @@ def _stitch(tmp_path, shape, blocks_labels, **kw):
     """Run the link + resolve + write phases on hand-made padded block labels."""
     blocks = plan_blocks(shape, kw.pop("chunks"), kw.pop("halo"))
     work = str(tmp_path)
-    counts = {b.index: chunked._save_block(work, b, blocks_labels(b)) for b in blocks}
-    job = chunked._Job(
-        model=None, device="cpu", inference={}, stack={"axis": "xy"}, mode="ortho",
-        ortho={}, value_range=(0.0, 1.0), work=work, link_iou=0.5,
+    counts = {b.index: save_block(work, b, blocks_labels(b)) for b in blocks}
+    job = Job(
+        model=None, device="cpu", mode="ortho", inference=InferenceSettings(),
+        stack=StackSettings(), ortho=OrthoSettings(), blocks=BlockSettings(),
+        value_range=(0.0, 1.0), work=work,
     )  # fmt: skip
-    nbrs = chunked._neighbours(blocks)
+    nbrs = neighbours(blocks)
     links = [
         (b.index, other, ia, ib)
         for b in blocks
-        for other, ia, ib in chunked._link_block(job, b, nbrs[b.index])
+        for other, ia, ib in link_block(job, b, nbrs[b.index])
     ]
-    luts, n = chunked._resolve_objects(blocks, counts, links, work, **kw)
+    luts, n = resolve_blocks(blocks, counts, links, work, **kw)
     out = np.zeros(shape, np.uint32)
     for b in blocks:
-        out[b.core] = chunked._write_block(job, b, luts[b.index], None)
+        out[b.core] = write_block(job, b, luts[b.index], None)
     return out, n
 
 

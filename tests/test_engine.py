@@ -80,7 +80,7 @@ def test_batched_equals_single(toy_model, disks):
     image, _ = disks
     stack = np.stack([image, np.flipud(image), np.fliplr(image)])
     engine = Engine2D(toy_model, batch_size=3)
-    batched = engine.segment_stack(stack)
+    batched = engine.segment_slices(stack)
     for i in range(3):
         assert np.array_equal(batched[i], Engine2D(toy_model).segment(stack[i]))
 
@@ -113,7 +113,7 @@ def test_progress_and_cancel_keep_finished_slices(toy_model, disks):
 
     engine = Engine2D(toy_model, batch_size=2)
     with pytest.raises(Cancelled, match="after 2 of 5"):
-        engine.segment_stack(stack, out=out, progress=progress, cancel=cancel)
+        engine.segment_slices(stack, out=out, progress=progress, cancel=cancel)
     assert calls == [(2, 5)]
     assert out[:2].max() > 0 and out[2:].max() == 0  # finished slices are kept
 
@@ -192,7 +192,7 @@ def test_model_that_cannot_batch_falls_back_to_single(tmp_path, disks):
     assert not model.supports_batch
     image, _ = disks
     stack = np.stack([image, np.flipud(image)])
-    labels = Engine2D(model, batch_size=4).segment_stack(stack)
+    labels = Engine2D(model, batch_size=4).segment_slices(stack)
     assert not np.array_equal(labels[0], labels[1])
     assert np.array_equal(labels[1], Engine2D(model).segment(stack[1]))
 
@@ -226,8 +226,8 @@ def test_every_architecture_runs_through_save_load_and_the_engine(architecture, 
     stack = tifffile.imread(DATA / "lucchi_crop_raw.tif")[:2, :150, :170]  # odd sizes: padding
     for params in ({}, {"fine_boundaries": True}, {"downsample": 2}):
         engine = Engine2D(model, batch_size=2, **params)
-        labels = engine.segment_stack(stack)
+        labels = engine.segment_slices(stack)
         assert labels.shape == stack.shape and labels.dtype == np.uint32
         # Batched and one-at-a-time give the same labels; a second run is deterministic.
         assert np.array_equal(labels[1], Engine2D(model, **params).segment(stack[1]))
-        assert np.array_equal(labels, engine.segment_stack(stack))
+        assert np.array_equal(labels, engine.segment_slices(stack))

@@ -54,7 +54,9 @@ def test_touching_objects_are_separated(stride):
     # Two boxes sharing an edge (columns 40|40) plus a separate one.
     objects = [(8, 40, 8, 40), (8, 40, 40, 72), (48, 60, 16, 28)]
     prob, hmp, off = _maps(objects, (64, 80), stride)
-    labels = pp.panoptic_labels(prob, hmp, off, label_divisor=1000, nms_kernel=3).numpy()
+    labels = pp.panoptic_labels(
+        prob, hmp, off, label_divisor=1000, min_distance_object_centers=3
+    ).numpy()
     assert _same_partition(labels, _truth(objects, (64, 80)))
     assert sorted(np.unique(labels)) == [0, 1001, 1002, 1003]
 
@@ -88,9 +90,9 @@ def test_nms_merges_nearby_peaks():
     objects = [(8, 40, 8, 40)]
     prob, hmp, off = _maps(objects, (48, 48))
     hmp[23, 24] = 0.9  # a weaker peak right next to the true one at (23, 23)
-    assert pp.find_centers(hmp, 0.1, nms_kernel=3).shape[0] == 1
-    assert pp.find_centers(hmp, 0.1, nms_kernel=1).shape[0] == 2
-    labels = pp.panoptic_labels(prob, hmp, off, nms_kernel=3).numpy()
+    assert pp.find_centers(hmp, 0.1, min_distance_object_centers=3).shape[0] == 1
+    assert pp.find_centers(hmp, 0.1, min_distance_object_centers=1).shape[0] == 2
+    labels = pp.panoptic_labels(prob, hmp, off, min_distance_object_centers=3).numpy()
     assert len(np.unique(labels)) == 2
 
 
@@ -98,7 +100,7 @@ def test_plateau_gives_one_centre():
     hmp = torch.zeros(16, 16)
     hmp[5:7, 5:7] = 0.8  # a 2x2 plateau of equal maxima
     hmp[12, 3] = hmp[12, 4] = 0.5  # a 2-pixel tie
-    centres = pp.find_centers(hmp, 0.1, nms_kernel=3).tolist()
+    centres = pp.find_centers(hmp, 0.1, min_distance_object_centers=3).tolist()
     assert centres == [[5, 5], [12, 3]]
 
 

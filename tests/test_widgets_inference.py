@@ -275,12 +275,14 @@ def test_3d_passes_every_parameter_to_the_chunked_driver(
     wait_done(qtbot, widget)
     shape, model, kwargs = calls[0]
     assert shape == (6, 32, 32) and model == "Lucchi_Lite_v1"
-    assert kwargs["mode"] == "ortho" and kwargs["pixel_vote_thr"] == 3
+    # The settings travel as the objects of core/settings.py (one form, end to end).
+    inference, stack, ortho, blocks = (kwargs[k] for k in ("inference", "stack", "ortho", "blocks"))
+    assert kwargs["mode"] == "ortho" and ortho.pixel_vote_thr == 3
     assert kwargs["out"] == tmp_path / "t_Lucchi_Lite_v1_ortho.zarr"
-    assert kwargs["chunks"] == 128 and kwargs["halo"] is None
+    assert blocks.chunks == (128, 128, 128) and blocks.halo is None
     assert kwargs["scheduler"] == "local:2" and kwargs["device"] == "auto"
-    assert kwargs["confidence_thr"] == 0.3 and kwargs["median_slices"] == 3
-    assert kwargs["min_size"] == 500 and kwargs["min_extent"] == 5
+    assert inference.confidence_thr == 0.3 and stack.median_slices == 3
+    assert stack.min_size == 500 and stack.min_extent == 5
     assert kwargs["cancel"] is not None
     assert viewer.layers[-1].name == "t Lucchi_Lite_v1 3D ortho"
     assert widget.jobs.progress.value == widget.jobs.progress.max == 2

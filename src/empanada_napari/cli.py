@@ -12,6 +12,52 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+#: Which settings each segment mode uses (the CLI shows them in groups of these names).
+_SETTINGS_GROUPS = (
+    ("inference", "2D inference (every mode)"),
+    ("stack", "3D stack and ortho modes"),
+    ("ortho", "ortho mode"),
+    ("blocks", "volumes larger than memory (stack and ortho modes)"),
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_settings(parser, name: str, title: str) -> None:
+    """One option per field of a settings class that has a CLI flag (core/settings.py)."""
+    from .core.settings import SETTINGS_CLASSES, cli_flag, setting_fields
+
+    group = parser.add_argument_group(title)
+    for f in setting_fields(SETTINGS_CLASSES[name]):
+        flag = cli_flag(f)
+        if flag is None:
+            continue
+        kind = str(f.type)
+        kwargs: dict = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
+        if kind == "bool":
+            kwargs["action"] = "store_true"
+        else:
+            if "tuple" in kind:
+                kwargs["type"], kwargs["metavar"] = _int_triple, "Z,Y,X"
+            elif "int" in kind:
+                kwargs["type"], kwargs["metavar"] = int, "N"
+            elif "float" in kind:
+                kwargs["type"], kwargs["metavar"] = float, "X"
+            choices = f.metadata.get("choices")
+            if choices and kind == "str":
+                kwargs["choices"] = choices
+                kwargs.pop("metavar", None)
+            elif choices:  # numbers: the settings check them, in one sentence
+                kwargs["help"] += f" One of {', '.join(map(str, choices))}."
+        group.add_argument(flag, **kwargs)
+
 
 def _add_segment(sub) -> None:
     p = sub.add_parser(
@@ -19,6 +65,7 @@ def _add_segment(sub) -> None:
         help="segment an image or volume",
         description="Segment every mitochondrion in INPUT (tif/tiff/png/zarr) and write "
         "uint32 labels to OUTPUT (.tif or .zarr).",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("input", nargs="?", help="image file (.tif, .tiff, .png) or .zarr")
     p.add_argument(
@@ -33,48 +80,17 @@ def _add_segment(sub) -> None:
         "--mode",
         choices=["2d", "stack", "ortho"],
         default="2d",
-        help="2d: each slice independently (default); stack: 3D objects linked slice to "
-        "slice along --axis; ortho: stack along xy, xz and yz, then a vote",
+        help="2d: each slice on its own; stack: 3D objects linked slice to slice along "
+        "--axis; ortho: stacks along xy, xz and yz, then a vote",
     )
-    p.add_argument("--axis", choices=["xy", "xz", "yz"], default="xy", help="stack axis")
-    p.add_argument(
-        "--median-slices",
-        type=int,
-        default=3,
-        help="stack mode: median filter of probabilities over this many slices (odd, 1-11)",
-    )
-    p.add_argument("--min-size", type=int, default=500, help="stack mode: smallest object (voxels)")
-    p.add_argument(
-        "--min-extent", type=int, default=5, help="stack mode: smallest bounding-box side (voxels)"
-    )
-    p.add_argument(
-        "--pixel-vote", type=int, default=2, help="ortho mode: views that must agree on a voxel"
-    )
-    p.add_argument(
-        "--cluster-iou",
-        type=float,
-        default=0.75,
-        help="ortho mode: clusters of objects agreeing less than this are split",
-    )
-    p.add_argument(
-        "--allow-one-view", action="store_true", help="ortho mode: keep objects seen in one view"
-    )
-    p.add_argument(
-        "--chunks",
-        type=_int_triple,
-        help="stack/ortho: block shape Z,Y,X (or one number) for volumes larger than memory; "
-        "default: the whole volume when small, else 64,512,512 (stack) or 160^3 (ortho)",
-    )
-    p.add_argument(
-        "--halo",
-        type=_int_triple,
-        help="stack/ortho: voxels read around each block, Z,Y,X or one number "
-        "(default 8,32,32 for stack along xy, 16 for ortho)",
-    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantized", action="store_true", help="use the quantized (CPU) variant")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="stack/ortho with a .zarr OUTPUT: finish an interrupted run, skipping done blocks",
+        help="with a .zarr OUTPUT: finish an interrupted run of the same input and settings, "
+        "skipping the slices (2d) or blocks (stack/ortho) already done",
     )
     p.add_argument(
         "--scheduler",
@@ -85,34 +101,22 @@ def _add_segment(sub) -> None:
         type=int,
         help="stack/ortho: run blocks on a local dask cluster of this many processes",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--confidence", type=float, default=0.5, help="semantic threshold")
-    p.add_argument("--center-confidence", type=float, default=0.1, help="centre threshold")
-    p.add_argument(
-        "--min-distance",
-        type=int,
-        default=3,
-        help="NMS kernel between object centres (pixels of the 1/4 grid)",
-    )
-    p.add_argument("--fine-boundaries", action="store_true", help="group at full resolution")
-    p.add_argument("--semantic-only", action="store_true", help="foreground mask only")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes in each instance")
-    p.add_argument(
-        "--split-fragments",
-        action="store_true",
-        help="give disconnected pieces of an instance their own ids",
-    )
-    p.add_argument("--downsample", type=int, default=1, help="1, 2, 4, ... 64")
-    p.add_argument(
-        "--tta", action="store_true", help="average the network over 4 flips (4x slower)"
-    )
-    p.add_argument("--label-divisor", type=int, default=10000)
-    p.add_argument("--tile-size", type=int, help="tile images larger than this (pixels)")
-    p.add_argument("--tile-overlap", type=int, default=128)
-    p.add_argument("--batch-size", type=int, help="slices per forward pass")
-    p.add_argument("--quantized", action="store_true", help="use the quantized (CPU) variant")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, title in _SETTINGS_GROUPS:
+        _add_settings(p, name, title)
+
+
+def _settings_from_args(args) -> dict:
+    """The settings objects of a parsed ``segment`` command line."""
+    from .core.settings import SETTINGS_CLASSES, cli_flag, setting_fields
+
+    out = {}
+    for name, cls in SETTINGS_CLASSES.items():
+        values = {
+            f.name: getattr(args, f.name) for f in setting_fields(cls) if cli_flag(f) is not None
+        }
+        out[name] = cls(**values)
+    return out
 
 
 def _int_triple(text: str) -> tuple[int, int, int] | int:
@@ -241,7 +245,7 @@ def _progress_bar(total: int, desc: str, disable: bool, unit: str = "slice"):
 
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
 
-    def update(done: int, _total: int) -> None:
+    def update(done: int, _total: int, info=None) -> None:
         bar.update(done - bar.n)
 
     return bar, update
@@ -250,8 +254,10 @@ def _progress_bar(total: int, desc: str, disable: bool, unit: str = "slice"):
 def _segment(args) -> int:
     from .core.errors import InputError
     from .core.inference.engine import Engine2D
-    from .core.io import create_zarr_labels, read_image, write_labels
+    from .core.inference.slices import segment_slices_to
+    from .core.io import read_image
     from .core.models.loading import load_model
+    from .core.output import check_not_input, check_writable
     from .core.preprocess import check_image
 
     if args.sample:
@@ -266,44 +272,37 @@ def _segment(args) -> int:
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"OUTPUT must end in .tif, .tiff or .zarr, got {output.name}.")
     chunked_opts = (args.chunks, args.halo, args.scheduler, args.workers) != (None,) * 4
-    if args.mode == "2d" and (chunked_opts or args.resume):
+    if args.mode == "2d" and chunked_opts:
         raise InputError(
-            "--chunks, --halo, --resume, --scheduler and --workers are for --mode stack or ortho."
+            "--chunks, --halo, --scheduler and --workers are for --mode stack or ortho."
         )
     if args.resume and output.suffix.lower() != ".zarr":
-        raise InputError("--resume needs a .zarr OUTPUT (blocks are written as they finish).")
+        raise InputError("--resume needs a .zarr OUTPUT (it is written as the run goes).")
     if output.exists() and not args.overwrite and not args.resume:
         raise InputError(f"Output {output} exists; pass --overwrite to replace it.")
+    # Everything that can be checked before the model runs is checked first: a bad output
+    # must not cost a whole segmentation, and must never touch the input.
+    check_not_input(output, [args.input])
+    check_writable(output, folder=output.suffix.lower() == ".zarr")
+    settings = _settings_from_args(args)
     image = read_image(args.input, args.key)
     check_image(image, ndim=(2, 3))
     model = load_model(args.model, args.device, quantized=args.quantized)
-    engine = Engine2D(
-        model,
-        confidence_thr=args.confidence,
-        center_confidence_thr=args.center_confidence,
-        min_distance_object_centers=args.min_distance,
-        fine_boundaries=args.fine_boundaries,
-        semantic_only=args.semantic_only,
-        fill_holes=args.fill_holes,
-        split_fragments=args.split_fragments,
-        downsample=args.downsample,
-        tta=args.tta,
-        label_divisor=args.label_divisor,
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
-        batch_size=args.batch_size,
-    )
-    stack = image if image.ndim == 3 else image[None]
+    engine = Engine2D(model, settings=settings["inference"])
     if args.mode in ("stack", "ortho"):
-        return _segment_3d(args, image, engine, output)
-    bar, update = _progress_bar(stack.shape[0], "segment", args.no_progress)
+        return _segment_3d(args, image, engine, output, settings)
+    n = image.shape[0] if image.ndim == 3 else 1
+    bar, update = _progress_bar(n, "segment", args.no_progress)
     try:
-        if output.suffix.lower() == ".zarr":
-            out = create_zarr_labels(output, tuple(stack.shape), overwrite=args.overwrite)
-            engine.segment_stack(stack, out=out, progress=update)
-        else:
-            labels = engine.segment_stack(stack, progress=update)
-            write_labels(output, labels if image.ndim == 3 else labels[0], overwrite=args.overwrite)
+        summary = segment_slices_to(
+            output,
+            engine,
+            image,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            source=args.input,
+            progress=update,
+        )
     finally:
         bar.close()
     print(
@@ -311,6 +310,8 @@ def _segment(args) -> int:
             {
                 "output": str(output),
                 "model": engine.model.name,
+                "mode": "2d",
+                "objects": summary["objects"],
                 "device": str(engine.device),
                 "shape": list(image.shape),
             }
@@ -319,7 +320,7 @@ def _segment(args) -> int:
     return 0
 
 
-def _segment_3d(args, image, engine, output: Path) -> int:
+def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
     from .core.errors import InputError
     from .core.inference.chunked import segment_volume
     from .core.io import write_labels
@@ -327,10 +328,11 @@ def _segment_3d(args, image, engine, output: Path) -> int:
     if image.ndim != 3:
         raise InputError(f"--mode {args.mode} needs a 3D volume; got shape {tuple(image.shape)}.")
     to_zarr = output.suffix.lower() == ".zarr"
-    desc = f"stack {args.axis}" if args.mode == "stack" else "ortho xy+xz+yz"
+    axis = settings["stack"].axis
+    desc = f"stack {axis}" if args.mode == "stack" else "ortho xy+xz+yz"
     bar, update = _progress_bar(0, desc, args.no_progress, unit="block")
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, info=None) -> None:
         bar.total = total
         update(done, total)
 
@@ -339,23 +341,14 @@ def _segment_3d(args, image, engine, output: Path) -> int:
             image,
             engine.model,
             mode=args.mode,
-            axis=args.axis,
             out=output if to_zarr else None,
-            chunks=args.chunks,
-            halo=args.halo,
             resume=args.resume,
             overwrite=args.overwrite,
             scheduler=args.scheduler,
             workers=args.workers,
             device=args.device,
-            pixel_vote_thr=args.pixel_vote,
-            cluster_iou_thr=args.cluster_iou,
-            allow_one_view=args.allow_one_view,
             progress=progress,
-            median_slices=args.median_slices,
-            min_size=args.min_size,
-            min_extent=args.min_extent,
-            **engine.settings.to_dict(),
+            **settings,
         )
     finally:
         bar.close()
@@ -370,7 +363,7 @@ def _segment_3d(args, image, engine, output: Path) -> int:
                 "output": str(output),
                 "model": engine.model.name,
                 "mode": args.mode,
-                "axis": args.axis if args.mode == "stack" else "xy+xz+yz",
+                "axis": axis if args.mode == "stack" else "xy+xz+yz",
                 "objects": objects,
                 "device": str(engine.device),
                 "shape": list(image.shape),

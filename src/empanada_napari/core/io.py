@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import EmpanadaError, InputError
+from .errors import Cancelled, EmpanadaError, InputError
+from .jobs import CancelFlag, Progress, is_cancelled, report
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
 LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
+#: Attribute under which the plugin records what a zarr array holds (read back by napari).
+EXPORT_ATTR = "empanada"
 
 
 def _is_zarr(path: Path) -> bool:
@@ -40,6 +45,8 @@ def read_image(path: str | Path, key: str | None = None):
     if not path.exists():
         raise InputError(f"Input {path} does not exist.")
     suffix = path.suffix.lower()
+    if key is not None and not _is_zarr(path):
+        raise InputError(f"{path.name} is not a zarr store; a key selects an array inside one.")
     try:
         if _is_zarr(path):
             return _open_zarr(path, key)
@@ -94,7 +101,8 @@ def _disk_error(err: OSError, path: Path) -> EmpanadaError:
 def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
     """Write a label array to ``.tif``/``.tiff`` (zlib) or ``.zarr``, keeping its dtype.
 
-    The file appears only once it is complete (temporary name, then rename).
+    The output appears only once it is complete, and an old one is replaced only then
+    (see :func:`export_array`).
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
@@ -105,23 +113,7 @@ def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise InputError(f"Output {path} exists; choose another name or allow overwriting.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".zarr":
-        out = create_zarr_labels(path, tuple(labels.shape), labels.dtype, overwrite=overwrite)
-        out[...] = np.asarray(labels)
-        return path
-    import tifffile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, np.asarray(labels), compression="zlib")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise _disk_error(err, path) from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return export_array(labels, path, "zarr" if suffix == ".zarr" else "tiff", overwrite=True)
 
 
 def create_zarr_labels(
@@ -148,3 +140,113 @@ def create_zarr_labels(
         )
     except OSError as err:
         raise _disk_error(err, path) from err
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _metadata(kind: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": kind, "name": name}
+    for key in ("scale", "translate"):
+        if meta.get(key) is not None:
+            out[key] = [float(v) for v in meta[key]]
+    return out
+
+
+def _slices(data) -> int:
+    return int(data.shape[0]) if data.ndim >= 3 else 1
+
+
+def export_array(
+    data,
+    path: Path,
+    fmt: str,
+    *,
+    kind: str = "labels",
+    name: str = "",
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    cancel: CancelFlag = None,
+) -> Path:
+    """Write ``data`` (numpy / dask / zarr) slice by slice to ``path``; keep its dtype.
+
+    ``fmt``: ``"tiff"`` (one multi-page file), ``"tiff-slices"`` (a folder with one file per
+    slice) or ``"zarr"``. ``progress(done, total)`` counts slices; ``cancel`` (an Event or
+    callable) is checked between slices and raises ``Cancelled``. The Export widget, the
+    napari writer and the CLI all write through this function.
+    """
+    import tifffile
+
+    path = Path(path)
+    meta = meta or {}
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; tick overwrite or choose another folder.")
+    n = _slices(data)
+
+    def step(k: int) -> None:
+        report(progress, k, n)
+        if k < n and is_cancelled(cancel):
+            raise Cancelled(f"Export cancelled after {k} of {n} slices.")
+
+    def plane(k: int) -> np.ndarray:
+        return np.asarray(data[k] if data.ndim >= 3 else data)
+
+    if fmt not in ("zarr", "tiff", "tiff-slices"):
+        raise InputError(f"Unknown export format {fmt!r}: use tiff, tiff-slices or zarr.")
+    # Written under a hidden name beside the target and moved into place when complete, so
+    # a failure (full disk, cancel) never leaves half a file or destroys an old one.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        if fmt == "zarr":
+            chunks = (1,) * (data.ndim - 2) + tuple(min(s, 1024) for s in data.shape[-2:])
+            out = create_zarr_labels(tmp, tuple(data.shape), data.dtype, chunks, overwrite=True)
+            for k in range(n):
+                if data.ndim >= 3:
+                    out[k] = plane(k)
+                else:
+                    out[...] = plane(k)
+                step(k + 1)
+            out.attrs[EXPORT_ATTR] = _metadata(kind, name, meta)
+        elif fmt == "tiff-slices":
+            tmp.mkdir()
+            digits = max(4, len(str(n - 1)))
+            for k in range(n):
+                name_k = f"{path.name}_{k:0{digits}d}.tif"
+                tifffile.imwrite(tmp / name_k, plane(k), compression="zlib")
+                step(k + 1)
+        else:
+
+            def pages():
+                for k in range(n):
+                    yield plane(k)
+                    step(k + 1)
+
+            # Pages streamed from an iterator: one multi-page stack, one slice in memory.
+            tifffile.imwrite(
+                tmp, pages(), shape=tuple(data.shape), dtype=data.dtype, compression="zlib"
+            )
+        _replace(tmp, path)
+    except OSError as err:
+        raise _disk_error(err, path) from err
+    finally:
+        _remove(tmp)
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _replace(new: Path, path: Path) -> None:
+    """Move a finished ``new`` file or folder to ``path``, replacing what was there."""
+    if path.exists() and (path.is_dir() or new.is_dir()):
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(path, old)
+        os.replace(new, path)
+        _remove(old)
+    else:
+        os.replace(new, path)

@@ -106,10 +106,15 @@ def to_unit_range(image, value_range: tuple[float, float]) -> np.ndarray:
     values = np.asarray(image)
     check_finite(values)
     low, high = value_range
-    out = values.astype(np.float32, copy=True)
     if high <= low:  # constant image: no contrast, map to mid-grey
-        out[...] = 0.5
-        return out
+        return np.full(values.shape, 0.5, dtype=np.float32)
+    if values.dtype.itemsize > 4:
+        # float64 (and 64-bit integers) may hold values beyond float32's range or below its
+        # resolution (1e300, 1e-300): rescale in float64 first, then cast the [0, 1] result.
+        out64 = (values - np.float64(low)) * np.float64(1.0 / (high - low))
+        np.clip(out64, 0.0, 1.0, out=out64)
+        return out64.astype(np.float32)
+    out = values.astype(np.float32, copy=True)
     out -= np.float32(low)
     out *= np.float32(1.0 / (high - low))
     np.clip(out, 0.0, 1.0, out=out)

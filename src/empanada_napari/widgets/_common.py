@@ -209,37 +209,83 @@ class JobPanel(Container):
 
 # --------------------------------------------------------------------------- parameters
 
-DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
+
+def settings_controls(cls: type, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """One magicgui widget per field of a settings class (core/settings.py), keyed by field
+    name, with its default, limits, label and help (as tooltip) taken from the field."""
+    from ..core.settings import setting_fields, tooltip, widget_label
+
+    controls: dict[str, Any] = {}
+    by_name = {f.name: f for f in setting_fields(cls)}
+    for name in names if names is not None else tuple(by_name):
+        f = by_name[name]
+        meta, kind = f.metadata, str(f.type)
+        common = {"label": widget_label(f), "tooltip": tooltip(f)}
+        if meta.get("choices"):
+            widget = ComboBox(choices=meta["choices"], value=f.default, **common)
+        elif kind == "bool":
+            widget = CheckBox(value=f.default, text=widget_label(f), tooltip=tooltip(f))
+        else:
+            limits = {
+                k: meta[key]
+                for k, key in (("min", "minimum"), ("max", "maximum"), ("step", "step"))
+                if meta.get(key) is not None
+            }
+            # An optional number (None: off) shows as 0 in a spin box.
+            value = f.default if f.default is not None else 0
+            spin = FloatSpinBox if "float" in kind else SpinBox
+            if spin is SpinBox:
+                limits.setdefault("max", 10**9)
+            widget = spin(value=value, **limits, **common)
+        controls[name] = widget
+    return controls
+
+
+def settings_values(cls: type, controls: dict[str, Any]) -> dict[str, Any]:
+    """Field values from :func:`settings_controls` widgets (0 in an optional number: None)."""
+    from ..core.settings import setting_fields
+
+    optional = {f.name for f in setting_fields(cls) if "None" in str(f.type)}
+    values = {}
+    for name, widget in controls.items():
+        value = widget.value
+        if name in optional and not value:
+            value = None
+        values[name] = value
+    return values
+
+
+#: The 2D engine's controls in the widgets, in this order (the rest keep their defaults).
+ENGINE_FIELDS = (
+    "confidence_thr",
+    "center_confidence_thr",
+    "min_distance_object_centers",
+    "fine_boundaries",
+    "semantic_only",
+    "fill_holes",
+    "split_fragments",
+    "downsample",
+    "tta",
+    "label_divisor",
+    "tile_size",
+)
 
 
 def engine_controls(*, per_slice: bool) -> dict[str, Any]:
-    """Widgets for the 2D engine's parameters (DESIGN.md s.4), keyed by InferenceSettings
-    field. ``per_slice`` adds the options that only make sense for independent slices."""
-    controls: dict[str, Any] = {
-        "confidence_thr": FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05, label="confidence"),
-        "center_confidence_thr": FloatSpinBox(
-            value=0.1, min=0.0, max=1.0, step=0.05, label="centre confidence"
-        ),
-        "min_distance_object_centers": SpinBox(value=3, min=1, max=99, label="min centre distance"),
-        "fine_boundaries": CheckBox(value=False, text="fine boundaries"),
-        "semantic_only": CheckBox(value=False, text="semantic only"),
-        "fill_holes": CheckBox(value=False, text="fill holes in objects"),
-    }
-    if per_slice:
-        controls["split_fragments"] = CheckBox(value=False, text="split disconnected fragments")
-    controls["downsample"] = ComboBox(choices=DOWNSAMPLE, value=1, label="downsampling")
-    controls["tta"] = CheckBox(value=False, text="average over flips (4x slower)")
-    if per_slice:
-        controls["label_divisor"] = SpinBox(value=10000, min=1, max=10**8, label="label divisor")
-    controls["tile_size"] = SpinBox(value=0, min=0, max=65536, step=64, label="tile size (0: none)")
-    return controls
+    """Widgets for the 2D engine's settings. ``per_slice`` adds the options that only make
+    sense for independent slices (split fragments, label divisor)."""
+    from ..core.settings import InferenceSettings
+
+    skip = () if per_slice else ("split_fragments", "label_divisor")
+    return settings_controls(InferenceSettings, tuple(n for n in ENGINE_FIELDS if n not in skip))
 
 
 def engine_params(controls: dict[str, Any]) -> dict[str, Any]:
     """InferenceSettings fields from :func:`engine_controls` widgets."""
-    params = {key: widget.value for key, widget in controls.items()}
-    tile = int(params.pop("tile_size"))
-    params["tile_size"] = tile or None
+    from ..core.settings import InferenceSettings
+
+    params = settings_values(InferenceSettings, controls)
+    tile = params.get("tile_size") or 0
     # Overlap must stay below half a tile: 128 px (the default) unless tiles are small.
     params["tile_overlap"] = min(128, tile // 4)
     return params

@@ -1,4 +1,4 @@
-"""napari reader and writer for the plugin's zarr outputs, and the exporters they share.
+"""napari reader and writer for the plugin's zarr outputs (the exporter is core.io's).
 
 The plugin's zarr outputs are zarr arrays with attributes under the key ``empanada`` (the
 chunked 3D driver records its parameters and status there; the exporter records the layer's
@@ -12,9 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-ATTR = "empanada"
+from ..core.io import EXPORT_ATTR as ATTR
 
 
 def _open_array(path: Path):
@@ -64,103 +62,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "layer"
 
 
-def _metadata(kind: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": kind, "name": name}
-    for key in ("scale", "translate"):
-        if meta.get(key) is not None:
-            out[key] = [float(v) for v in meta[key]]
-    return out
-
-
-def _slices(data) -> int:
-    return int(data.shape[0]) if data.ndim >= 3 else 1
-
-
-def export_array(
-    data,
-    path: Path,
-    fmt: str,
-    *,
-    kind: str = "labels",
-    name: str = "",
-    meta: dict[str, Any] | None = None,
-    overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
-    cancel: Any = None,
-) -> Path:
-    """Write ``data`` (numpy / dask / zarr) slice by slice to ``path``; keep its dtype.
-
-    ``fmt``: ``"tiff"`` (one multi-page file), ``"tiff-slices"`` (a folder with one file per
-    slice) or ``"zarr"``. ``progress(k)`` is called after each slice; ``cancel`` (an Event or
-    callable) is checked between slices and raises ``Cancelled``.
-    """
-    import tifffile
-
-    from ..core.errors import Cancelled, InputError
-    from ..core.io import create_zarr_labels
-    from ..core.jobs import is_cancelled
-
-    meta = meta or {}
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; tick overwrite or choose another folder.")
-    n = _slices(data)
-
-    def step(k: int) -> None:
-        if progress is not None:
-            progress(k)
-        if k < n and is_cancelled(cancel):
-            raise Cancelled(f"Export cancelled after {k} of {n} slices.")
-
-    def plane(k: int) -> np.ndarray:
-        return np.asarray(data[k] if data.ndim >= 3 else data)
-
-    if fmt == "zarr":
-        import shutil
-
-        if path.exists():
-            shutil.rmtree(path)
-        chunks = (1,) * (data.ndim - 2) + tuple(min(s, 1024) for s in data.shape[-2:])
-        out = create_zarr_labels(path, tuple(data.shape), data.dtype, chunks, overwrite=True)
-        for k in range(n):
-            if data.ndim >= 3:
-                out[k] = plane(k)
-            else:
-                out[...] = plane(k)
-            step(k + 1)
-        out.attrs[ATTR] = _metadata(kind, name, meta)
-        return path
-    if fmt == "tiff-slices":
-        path.mkdir(parents=True, exist_ok=True)
-        digits = max(4, len(str(n - 1)))
-        for k in range(n):
-            tifffile.imwrite(path / f"{path.name}_{k:0{digits}d}.tif", plane(k), compression="zlib")
-            step(k + 1)
-        return path
-    if fmt == "tiff":
-        tmp = path.with_name(f".{path.name}.part")
-
-        def pages():
-            for k in range(n):
-                yield plane(k)
-                step(k + 1)
-
-        try:
-            # Pages streamed from an iterator: one multi-page stack, one slice in memory.
-            tifffile.imwrite(
-                tmp, pages(), shape=tuple(data.shape), dtype=data.dtype, compression="zlib"
-            )
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-    raise InputError(f"Unknown export format {fmt!r}: use tiff, tiff-slices or zarr.")
-
-
 def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 writer: save one Labels layer as a zarr array the reader opens again."""
     target = Path(path)
     if target.suffix.lower() != ".zarr":
         target = target.with_suffix(".zarr")
     name = meta.get("name") or target.stem
+    from ..core.io import export_array
+
     export_array(data, target, "zarr", kind="labels", name=name, meta=meta, overwrite=True)
     return [str(target)]

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
 
+from ..core.io import _slices, export_array
 from ._common import JobPanel, layer_array, notify_error
-from ._io import _safe, _slices, export_array
+from ._io import _safe
 
 if TYPE_CHECKING:
     import napari
@@ -133,7 +134,7 @@ class ExportWidget(Container):
                         name=name,
                         meta=meta,
                         overwrite=overwrite,
-                        progress=lambda k, base=base: progress(base + k, total),
+                        progress=lambda k, _n, base=base: progress(base + k, total),
                         cancel=cancel,
                     )
                 )

@@ -49,7 +49,7 @@ class _Request:
 
 
 class Inference2DWidget(Container):
-    """Dock widget: 2D panoptic inference with every parameter of DESIGN.md s.4."""
+    """Dock widget: 2D panoptic inference with every parameter of docs/design.md s.3."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
@@ -229,4 +229,4 @@ def _segment(req: _Request, progress, cancel) -> np.ndarray:
         labels = engine.segment(np.asarray(req.data))
         progress(1, 1)
         return labels
-    return engine.segment_stack(req.data, progress=progress, cancel=cancel)
+    return engine.segment_slices(req.data, progress=progress, cancel=cancel)

@@ -1,8 +1,8 @@
 """3D Inference: stack or ortho-plane segmentation of an Image layer (numpy, dask, multiscale).
 
 The work is done by the core's chunked driver ``segment_volume`` (block by block, optionally
-into a zarr array on disk and on a dask scheduler), so volumes larger than memory work; where
-that driver is not installed the in-memory ``segment_stack_3d`` / ``segment_ortho`` are used.
+into a zarr array on disk and on a dask scheduler), so volumes larger than memory work. The
+controls and their defaults come from the settings classes of ``core/settings.py``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    LineEdit,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
 
+from ..core.errors import EmpanadaError
 from ._common import (
     JobPanel,
     LayerPicker,
@@ -34,6 +27,8 @@ from ._common import (
     leading_index,
     notify_error,
     place_like,
+    settings_controls,
+    settings_values,
     watch_inputs,
 )
 
@@ -41,7 +36,6 @@ if TYPE_CHECKING:
     import napari
 
 MODES = ("stack", "ortho")
-AXES = ("xy", "xz", "yz")
 
 
 @dataclass
@@ -49,16 +43,12 @@ class _Request:
     volume: Any
     model: str
     mode: str
-    axis: str
     device: str
     out: Path | None
-    chunks: int | None
-    halo: int | None
     resume: bool
     overwrite: bool
     scheduler: str | None
-    ortho: dict[str, Any]
-    params: dict[str, Any]
+    settings: dict[str, Any]  # settings objects by name (inference, stack, ortho, blocks)
 
 
 class Inference3DWidget(Container):
@@ -69,19 +59,21 @@ class Inference3DWidget(Container):
         self.image = LayerPicker(napari_viewer, ("image",), label="image")
         self.model = ModelPicker()
         self.device = device_picker()
+        from ..core.settings import OrthoSettings, StackSettings
+
         self.mode = ComboBox(choices=MODES, value="stack", label="mode")
-        self.axis = ComboBox(choices=AXES, value="xy", label="stack axis")
-        self.median_slices = SpinBox(value=3, min=1, max=11, step=2, label="median slices")
-        self.min_size = SpinBox(value=500, min=0, max=10**9, label="min size (voxels)")
-        self.min_extent = SpinBox(value=5, min=0, max=10**5, label="min extent")
-        self.controls = engine_controls(per_slice=False)
-        for key, control in self.controls.items():
-            setattr(self, key, control)
-        self.pixel_vote_thr = SpinBox(value=2, min=1, max=3, label="voxel votes", visible=False)
-        self.cluster_iou_thr = FloatSpinBox(
-            value=0.75, min=0.0, max=1.0, step=0.05, label="cluster IoU", visible=False
+        self.stack_controls = settings_controls(
+            StackSettings, ("axis", "median_slices", "min_size", "min_extent")
         )
-        self.allow_one_view = CheckBox(value=False, text="allow one view", visible=False)
+        self.controls = engine_controls(per_slice=False)
+        self.ortho_controls = settings_controls(
+            OrthoSettings, ("pixel_vote_thr", "cluster_iou_thr", "allow_one_view")
+        )
+        for group in (self.stack_controls, self.controls, self.ortho_controls):
+            for key, control in group.items():
+                setattr(self, key, control)
+        for control in self.ortho_controls.values():
+            control.visible = False
         self.out_dir = FileEdit(mode="d", value="", label="zarr output folder")
         self.chunks = SpinBox(value=0, min=0, max=100000, step=64, label="chunk size (0: auto)")
         self.halo = SpinBox(value=0, min=0, max=10000, label="halo (0: auto)")
@@ -96,14 +88,9 @@ class Inference3DWidget(Container):
                 self.model,
                 self.device,
                 self.mode,
-                self.axis,
-                self.median_slices,
-                self.min_size,
-                self.min_extent,
+                *self.stack_controls.values(),
                 *self.controls.values(),
-                self.pixel_vote_thr,
-                self.cluster_iou_thr,
-                self.allow_one_view,
+                *self.ortho_controls.values(),
                 self.out_dir,
                 self.chunks,
                 self.halo,
@@ -119,16 +106,25 @@ class Inference3DWidget(Container):
     def _on_mode(self, *_: Any) -> None:
         ortho = self.mode.value == "ortho"
         self.axis.visible = not ortho
-        for widget in (self.pixel_vote_thr, self.cluster_iou_thr, self.allow_one_view):
+        for widget in self.ortho_controls.values():
             widget.visible = ortho
 
-    def params(self) -> dict[str, Any]:
-        """InferenceSettings and StackSettings fields from the widget."""
+    def settings(self) -> dict[str, Any]:
+        """The settings objects (inference, stack, ortho, blocks) the widget describes."""
+        from ..core.settings import (
+            BlockSettings,
+            InferenceSettings,
+            OrthoSettings,
+            StackSettings,
+        )
+
         return {
-            **engine_params(self.controls),
-            "median_slices": int(self.median_slices.value),
-            "min_size": int(self.min_size.value),
-            "min_extent": int(self.min_extent.value),
+            "inference": InferenceSettings(**engine_params(self.controls)),
+            "stack": StackSettings(**settings_values(StackSettings, self.stack_controls)),
+            "ortho": OrthoSettings(**settings_values(OrthoSettings, self.ortho_controls)),
+            "blocks": BlockSettings(
+                chunks=int(self.chunks.value) or None, halo=int(self.halo.value) or None
+            ),
         }
 
     def _out_path(self) -> Path | None:
@@ -153,6 +149,10 @@ class Inference3DWidget(Container):
             return "No model registered: add one in the Model Manager."
         if self.median_slices.value % 2 == 0:
             return "Median slices must be odd."
+        try:
+            self.settings()
+        except EmpanadaError as exc:
+            return str(exc)
         scheduler = self.scheduler.value.strip()
         if scheduler and not scheduler.startswith(("tcp://", "tls://", "local:")):
             return "Dask scheduler must be empty, tcp://host:port or local:N."
@@ -174,20 +174,12 @@ class Inference3DWidget(Container):
             volume=data[lead] if lead else data,
             model=self.model.value,
             mode=self.mode.value,
-            axis=self.axis.value,
             device=self.device.value,
             out=self._out_path(),
-            chunks=int(self.chunks.value) or None,
-            halo=int(self.halo.value) or None,
             resume=bool(self.resume.value),
             overwrite=bool(self.overwrite.value),
             scheduler=self.scheduler.value.strip() or None,
-            ortho={
-                "pixel_vote_thr": int(self.pixel_vote_thr.value),
-                "cluster_iou_thr": float(self.cluster_iou_thr.value),
-                "allow_one_view": bool(self.allow_one_view.value),
-            },
-            params=self.params(),
+            settings=self.settings(),
         )
 
     def run(self) -> None:
@@ -205,7 +197,7 @@ class Inference3DWidget(Container):
         )
 
     def _show(self, layer: Any, req: _Request, labels: Any) -> str:
-        mode = req.mode if req.mode == "ortho" else f"stack {req.axis}"
+        mode = req.mode if req.mode == "ortho" else f"stack {req.settings['stack'].axis}"
         name = f"{layer.name} {req.model} 3D {mode}"
         self.viewer.add_labels(labels, name=name, **place_like(layer, 3))
         if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
@@ -217,23 +209,16 @@ def segment(req: _Request, progress, cancel):
     """Worker-thread part: the core's chunked driver (progress counts blocks)."""
     from ..core.inference.chunked import segment_volume
 
-    kwargs: dict[str, Any] = {}
-    if req.mode == "ortho":
-        kwargs.update(req.ortho)
     return segment_volume(
         req.volume,
         req.model,
         mode=req.mode,
-        axis=req.axis,
         out=req.out,
-        chunks=req.chunks,
-        halo=req.halo,
         resume=req.resume,
         overwrite=req.overwrite,
         scheduler=req.scheduler,
         device=req.device,
         progress=progress,
         cancel=cancel,
-        **kwargs,
-        **req.params,
+        **req.settings,
     )

@@ -1,1 +1,2 @@
-"""Inference: the 2D engine, panoptic post-processing and (later) 3D drivers."""
+"""Inference: the 2D engine and post-processing, 3D stack and ortho-plane pipelines, and the
+chunked driver for volumes of any size (see docs/design.md s.1)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,59 +22,8 @@ from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
+from ..settings import InferenceSettings
 from . import postprocess as pp
-
-
-@dataclass
-class InferenceSettings:
-    """Parameters of 2D panoptic inference (defaults as in the napari widget, DESIGN s.4)."""
-
-    confidence_thr: float = 0.5
-    center_confidence_thr: float = 0.1
-    min_distance_object_centers: int = 3
-    fine_boundaries: bool = False
-    semantic_only: bool = False
-    fill_holes: bool = False
-    split_fragments: bool = False
-    downsample: int = 1
-    label_divisor: int = 10000
-    stuff_area: int = 64
-    tile_size: int | None = None
-    tile_overlap: int = 128
-    batch_size: int | None = None
-    amp: bool = True
-    tta: bool = False
-
-    def validate(self) -> InferenceSettings:
-        """Raise :class:`InputError` naming the first invalid parameter; return self."""
-        checks = [
-            (0.0 <= self.confidence_thr <= 1.0, "confidence_thr must be in [0, 1]"),
-            (0.0 <= self.center_confidence_thr <= 1.0, "center_confidence_thr must be in [0, 1]"),
-            (self.min_distance_object_centers >= 1, "min_distance_object_centers must be >= 1"),
-            (
-                self.downsample in (1, 2, 4, 8, 16, 32, 64),
-                f"downsample must be a power of two from 1 to 64, got {self.downsample}",
-            ),
-            (self.label_divisor >= 1, "label_divisor must be >= 1"),
-            (self.stuff_area >= 0, "stuff_area must be >= 0"),
-            (self.tile_overlap >= 0, "tile_overlap must be >= 0"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
-        ]
-        if self.tile_size is not None:
-            checks.append(
-                (
-                    self.tile_size > 2 * self.tile_overlap,
-                    f"tile_size ({self.tile_size}) must exceed twice tile_overlap "
-                    f"({self.tile_overlap})",
-                )
-            )
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -117,8 +66,7 @@ class Engine2D:
         settings: InferenceSettings | None = None,
         **params: Any,
     ) -> None:
-        settings = replace(settings or InferenceSettings(), **params)
-        self.settings = settings.validate()
+        self.settings = replace(settings or InferenceSettings(), **params)
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
 
     # -- model outputs ---------------------------------------------------------------------
@@ -281,7 +229,7 @@ class Engine2D:
             raw.offsets[index],
             confidence_thr=s.confidence_thr,
             center_confidence_thr=s.center_confidence_thr,
-            nms_kernel=s.min_distance_object_centers,
+            min_distance_object_centers=s.min_distance_object_centers,
             thing_list=self.model.thing_list,
             labels=self.model.labels,
             label_divisor=s.label_divisor,
@@ -308,7 +256,7 @@ class Engine2D:
     def segment(self, image, value_range: tuple[float, float] | None = None) -> np.ndarray:
         """Segment one 2D image (H, W); returns uint32 labels of the same shape."""
         check_image(image, ndim=(2,))
-        return self.segment_stack(np.asarray(image)[None], value_range=value_range)[0]
+        return self.segment_slices(np.asarray(image)[None], value_range=value_range)[0]
 
     def iter_batches(
         self,
@@ -317,19 +265,21 @@ class Engine2D:
         value_range: tuple[float, float] | None = None,
         progress: Progress | None = None,
         cancel: CancelFlag = None,
+        first: int = 0,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, labels)`` for consecutive batches of slices of ``stack`` (N, H, W).
 
         ``stack`` may be numpy, dask or zarr; only one batch is in memory at a time. Each
-        slice is segmented independently. ``cancel`` is checked between batches and raises
-        :class:`Cancelled`; ``progress(done, total)`` is called after each batch.
+        slice is segmented independently, from slice ``first`` on (a resumed run).
+        ``cancel`` is checked between batches and raises :class:`Cancelled`;
+        ``progress(done, total)`` is called after each batch.
         """
         check_image(stack, ndim=(3,))
         if value_range is None:
             value_range = intensity_range(stack)
         total = stack.shape[0]
         bs = self.default_batch_size()
-        for start in range(0, total, bs):
+        for start in range(first, total, bs):
             if is_cancelled(cancel):
                 raise Cancelled(f"Cancelled after {start} of {total} slices.")
             batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
@@ -339,7 +289,7 @@ class Engine2D:
                 progress(min(start + bs, total), total)
             yield start, labels
 
-    def segment_stack(
+    def segment_slices(
         self,
         stack,
         *,
@@ -382,4 +332,4 @@ def segment_2d(
     engine = Engine2D(model, device, **params)
     if image.ndim == 2:
         return engine.segment(image)
-    return engine.segment_stack(image, progress=progress, cancel=cancel)
+    return engine.segment_slices(image, progress=progress, cancel=cancel)

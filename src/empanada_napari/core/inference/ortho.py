@@ -1,7 +1,7 @@
-"""Ortho-plane consensus (DESIGN.md s.4): stack inference along xy, xz and yz, then voting.
+"""Ortho-plane consensus (docs/design.md s.3): stack inference along xy, xz and yz, then voting.
 
 1. Objects of the three stack results are linked across views when their IoU is at least
-   ``link_iou`` (0.1); connected groups of linked objects are *clusters*.
+   ``view_link_iou`` (0.1); connected groups of linked objects are *clusters*.
 2. A cluster seen in fewer than 2 views is dropped (kept with ``allow_one_view``).
 3. A voxel belongs to a cluster when at least ``pixel_vote_thr`` (2) views put it in one of
    the cluster's objects (1 for a one-view cluster kept with ``allow_one_view``).
@@ -21,11 +21,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
-from ..jobs import CancelFlag, Progress
+from ..jobs import CancelFlag, Progress, part_progress
 from ..metrics import label_overlap
 from ..preprocess import intensity_range
+from ..settings import OrthoSettings, StackSettings, resolve
 from .engine import Engine2D
-from .stack import StackSettings, filter_objects, segment_stack_3d
+from .stack import filter_objects, segment_stack_3d
 
 VIEWS = ("xy", "xz", "yz")
 
@@ -38,15 +39,19 @@ def _pair_ious(a: np.ndarray, b: np.ndarray):
 
 def ortho_consensus(
     views: list[np.ndarray],
+    settings: OrthoSettings | None = None,
     *,
-    pixel_vote_thr: int = 2,
-    cluster_iou_thr: float = 0.75,
-    allow_one_view: bool = False,
-    link_iou: float = 0.1,
     min_size: int = 0,
     min_extent: int = 0,
+    **params,
 ) -> np.ndarray:
-    """Merge three (or more) 3D label volumes of the same shape into one; uint32 1..K."""
+    """Merge three (or more) 3D label volumes of the same shape into one; uint32 1..K.
+
+    ``params`` are :class:`~..settings.OrthoSettings` fields by name.
+    """
+    settings = resolve(params, ortho=settings)["ortho"]
+    pixel_vote_thr, cluster_iou_thr = settings.pixel_vote_thr, settings.cluster_iou_thr
+    allow_one_view, link_iou = settings.allow_one_view, settings.view_link_iou
     if len(views) < 2:
         raise InputError("Ortho-plane consensus needs at least two views.")
     shape = views[0].shape
@@ -133,10 +138,8 @@ def segment_ortho(
     volume,
     engine: Engine2D,
     settings: StackSettings | None = None,
+    ortho: OrthoSettings | None = None,
     *,
-    pixel_vote_thr: int = 2,
-    cluster_iou_thr: float = 0.75,
-    allow_one_view: bool = False,
     value_range: tuple[float, float] | None = None,
     progress: Progress | None = None,
     cancel: CancelFlag = None,
@@ -144,10 +147,11 @@ def segment_ortho(
 ) -> np.ndarray:
     """3D segmentation by stack inference along xy, xz and yz plus consensus (uint32 1..K).
 
-    ``params`` are :class:`StackSettings` fields (``axis`` is ignored); ``progress`` counts
-    slices over the three views.
+    ``params`` are :class:`~..settings.StackSettings` (``axis`` is ignored) and
+    :class:`~..settings.OrthoSettings` fields; ``progress`` counts slices over the three views.
     """
-    settings = replace(settings or StackSettings(), **params).validate()
+    resolved = resolve(params, stack=settings, ortho=ortho)
+    settings, ortho = resolved["stack"], resolved["ortho"]
     if value_range is None:
         value_range = intensity_range(volume)
     shape = volume.shape
@@ -155,12 +159,6 @@ def segment_ortho(
     done = 0
     results = []
     for axis, n in zip(VIEWS, (shape[0], shape[1], shape[2]), strict=True):
-        base = done
-
-        def view_progress(d, _t, base=base):
-            if progress is not None:
-                progress(base + d, total)
-
         # Per-view results are not size-filtered: the consensus filters once at the end.
         results.append(
             segment_stack_3d(
@@ -168,16 +166,11 @@ def segment_ortho(
                 engine,
                 replace(settings, axis=axis, min_size=0, min_extent=0),
                 value_range=value_range,
-                progress=view_progress,
+                progress=part_progress(progress, done, total),
                 cancel=cancel,
             )
         )
         done += n
     return ortho_consensus(
-        results,
-        pixel_vote_thr=pixel_vote_thr,
-        cluster_iou_thr=cluster_iou_thr,
-        allow_one_view=allow_one_view,
-        min_size=settings.min_size,
-        min_extent=settings.min_extent,
+        results, ortho, min_size=settings.min_size, min_extent=settings.min_extent
     )

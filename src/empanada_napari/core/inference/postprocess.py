@@ -1,4 +1,4 @@
-"""Panoptic post-processing of MitoNet outputs (DESIGN.md s.4), vectorised in torch.
+"""Panoptic post-processing of MitoNet outputs (docs/design.md s.3), vectorised in torch.
 
 No step loops over instances: centres come from one max-pool, every thing pixel votes in one
 batched nearest-centre search (chunked only to bound memory), and instance/class bookkeeping
@@ -47,13 +47,14 @@ def semantic_classes(
 def find_centers(
     ctr_hmp: torch.Tensor,
     threshold: float = 0.1,
-    nms_kernel: int = 3,
+    min_distance_object_centers: int = 3,
     valid_shape: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Instance centres as a (K, 2) long tensor of (y, x) grid positions.
 
     Heat-map values below ``threshold`` are dropped; a centre is a pixel equal to the max of
-    its ``nms_kernel`` neighbourhood (rounded up to odd) and > 0. ``valid_shape`` limits
+    its ``min_distance_object_centers`` neighbourhood (rounded up to odd) and > 0.
+    ``valid_shape`` limits
     centres to the top-left region that is real image (not padding).
     """
     hmp = ctr_hmp.reshape(ctr_hmp.shape[-2:]).float()
@@ -61,7 +62,7 @@ def find_centers(
     if valid_shape is not None:
         hmp[valid_shape[0] :, :] = 0
         hmp[:, valid_shape[1] :] = 0
-    k = max(1, int(nms_kernel))
+    k = max(1, int(min_distance_object_centers))
     k += 1 - k % 2
     pooled = F.max_pool2d(hmp[None, None], kernel_size=k, stride=1, padding=k // 2)[0, 0]
     peaks = (hmp == pooled) & (hmp > 0)
@@ -97,7 +98,7 @@ def instance_ids(
     offsets: torch.Tensor,
     *,
     center_confidence_thr: float = 0.1,
-    nms_kernel: int = 3,
+    min_distance_object_centers: int = 3,
     offset_scale: float = 1.0,
     valid_shape: tuple[int, int] | None = None,
 ) -> torch.Tensor:
@@ -117,7 +118,7 @@ def instance_ids(
     grid_valid = None
     if valid_shape is not None:
         grid_valid = (-(-valid_shape[0] // stride), -(-valid_shape[1] // stride))
-    centers = find_centers(ctr_hmp, center_confidence_thr, nms_kernel, grid_valid)
+    centers = find_centers(ctr_hmp, center_confidence_thr, min_distance_object_centers, grid_valid)
     ids = torch.zeros((height, width), dtype=torch.long, device=thing.device)
     if centers.shape[0] == 0 or not bool(thing.any()):
         return ids
@@ -143,7 +144,7 @@ def panoptic_labels(
     *,
     confidence_thr: float = 0.5,
     center_confidence_thr: float = 0.1,
-    nms_kernel: int = 3,
+    min_distance_object_centers: int = 3,
     thing_list: Sequence[int] = (1,),
     labels: Sequence[int] = (1,),
     label_divisor: int = 10000,
@@ -175,7 +176,7 @@ def panoptic_labels(
             ctr_hmp,
             offsets,
             center_confidence_thr=center_confidence_thr,
-            nms_kernel=nms_kernel,
+            min_distance_object_centers=min_distance_object_centers,
             offset_scale=offset_scale,
             valid_shape=valid_shape,
         )

@@ -1,12 +1,13 @@
-"""3D stack inference along one axis (DESIGN.md s.4), in memory.
+"""3D stack inference along one axis (docs/design.md s.3), in memory.
 
 1. Slices along ``axis`` (xy, xz or yz) go through the 2D engine in batches.
 2. Semantic probabilities are median-filtered across ``median_slices`` neighbouring slices
    (a rolling window of probabilities is kept, never the whole volume's), then each slice is
    post-processed into 2D instances with its own centres and offsets.
 3. 2D instances are linked slice to slice: a forward pass matches each slice's objects to the
-   previous slice's by IoU with optimal assignment (IoU >= ``iou_thr`` links); an unmatched
-   object whose intersection with one previous object covers >= ``ioa_thr`` of its own area
+   previous slice's by IoU with optimal assignment (IoU >= ``slice_link_iou`` links); an
+   unmatched object whose intersection with one previous object covers >= ``slice_link_ioa``
+   of its own area
    joins that object. A backward pass applies the same intersection rule to objects that end
    in a slice, joining them to the object they overlap in the next slice.
 4. Objects smaller than ``min_size`` voxels or with a bounding-box side shorter than
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -29,35 +29,9 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..preprocess import check_image, intensity_range
+from ..settings import AXES, StackSettings, resolve
 from .engine import Engine2D
-
-AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
-
-
-@dataclass
-class StackSettings:
-    """Parameters of 3D stack inference (defaults from DESIGN.md s.4)."""
-
-    axis: str = "xy"
-    median_slices: int = 3
-    min_size: int = 500
-    min_extent: int = 5
-    iou_thr: float = 0.25
-    ioa_thr: float = 0.25
-
-    def validate(self) -> StackSettings:
-        if self.axis not in AXES:
-            raise InputError(f"axis must be one of {sorted(AXES)}, got {self.axis!r}")
-        if self.median_slices < 1 or self.median_slices > 11 or self.median_slices % 2 == 0:
-            raise InputError(f"median_slices must be odd, 1..11, got {self.median_slices}")
-        if self.min_size < 0 or self.min_extent < 0:
-            raise InputError("min_size and min_extent must be >= 0")
-        if not (0 < self.iou_thr <= 1 and 0 < self.ioa_thr <= 1):
-            raise InputError("iou_thr and ioa_thr must be in (0, 1]")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .objects import resolve_objects
 
 
 def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,31 +205,18 @@ class SliceLinker:
     def finish(self, min_size: int = 0, min_extent: int = 0) -> np.ndarray:
         """The 3D labels (uint32, ids 1..K in order of each object's first forward id), in
         place of the stored slices, with the backward joins and the size filters applied."""
-        n = self.next_id
         joins = np.concatenate(self._joins, axis=1) if self._joins else np.zeros((2, 0), int)
-        graph = coo_matrix((np.ones(joins.shape[1], np.int8), (joins[0], joins[1])), shape=(n, n))
-        n_comp, comp = connected_components(graph, directed=False)
-        # Sizes and boxes of whole objects: every slice's numbers summed per component.
-        at = comp[np.concatenate(self.fids)] if self.fids else np.zeros(0, np.int64)
-        size = np.zeros(n_comp, np.int64)
-        lo = np.full((n_comp, 3), np.iinfo(np.int64).max, np.int64)
-        hi = np.full((n_comp, 3), np.iinfo(np.int64).min, np.int64)
-        if self._stats:
-            np.add.at(size, at, np.concatenate([st[0] for st in self._stats]))
-            np.minimum.at(lo, at, np.concatenate([st[1] for st in self._stats]))
-            np.maximum.at(hi, at, np.concatenate([st[2] for st in self._stats]))
-        keep = (size > 0) & (size >= min_size)
-        if min_extent > 0:
-            keep &= (hi - lo).min(axis=1) >= min_extent
-        keep[comp[0]] = False  # forward id 0 is background
-        # Number the kept objects in order of their smallest forward id.
-        root = np.full(n_comp, n, dtype=np.int64)
-        np.minimum.at(root, comp, np.arange(n))
-        kept = np.flatnonzero(keep)
-        kept = kept[np.argsort(root[kept])]
-        final = np.zeros(n_comp, dtype=np.uint32)
-        final[kept] = np.arange(1, kept.size + 1, dtype=np.uint32)
-        by_fid = final[comp]
+        stats = self._stats or [(np.zeros(0, np.int64),) + (np.zeros((0, 3), np.int64),) * 2]
+        by_fid, _ = resolve_objects(
+            self.next_id,
+            (joins[0], joins[1]),
+            np.concatenate(self.fids) if self.fids else np.zeros(0, np.int64),
+            np.concatenate([st[0] for st in stats]),
+            np.concatenate([st[1] for st in stats]),
+            np.concatenate([st[2] for st in stats]),
+            min_size,
+            min_extent,
+        )
         for z, fids in enumerate(self.fids):
             lut = np.zeros(fids.size + 1, dtype=np.uint32)
             lut[1:] = by_fid[fids]
@@ -321,9 +282,7 @@ def segment_stack_3d(
     ``progress(done, total)`` counts slices; ``cancel`` is checked between batches.
     ``pipeline`` post-processes on a worker thread while the network runs (default: on CUDA).
     """
-    from dataclasses import replace
-
-    settings = replace(settings or StackSettings(), **params).validate()
+    settings = resolve(params, stack=settings)["stack"]
     check_image(volume, ndim=(3,), what="volume")
     order = AXES[settings.axis]
     view = np.asarray(volume).transpose(order)
@@ -332,7 +291,7 @@ def segment_stack_3d(
     n = view.shape[0]
     half = settings.median_slices // 2
     bs = engine.default_batch_size()
-    linker = SliceLinker(view.shape, settings.iou_thr, settings.ioa_thr)
+    linker = SliceLinker(view.shape, settings.slice_link_iou, settings.slice_link_ioa)
     window: deque = deque()  # (index, sem_prob, raw batch outputs, index in batch)
 
     def emit(i: int) -> None:

@@ -1,4 +1,4 @@
-"""Finetuning and training loops (DESIGN.md s.5).
+"""Finetuning and training loops (docs/design.md s.4).
 
 * :func:`finetune` trains a TorchScript model (e.g. MitoNet_v1 or the bundled model) in
   place, with the encoder frozen by default and chosen ResNet stages unfrozen on request.

@@ -1,4 +1,4 @@
-"""The panoptic training loss (DESIGN.md s.5), as in Panoptic-DeepLab / MitoNet.
+"""The panoptic training loss (docs/design.md s.4), as in Panoptic-DeepLab / MitoNet.
 
 total = ce_weight * bootstrapped BCE (hardest ``top_k_percent`` of pixels)
       + mse_weight * MSE(centre heat-map)

@@ -1,0 +1,125 @@
+"""Where block tasks run: a thread of this process, or a dask.distributed cluster.
+
+Both are ``concurrent.futures`` executors (a ``ThreadPoolExecutor``, or the executor a
+``distributed.Client`` provides with ``get_executor``), so one loop submits and awaits tasks
+for either.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ...errors import Cancelled, InputError
+from ...jobs import CancelFlag, is_cancelled
+
+_DISTRIBUTED_HINT = "dask.distributed is needed for --workers/--scheduler: pip install distributed"
+
+
+def _client_classes():
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # an optional extra on some installs
+        raise InputError(_DISTRIBUTED_HINT) from err
+    return Client, LocalCluster
+
+
+class Runner:
+    """Submit tasks to a local thread or a dask.distributed client, a window at a time.
+
+    ``scheduler``: None (this process), a ``distributed.Client``, a scheduler address, or
+    ``"local:N"``; ``workers=N`` with no scheduler starts a local cluster of N processes.
+    """
+
+    def __init__(self, scheduler: Any = None, workers: int | None = None) -> None:
+        self.client = None
+        self._own: list = []
+        if isinstance(scheduler, str) and scheduler.startswith("local:"):
+            try:
+                workers, scheduler = int(scheduler.split(":", 1)[1]), None
+            except ValueError as err:
+                raise InputError(f"local:N needs a number of workers, got {scheduler!r}") from err
+            if workers < 1:
+                raise InputError("local:N needs N >= 1 worker processes")
+        if workers is not None and (isinstance(workers, bool) or workers < 1):
+            raise InputError(f"workers must be a number of processes >= 1, got {workers!r}")
+        if scheduler is None and workers:
+            client_cls, cluster_cls = _client_classes()
+            cluster = cluster_cls(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            self.client = client_cls(cluster)
+            self._own = [self.client, cluster]
+            self.slots = workers
+        elif scheduler is not None:
+            client_cls, _ = _client_classes()
+            self.client = scheduler if isinstance(scheduler, client_cls) else client_cls(scheduler)
+            if self.client is not scheduler:
+                self._own = [self.client]
+            self.slots = max(1, sum(self.client.nthreads().values()))
+        else:
+            # In-process: one block at a time; torch already uses every core for a block.
+            self.slots = 1
+        if self.client is None:
+            self.executor: cf.Executor = cf.ThreadPoolExecutor(max_workers=self.slots)
+        else:
+            self.executor = self.client.get_executor(pure=False)
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    def worker_threads(self) -> int | None:
+        """torch threads per task on a cluster we started (share the cores, do not fight)."""
+        if self._own and self.slots:
+            return max(1, (os.cpu_count() or 1) // self.slots)
+        return None
+
+    def map(
+        self,
+        fn: Callable,
+        items: list,
+        args: Callable[[Any], tuple],
+        cancel: CancelFlag,
+        on_done: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        """Run ``fn(*args(item))`` for every item; ``on_done(item, result)`` as they finish.
+
+        At most twice the number of worker slots are in flight, so block inputs sent from
+        this process never pile up. On cancel, pending tasks are dropped, running ones are
+        awaited (they check the cancel flag themselves) and :class:`Cancelled` is raised.
+        """
+        todo: Iterator = iter(items)
+        running: dict = {}
+        window = 2 * self.slots
+        try:
+            while True:
+                while len(running) < window and not is_cancelled(cancel):
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    running[self.executor.submit(fn, *args(item))] = item
+                if not running:
+                    break
+                done, _ = cf.wait(list(running), timeout=0.2, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    item = running.pop(fut)
+                    result = fut.result()  # re-raises the task's error here
+                    if on_done is not None:
+                        on_done(item, result)
+                if is_cancelled(cancel) and not running:
+                    break
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            cf.wait(list(running))
+            raise
+        if is_cancelled(cancel):
+            raise Cancelled("Cancelled; finished blocks are kept for resume=True.")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        for obj in self._own:
+            obj.close()

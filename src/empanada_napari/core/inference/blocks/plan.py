@@ -1,0 +1,138 @@
+"""Planning a chunked run: blocks with a halo, their neighbours, and the job every task carries."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ...settings import AXES, BlockSettings, InferenceSettings, OrthoSettings, StackSettings
+
+# One block when the whole volume has at most this many voxels (about 0.5-1 GB of working
+# memory in the stack pipeline); otherwise the default block shapes below.
+SINGLE_BLOCK_VOXELS = 2**25
+STACK_BLOCK, STACK_HALO = (64, 512, 512), (8, 32, 32)  # (stack axis, plane, plane)
+ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
+MODES = ("stack", "ortho")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: its grid index, the region it owns (``core``) and the region it reads."""
+
+    index: tuple[int, int, int]
+    core: tuple[slice, slice, slice]
+    padded: tuple[slice, slice, slice]
+
+    @property
+    def name(self) -> str:
+        return "_".join(str(i) for i in self.index)
+
+    @property
+    def core_in_padded(self) -> tuple[slice, slice, slice]:
+        """The core as a slice of the padded block's array."""
+        return tuple(
+            slice(c.start - p.start, c.stop - p.start)
+            for c, p in zip(self.core, self.padded, strict=True)
+        )  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a task needs; picklable (settings, paths and names: no arrays or models)."""
+
+    model: Any  # a ModelSpec
+    device: str
+    mode: str
+    inference: InferenceSettings
+    stack: StackSettings
+    ortho: OrthoSettings
+    blocks: BlockSettings  # with the chunks and halo actually used
+    value_range: tuple[float, float]
+    work: str
+    torch_threads: int | None = None
+    cancel_event: str | None = None  # name of a distributed.Event (cluster runs)
+
+
+def plan_blocks(
+    shape: tuple[int, int, int],
+    chunks: int | tuple[int, int, int],
+    halo: int | tuple[int, int, int] = 0,
+    align: tuple[int, int, int] = (1, 1, 1),
+) -> list[Block]:
+    """Blocks of ``chunks`` covering ``shape``, each padded by ``halo`` (clipped to the volume).
+
+    Padded starts are rounded down to multiples of ``align`` so that every block sees the
+    image on the same pixel grid as the whole volume (networks downsample by 4 to 32).
+    """
+    checked = BlockSettings(chunks=chunks, halo=halo)  # validates and makes triples
+    chunks, halo = checked.chunks, checked.halo  # type: ignore[assignment]
+    counts = [math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)]  # type: ignore[arg-type]
+    blocks = []
+    for index in itertools.product(*(range(n) for n in counts)):
+        core, padded = [], []
+        for i, s, c, h, a in zip(index, shape, chunks, halo, align, strict=True):  # type: ignore[arg-type]
+            start, stop = i * c, min((i + 1) * c, s)
+            lo = max(0, start - h) // a * a
+            core.append(slice(start, stop))
+            padded.append(slice(lo, min(s, stop + h)))
+        blocks.append(Block(tuple(index), tuple(core), tuple(padded)))  # type: ignore[arg-type]
+    return blocks
+
+
+def default_chunks(shape: tuple[int, ...], mode: str, axis: str = "xy") -> tuple[int, int, int]:
+    """Block shape used when none is given: the whole volume when it is small."""
+    if math.prod(shape) <= SINGLE_BLOCK_VOXELS:
+        return tuple(int(s) for s in shape)  # type: ignore[return-value]
+    if mode == "ortho":
+        return ORTHO_BLOCK
+    return along_axis(STACK_BLOCK, axis)
+
+
+def default_halo(mode: str, axis: str = "xy") -> tuple[int, int, int]:
+    """Halo used when none is given (a single block needs none: it is clipped away)."""
+    return ORTHO_HALO if mode == "ortho" else along_axis(STACK_HALO, axis)
+
+
+def along_axis(values: tuple[int, int, int], axis: str) -> tuple[int, int, int]:
+    """Put ``values[0]`` on the stack axis and ``values[1:]`` on the image-plane axes."""
+    out = [values[1]] * 3
+    out[AXES[axis][0]] = values[0]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def grid_alignment(mode: str, axis: str) -> tuple[int, int, int]:
+    """Align padded starts on the network grid in the axes the model sees as image planes."""
+    plane_axes = {0, 1, 2} if mode == "ortho" else set(AXES[axis][1:])
+    return tuple(32 if k in plane_axes else 1 for k in range(3))  # type: ignore[return-value]
+
+
+def intersection(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    """The region two boxes share, or None."""
+    out = tuple(
+        slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )
+    return None if any(s.start >= s.stop for s in out) else out
+
+
+def relative(region: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``region`` in the coordinates of the box ``origin``."""
+    return tuple(
+        slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, origin, strict=True)
+    )
+
+
+def neighbours(blocks: list[Block]) -> dict[tuple, list[Block]]:
+    """Each block's neighbours that come after it (each pair once), 26-connected."""
+    by_index = {b.index: b for b in blocks}
+    out = {}
+    for b in blocks:
+        later = []
+        for d in itertools.product((-1, 0, 1), repeat=3):
+            if d > (0, 0, 0):
+                other = by_index.get(tuple(i + k for i, k in zip(b.index, d, strict=True)))
+                if other is not None:
+                    later.append(other)
+        out[b.index] = later
+    return out

@@ -1,0 +1,447 @@
+"""Every user-facing setting of inference, defined once: default, limits, help, CLI flag, label.
+
+Four frozen dataclasses carry the settings end to end, from the CLI or a widget to a dask
+worker, without changing form:
+
+* :class:`InferenceSettings`: the 2D engine (each slice on its own),
+* :class:`StackSettings`: 3D stack mode (2D objects linked slice to slice along one axis),
+* :class:`OrthoSettings`: ortho-plane consensus of the xy, xz and yz stacks,
+* :class:`BlockSettings`: how a large volume is cut into blocks and stitched back.
+
+Each field's metadata (see :func:`setting`) holds its help text in words a biologist uses, its
+CLI flag and its widget label; the CLI (:mod:`empanada_napari.cli`) and the widgets build their
+options from it, so a default or a help text changes in this file only. Settings validate
+themselves on construction (an invalid object cannot exist) and raise
+:class:`~empanada_napari.core.errors.InputError` naming the setting.
+
+The public functions also take the fields as flat keyword arguments
+(``segment_volume(image, min_size=5000)``); :func:`resolve` sorts them into their classes once,
+at that boundary. Field names are unique across the four classes so that this is unambiguous.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from .errors import InputError
+
+__all__ = [
+    "AXES",
+    "BlockSettings",
+    "InferenceSettings",
+    "OrthoSettings",
+    "StackSettings",
+    "resolve",
+    "setting",
+    "setting_fields",
+]
+
+#: Stack axis name -> transpose order that brings that axis first (volume axes are z, y, x).
+AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
+DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
+
+T = TypeVar("T")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = "",
+    label: str = "",
+    minimum: float | None = None,
+    maximum: float | None = None,
+    step: float | None = None,
+    choices: tuple | None = None,
+    advanced: bool = False,
+) -> Any:
+    """A dataclass field with the metadata the CLI and the widgets present it with.
+
+    ``flag``: the CLI option (``""``: derived from the field name; ``None``: no CLI option).
+    ``label``: the widget label (default: the field name in words). ``advanced``: shown in
+    the widgets' collapsible "advanced" section.
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "label": label,
+        "minimum": minimum,
+        "maximum": maximum,
+        "step": step,
+        "choices": choices,
+        "advanced": advanced,
+    }
+    return field(default=default, metadata=meta)
+
+
+def setting_fields(cls_or_obj) -> list[Field]:
+    """The fields of a settings class (or object) that carry :func:`setting` metadata."""
+    return [f for f in fields(cls_or_obj) if "help" in f.metadata]
+
+
+def cli_flag(f: Field) -> str | None:
+    """The CLI option of field ``f`` (``--min-size``), or None when it has none."""
+    flag = f.metadata.get("flag", "")
+    if flag is None:
+        return None
+    return flag or "--" + f.name.replace("_", "-")
+
+
+def widget_label(f: Field) -> str:
+    """The widget label of field ``f``."""
+    return f.metadata.get("label") or f.name.replace("_", " ")
+
+
+def tooltip(f: Field) -> str:
+    """Help text with the default, for tooltips and ``--help``."""
+    default = f.default if f.default is not MISSING else None
+    shown = "none" if default is None else default
+    return f"{f.metadata['help']} Default: {shown}."
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fraction(obj: Any, name: str, *, low_open: bool = False) -> None:
+    value = getattr(obj, name)
+    ok = _finite(value) and (0 < value <= 1 if low_open else 0 <= value <= 1)
+    _check(ok, f"{name} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+
+
+def _integer(obj: Any, name: str, minimum: int, maximum: int | None = None) -> None:
+    value = getattr(obj, name)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if maximum is not None:
+        ok = ok and value <= maximum
+    bound = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
+    _check(ok, f"{name} must be an integer {bound}, got {value!r}")
+
+
+class _Settings:
+    """Shared helpers of the settings dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (for JSON, fingerprints and layer metadata)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    def updated(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied (validated)."""
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_Settings):
+    """2D panoptic inference of each image or slice (docs/design.md s.3; defaults of the GUI)."""
+
+    confidence_thr: float = setting(
+        0.5,
+        "A pixel is mitochondrion when the model is at least this sure. Lower it to catch "
+        "faint or unusual mitochondria (more false positives), raise it for tighter outlines.",
+        flag="--confidence",
+        label="confidence",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+    )
+    center_confidence_thr: float = setting(
+        0.1,
+        "How sure the model must be of an object's centre to start a new object. Raise it "
+        "if one mitochondrion is cut into pieces; lower it if touching ones are merged.",
+        flag="--center-confidence",
+        label="centre confidence",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+    )
+    min_distance_object_centers: int = setting(
+        3,
+        "Smallest distance between two object centres, in pixels of the model's 1/4 grid. "
+        "Raise it if long mitochondria are split in two; lower it if neighbours are merged.",
+        flag="--min-distance",
+        label="min centre distance",
+        minimum=1,
+        maximum=99,
+    )
+    fine_boundaries: bool = setting(
+        False,
+        "Assign pixels to objects at full resolution instead of the 1/4 grid: smoother "
+        "borders between touching mitochondria, about 4x the memory.",
+    )
+    semantic_only: bool = setting(
+        False, "Only the mitochondria mask (one label for all), no separate objects."
+    )
+    fill_holes: bool = setting(False, "Fill holes inside each object.", label="fill holes")
+    split_fragments: bool = setting(
+        False,
+        "Give each disconnected piece of an object its own label (2D mode).",
+        label="split disconnected fragments",
+    )
+    downsample: int = setting(
+        1,
+        "Shrink images by this factor before the model sees them: faster, for images whose "
+        "pixels are much smaller than the model's training data (MitoNet: about 4-16 nm).",
+        label="downsampling",
+        choices=DOWNSAMPLE,
+    )
+    label_divisor: int = setting(
+        10000,
+        "Object labels are class x divisor + object number (e.g. 10001, 10002 for "
+        "mitochondria). Raise it when one image has more objects than this.",
+        minimum=1,
+        maximum=10**8,
+        advanced=True,
+    )
+    stuff_area: int = setting(
+        64,
+        "Smallest area (pixels) of a region of a non-object class (multi-class models).",
+        flag=None,
+        advanced=True,
+    )
+    tile_size: int | None = setting(
+        None,
+        "Process images larger than this (pixels) tile by tile, to save memory; none: whole "
+        "images.",
+        minimum=0,
+        maximum=65536,
+        step=64,
+        label="tile size (0: none)",
+        advanced=True,
+    )
+    tile_overlap: int = setting(
+        128,
+        "Pixels shared by neighbouring tiles, so objects on tile borders are seen whole.",
+        minimum=0,
+        advanced=True,
+    )
+    batch_size: int | None = setting(
+        None,
+        "Slices per forward pass of the model (default: 8 on a GPU, 2 on a CPU).",
+        minimum=1,
+        advanced=True,
+    )
+    amp: bool = setting(
+        True, "Half precision on CUDA GPUs (faster, same results within rounding).", flag=None
+    )
+    tta: bool = setting(
+        False,
+        "Average the model over the image and its 3 flips: more accurate, 4x slower.",
+        label="average over flips (4x slower)",
+    )
+
+    def __post_init__(self) -> None:
+        _fraction(self, "confidence_thr")
+        _fraction(self, "center_confidence_thr")
+        _integer(self, "min_distance_object_centers", 1)
+        _check(
+            self.downsample in DOWNSAMPLE,
+            f"downsample must be a power of two from 1 to 64, got {self.downsample!r}",
+        )
+        _integer(self, "label_divisor", 1)
+        _integer(self, "stuff_area", 0)
+        _integer(self, "tile_overlap", 0)
+        if self.batch_size is not None:
+            _integer(self, "batch_size", 1)
+        if self.tile_size is not None:
+            _integer(self, "tile_size", 1)
+            _check(
+                self.tile_size > 2 * self.tile_overlap,
+                f"tile_size ({self.tile_size}) must exceed twice tile_overlap "
+                f"({self.tile_overlap})",
+            )
+
+
+@dataclass(frozen=True)
+class StackSettings(_Settings):
+    """3D stack mode: 2D objects of each slice linked to the next slice's (docs/design.md s.3)."""
+
+    axis: str = setting(
+        "xy",
+        "Direction to slice the volume in: xy (along z), xz or yz.",
+        choices=tuple(AXES),
+    )
+    median_slices: int = setting(
+        3,
+        "Smooth the model's mitochondria probability over this many neighbouring slices "
+        "(odd, 1-11): larger values bridge noisy slices; 1 turns smoothing off.",
+        minimum=1,
+        maximum=11,
+        step=2,
+    )
+    min_size: int = setting(
+        500,
+        "Remove 3D objects smaller than this many voxels.",
+        minimum=0,
+        maximum=10**9,
+    )
+    min_extent: int = setting(
+        5,
+        "Remove 3D objects whose bounding box is thinner than this (voxels) along any axis.",
+        minimum=0,
+        maximum=10**6,
+    )
+    slice_link_iou: float = setting(
+        0.25,
+        "Objects on neighbouring slices are the same object when they overlap at least this "
+        "much (intersection over union).",
+        flag=None,
+        advanced=True,
+    )
+    slice_link_ioa: float = setting(
+        0.25,
+        "An unlinked object joins the object of the neighbouring slice that covers at least "
+        "this fraction of its own area.",
+        flag=None,
+        advanced=True,
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.axis in AXES, f"axis must be one of {sorted(AXES)}, got {self.axis!r}")
+        ms = self.median_slices
+        _check(
+            isinstance(ms, int) and 1 <= ms <= 11 and ms % 2 == 1,
+            f"median_slices must be odd, 1..11, got {ms!r}",
+        )
+        _integer(self, "min_size", 0)
+        _integer(self, "min_extent", 0)
+        _fraction(self, "slice_link_iou", low_open=True)
+        _fraction(self, "slice_link_ioa", low_open=True)
+
+
+@dataclass(frozen=True)
+class OrthoSettings(_Settings):
+    """Ortho-plane consensus of stacks along xy, xz and yz (docs/design.md s.3)."""
+
+    pixel_vote_thr: int = setting(
+        2,
+        "A voxel belongs to an object when at least this many of the 3 views agree.",
+        flag="--pixel-vote",
+        label="voxel votes",
+        minimum=1,
+        maximum=3,
+    )
+    cluster_iou_thr: float = setting(
+        0.75,
+        "Objects that the views agree on less than this (IoU) are split along the view that "
+        "separates them: lower it to merge more, raise it to split more.",
+        flag="--cluster-iou",
+        label="cluster IoU",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+    )
+    allow_one_view: bool = setting(
+        False, "Keep objects that only one of the 3 views found.", label="allow one view"
+    )
+    view_link_iou: float = setting(
+        0.1,
+        "Objects of two views are candidates for the same object when their IoU is at least this.",
+        flag=None,
+        advanced=True,
+    )
+
+    def __post_init__(self) -> None:
+        _integer(self, "pixel_vote_thr", 1, 3)
+        _fraction(self, "cluster_iou_thr")
+        _fraction(self, "view_link_iou", low_open=True)
+
+
+@dataclass(frozen=True)
+class BlockSettings(_Settings):
+    """How a volume is cut into blocks and stitched (:mod:`..inference.chunked`)."""
+
+    chunks: tuple[int, int, int] | None = setting(
+        None,
+        "Block shape Z,Y,X (or one number) for volumes larger than memory; none: the whole "
+        "volume when it fits, else 64,512,512 along the stack axis (stack) or 160^3 (ortho).",
+        advanced=True,
+    )
+    halo: tuple[int, int, int] | None = setting(
+        None,
+        "Voxels read around each block so that objects on block faces are seen whole; "
+        "none: 8,32,32 along the stack axis (stack) or 16 (ortho).",
+        advanced=True,
+    )
+    face_link_iou: float = setting(
+        0.5,
+        "Objects of neighbouring blocks are the same when their IoU in the shared region is "
+        "at least this.",
+        flag=None,
+        advanced=True,
+    )
+    face_link_ioa: float = setting(
+        0.5,
+        "...or when this fraction of one of them lies inside the other (a piece cut off at "
+        "a block face).",
+        flag=None,
+        advanced=True,
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("chunks", "halo"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, numbers.Number) and not isinstance(value, bool):
+                value = (value,) * 3
+            try:
+                value = tuple(int(v) for v in value)
+            except (TypeError, ValueError) as err:
+                raise InputError(
+                    f"{name} needs one integer or three (z, y, x), got {value!r}"
+                ) from err
+            _check(len(value) == 3, f"{name} needs one value or three (z, y, x), got {value!r}")
+            low = 1 if name == "chunks" else 0
+            _check(all(v >= low for v in value), f"{name} must be >= {low}, got {value}")
+            object.__setattr__(self, name, value)
+        _fraction(self, "face_link_iou", low_open=True)
+        _fraction(self, "face_link_ioa", low_open=True)
+
+
+SETTINGS_CLASSES = {
+    "inference": InferenceSettings,
+    "stack": StackSettings,
+    "ortho": OrthoSettings,
+    "blocks": BlockSettings,
+}
+
+
+def resolve(params: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """Sort flat keyword ``params`` into settings objects, once, at an API boundary.
+
+    ``given`` names the settings a function takes (``inference=``, ``stack=``, ...), each an
+    object or None (the defaults). Returns ``{name: settings}`` with ``params`` applied;
+    unknown keywords raise :class:`InputError` listing the valid ones.
+    """
+    out = {}
+    remaining = dict(params)
+    for name, value in given.items():
+        cls = SETTINGS_CLASSES[name]
+        if value is None:
+            value = cls()
+        elif not isinstance(value, cls):
+            if isinstance(value, Mapping):
+                value = cls(**value)
+            else:
+                raise InputError(f"{name}= must be a {cls.__name__}, got {type(value).__name__}")
+        names = {f.name for f in fields(cls)}
+        mine = {k: remaining.pop(k) for k in list(remaining) if k in names}
+        out[name] = replace(value, **mine) if mine else value
+    if remaining:
+        valid = sorted(f.name for name in given for f in fields(SETTINGS_CLASSES[name]))
+        raise InputError(
+            f"Unknown parameter(s): {', '.join(sorted(remaining))}. Valid: {', '.join(valid)}."
+        )
+    return out
