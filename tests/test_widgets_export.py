@@ -45,9 +45,14 @@ def test_export_formats_round_trip(make_napari_viewer, qtbot, tmp_path, labels):
     np.testing.assert_array_equal(np.stack([tifffile.imread(p) for p in slices]), labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "small.tif"), small.data)
     assert tifffile.imread(tmp_path / "small.tif").dtype == np.uint8
-    stored = zarr.open_array(str(tmp_path / "mito_labels.zarr"), mode="r")
+    # OME-Zarr: level "0" holds the data, NGFF metadata the scale (any OME-Zarr reader).
+    group = zarr.open_group(str(tmp_path / "mito_labels.zarr"), mode="r")
+    stored = group["0"]
     assert stored.dtype == np.uint32
     np.testing.assert_array_equal(stored[...], labels)
+    (ms,) = group.attrs["multiscales"]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 1.0, 1.0]
     # Read back through napari and the plugin's reader: same data, dtype, name and scale.
     layer = viewer.open(tmp_path / "mito_labels.zarr", plugin=PLUGIN)[0]
     assert type(layer).__name__ == "Labels" and layer.name.startswith("mito labels")
@@ -66,6 +71,8 @@ def test_export_formats_round_trip(make_napari_viewer, qtbot, tmp_path, labels):
 
 
 def test_writer_and_reader_contributions(tmp_path, labels):
+    import zarr
+
     from empanada_napari.widgets._io import get_reader, write_labels_zarr
 
     written = write_labels_zarr(str(tmp_path / "out"), labels, {"name": "x", "scale": [1, 1, 1]})
@@ -74,9 +81,19 @@ def test_writer_and_reader_contributions(tmp_path, labels):
     data, meta, kind = reader(written[0])[0]
     assert kind == "labels" and meta["name"] == "x"
     np.testing.assert_array_equal(data[...], labels)
+    # Scale and units survive, through the NGFF metadata (5 nm voxels, 40 nm sections).
+    nm = ["nanometer"] * 3
+    scaled = write_labels_zarr(
+        str(tmp_path / "nm.zarr"), labels, {"scale": [40, 5, 5], "units": nm}
+    )
+    _, meta, _ = get_reader(scaled[0])(scaled[0])[0]
+    assert meta["scale"] == (40, 5, 5) and meta["units"] == tuple(nm)
+    # Exports of earlier versions (a plain array with the plugin's attribute) still open.
+    old = zarr.open_array(str(tmp_path / "old.zarr"), mode="w", shape=(2, 2), dtype="u4")
+    old.attrs["empanada"] = {"kind": "labels", "name": "old", "scale": [3.0, 3.0]}
+    _, meta, _ = get_reader(str(tmp_path / "old.zarr"))(str(tmp_path / "old.zarr"))[0]
+    assert meta["scale"] == (3.0, 3.0)
     # Other zarr arrays, tiffs and missing paths are not ours.
-    import zarr
-
     zarr.open_array(str(tmp_path / "foreign.zarr"), mode="w", shape=(2, 2), dtype="u1")
     assert get_reader(str(tmp_path / "foreign.zarr")) is None
     assert get_reader(str(tmp_path / "x.tif")) is None

@@ -147,10 +147,96 @@ def create_zarr_labels(
 
 def _metadata(kind: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind, "name": name}
-    for key in ("scale", "translate"):
+    for key in ("scale", "translate", "units"):
         if meta.get(key) is not None:
-            out[key] = [float(v) for v in meta[key]]
+            out[key] = (
+                [str(v) for v in meta[key]] if key == "units" else [float(v) for v in meta[key]]
+            )
     return out
+
+
+#: NGFF axis names for 2 to 5 dimensions (OME-Zarr 0.4: time, channel, then space).
+_AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}
+#: napari/pint unit names that OME-Zarr also knows (others are left out of the axes).
+_NGFF_UNITS = {
+    "angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter", "picometer",
+    "second", "millisecond", "microsecond", "nanosecond", "minute", "hour",
+}  # fmt: skip
+
+
+def ngff_multiscales(name: str, meta: dict[str, Any], ndim: int) -> list[dict[str, Any]]:
+    """OME-Zarr (NGFF 0.4) ``multiscales`` metadata of a single-level image named ``name``,
+    with the layer's scale, translation and units, so any OME-Zarr reader places it right."""
+    names = _AXES.get(ndim, "".join(f"d{i}" for i in range(ndim)))
+    units = list(meta.get("units") or [])
+    axes = []
+    for i, axis in enumerate(names):
+        kind = {"t": "time", "c": "channel"}.get(axis, "space")
+        entry = {"name": axis, "type": kind}
+        unit = str(units[i]) if i < len(units) else ""
+        if unit in _NGFF_UNITS:
+            entry["unit"] = unit
+        axes.append(entry)
+    scale = [float(v) for v in (meta.get("scale") or [1.0] * ndim)]
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if meta.get("translate") is not None and any(float(v) for v in meta["translate"]):
+        transforms.append(
+            {"type": "translation", "translation": [float(v) for v in meta["translate"]]}
+        )
+    return [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+        }
+    ]
+
+
+def _ngff_group(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype):
+    """A new zarr group with an empty array "0", in the format OME-Zarr 0.4 readers expect
+    (zarr v2 on disk, whichever zarr-python writes it)."""
+    import zarr
+
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        group = zarr.open_group(str(path), mode="w", zarr_format=2)
+        array = group.create_array(name="0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    else:  # zarr 2
+        group = zarr.open_group(str(path), mode="w")
+        array = group.zeros("0", shape=shape, chunks=chunks, dtype=dtype)
+    return group, array
+
+
+def read_ngff(path: str | Path) -> tuple[Any, dict[str, Any]] | None:
+    """``(level-0 array, {"scale", "translate", "units", ...})`` of an OME-Zarr image, with
+    the plugin's own attributes (kind, name) merged in; None when ``path`` is not one."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - not a zarr store
+        return None
+    if hasattr(node, "shape"):
+        return None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    first = multiscales[0]
+    dataset = first["datasets"][0]
+    array = node[dataset["path"]]
+    meta: dict[str, Any] = dict(attrs.get(EXPORT_ATTR) or {})
+    for transform in first.get("coordinateTransformations", []) + dataset.get(
+        "coordinateTransformations", []
+    ):
+        if transform.get("type") == "scale":
+            meta["scale"] = [float(v) for v in transform["scale"]]
+        elif transform.get("type") == "translation":
+            meta["translate"] = [float(v) for v in transform["translation"]]
+    units = [a.get("unit") for a in first.get("axes", []) if isinstance(a, dict)]
+    if any(units):
+        meta["units"] = [u or "pixel" for u in units]
+    return array, meta
 
 
 def _slices(data) -> int:
@@ -172,7 +258,8 @@ def export_array(
     """Write ``data`` (numpy / dask / zarr) slice by slice to ``path``; keep its dtype.
 
     ``fmt``: ``"tiff"`` (one multi-page file), ``"tiff-slices"`` (a folder with one file per
-    slice) or ``"zarr"``. ``progress(done, total)`` counts slices; ``cancel`` (an Event or
+    slice) or ``"zarr"`` (OME-Zarr with the layer's ``scale``, ``translate`` and ``units``
+    from ``meta``). ``progress(done, total)`` counts slices; ``cancel`` (an Event or
     callable) is checked between slices and raises ``Cancelled``. The Export widget, the
     napari writer and the CLI all write through this function.
     """
@@ -199,15 +286,18 @@ def export_array(
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         if fmt == "zarr":
+            # OME-Zarr: a group with the full-resolution array "0" and NGFF metadata (scale,
+            # translation, units), read by this plugin and every OME-Zarr reader alike.
             chunks = (1,) * (data.ndim - 2) + tuple(min(s, 1024) for s in data.shape[-2:])
-            out = create_zarr_labels(tmp, tuple(data.shape), data.dtype, chunks, overwrite=True)
+            group, out = _ngff_group(tmp, tuple(data.shape), chunks, data.dtype)
             for k in range(n):
                 if data.ndim >= 3:
                     out[k] = plane(k)
                 else:
                     out[...] = plane(k)
                 step(k + 1)
-            out.attrs[EXPORT_ATTR] = _metadata(kind, name, meta)
+            group.attrs["multiscales"] = ngff_multiscales(name, meta, data.ndim)
+            group.attrs[EXPORT_ATTR] = _metadata(kind, name, meta)
         elif fmt == "tiff-slices":
             tmp.mkdir()
             digits = max(4, len(str(n - 1)))

@@ -1,9 +1,10 @@
 """napari reader and writer for the plugin's zarr outputs (the exporter is core.io's).
 
-The plugin's zarr outputs are zarr arrays with attributes under the key ``empanada`` (the
-chunked 3D driver records its parameters and status there; the exporter records the layer's
-kind, name, scale and translate). The reader opens them lazily as Labels layers (or Image
-layers for exported images), keeping their dtype.
+Exports (the Export widget, napari's "Save as zarr") are OME-Zarr groups: NGFF metadata
+with the layer's scale, translation and units, plus the plugin's ``empanada`` attribute (kind,
+name). 3D segmentation outputs are zarr arrays with the ``empanada`` attribute (parameters and
+status). The reader opens both, and older exports, lazily as Labels layers (or Image layers
+for exported images), keeping their dtype.
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ from typing import Any
 from ..core.io import EXPORT_ATTR as ATTR
 
 
-def _open_array(path: Path):
-    """The zarr array at ``path`` if it is one of ours, else None."""
+def _open(path: Path) -> tuple[Any, dict[str, Any]] | None:
+    """``(array, metadata)`` of a zarr store the plugin wrote, else None.
+
+    Two forms: OME-Zarr groups (exports; scale and translation from their NGFF metadata) and
+    plain arrays with the plugin's attribute (3D outputs, and exports of older versions).
+    """
+    from ..core.io import read_ngff
+
+    ngff = read_ngff(path)
+    if ngff is not None:
+        array, meta = ngff
+        return (array, meta) if ATTR in _group_attrs(path) else None
     try:
         import zarr
 
@@ -25,7 +36,13 @@ def _open_array(path: Path):
         return None
     if not hasattr(node, "shape") or ATTR not in node.attrs:
         return None
-    return node
+    return node, dict(node.attrs[ATTR])
+
+
+def _group_attrs(path: Path) -> dict[str, Any]:
+    import zarr
+
+    return dict(zarr.open(str(path), mode="r").attrs)
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
@@ -35,7 +52,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
             return None
         path = path[0]
     path = Path(path)
-    if path.suffix.lower() != ".zarr" or _open_array(path) is None:
+    if path.suffix.lower() != ".zarr" or _open(path) is None:
         return None
     return read_zarr
 
@@ -45,15 +62,18 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
     paths = [path] if isinstance(path, str | Path) else path
     layers = []
     for p in paths:
-        array = _open_array(Path(p))
-        if array is None:
+        found = _open(Path(p))
+        if found is None:
             continue
-        meta = dict(array.attrs[ATTR])
+        array, meta = found
         kind = "image" if meta.get("kind") == "image" else "labels"
         kwargs: dict[str, Any] = {"name": meta.get("name") or Path(p).stem}
         for key in ("scale", "translate"):
             if meta.get(key) is not None and len(meta[key]) == array.ndim:
                 kwargs[key] = tuple(meta[key])
+        units = meta.get("units")
+        if units and len(units) == array.ndim and any(u != "pixel" for u in units):
+            kwargs["units"] = tuple(units)
         layers.append((array, kwargs, kind))
     return layers
 

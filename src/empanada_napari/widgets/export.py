@@ -1,7 +1,7 @@
 """Export Segmentations: Labels (and optionally Image) layers to tiff stacks, tiff slices or zarr.
 
 Label dtypes are kept exactly (uint32 ids stay uint32); zarr exports carry the layer's name,
-scale and translate under the ``empanada`` attribute so that the plugin's reader restores them.
+scale, translate and units as OME-Zarr metadata so that every OME-Zarr reader restores them.
 """
 
 from __future__ import annotations
@@ -114,7 +114,11 @@ class ExportWidget(Container):
                 path,
                 "labels" if type(ly).__name__ == "Labels" else "image",
                 ly.name,
-                {"scale": list(ly.scale), "translate": list(ly.translate)},
+                {
+                    "scale": list(ly.scale),
+                    "translate": list(ly.translate),
+                    "units": [str(u) for u in getattr(ly, "units", ())],
+                },
             )
             for ly, path in self.targets()
         ]
