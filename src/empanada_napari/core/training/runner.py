@@ -53,7 +53,7 @@ class TrainSettings:
     # TorchScript's profiling executor re-optimises the graph for every new input shape and
     # runs the first iterations several times slower; training runs without it (measured in
     # docs/benchmarks.md). True restores TorchScript's default.
-    jit_optimize: bool = False
+    jit_optimize: bool = True
     loss: LossWeights = field(default_factory=LossWeights)
 
     def validate(self) -> TrainSettings:
