@@ -141,14 +141,15 @@ def _stopped(outcome, seconds: float, describe) -> str:
     return text
 
 
-def _finish_or_raise(module, config, name, output_dir, register, registry, outcome, seconds):
+def _finish_or_raise(module, config, name, output_dir, register, registry, outcome, seconds, total):
     if outcome.cancelled and outcome.iterations_done == 0:
         raise Cancelled("Training cancelled before the first iteration: no model was saved.")
     result = finish(module, config, name, output_dir, register, registry, outcome, seconds)
     if outcome.cancelled:
+        kept = "the best validated weights" if outcome.best_iteration else "what was learned"
         raise TrainingCancelled(
-            f"Training cancelled after {outcome.iterations_done} iterations; what was learned "
-            f"so far is saved as model '{name}'.",
+            f"Training cancelled after {outcome.iterations_done} of {total} iterations; "
+            f"{kept} so far is saved as model '{name}'.",
             result,
         )
     return result
@@ -219,7 +220,17 @@ def finetune(
             f"patches in {s / 60:.1f} min on {device}."
         ),
     ) + (f" {old}" if old else "")
-    return _finish_or_raise(module, config, name, output_dir, register, registry, outcome, seconds)
+    return _finish_or_raise(
+        module,
+        config,
+        name,
+        output_dir,
+        register,
+        registry,
+        outcome,
+        seconds,
+        settings.iterations,
+    )
 
 
 def load_encoder_weights(module: nn.Module, source: str | Path) -> dict[str, float]:
@@ -374,4 +385,14 @@ def train(
             f"iterations of batch {settings.batch_size} on {device} ({s / 60:.1f} min)."
         ),
     )
-    return _finish_or_raise(module, config, name, output_dir, register, registry, outcome, seconds)
+    return _finish_or_raise(
+        module,
+        config,
+        name,
+        output_dir,
+        register,
+        registry,
+        outcome,
+        seconds,
+        settings.iterations,
+    )
