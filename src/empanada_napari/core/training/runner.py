@@ -9,7 +9,6 @@ so far (the best weights), which :mod:`.loops` saves as a loadable model.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,13 +46,6 @@ class TrainSettings:
     keep_best: bool = True
     checkpoint_every: int = 0
     device: str = "auto"
-    # A frozen encoder's batch-norm statistics follow the new images (AdaBN): a cheap
-    # adaptation to another microscope's contrast; its weights stay frozen.
-    adapt_norms: bool = True
-    # TorchScript's profiling executor re-optimises the graph for every new input shape and
-    # runs the first iterations several times slower; training runs without it (measured in
-    # docs/benchmarks.md). True restores TorchScript's default.
-    jit_optimize: bool = True
     loss: LossWeights = field(default_factory=LossWeights)
 
     def validate(self) -> TrainSettings:
@@ -213,12 +205,11 @@ def _snapshot(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _train_mode(module, frozen: list, adapt_norms: bool) -> None:
-    """Training mode, frozen stages in eval mode (their BN statistics only move with
-    ``adapt_norms``)."""
+def _train_mode(module, frozen: list) -> None:
+    """Training mode, frozen stages in eval mode (their BN statistics stay as trained)."""
     module.train()
     for m in frozen:
-        m.train(adapt_norms)
+        m.eval()
 
 
 def run_loop(
@@ -253,55 +244,54 @@ def run_loop(
     n_val = settings.iterations // settings.val_every if validating else 0
     step_times: list[float] = []
     val_time = 0.0
-    jit_mode = (
-        contextlib.nullcontext() if settings.jit_optimize else torch.jit.optimized_execution(False)
-    )
-    _train_mode(module, frozen, settings.adapt_norms)
-    with jit_mode:
-        for it in range(1, settings.iterations + 1):
-            if is_cancelled(cancel):
-                out.cancelled = True
-                break
-            t0 = time.perf_counter()
-            images, targets = next(batches)
-            images = images.to(device, non_blocking=True)
-            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                outputs = module(images, 2, True)
-            losses = criterion(outputs, targets)
-            if not torch.isfinite(losses["total"]):
-                raise ModelError(
-                    f"The loss became {float(losses['total'])} at iteration {it}; "
-                    "lower the learning rate."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step_times.append(time.perf_counter() - t0)
-            record = {k: float(v.detach()) for k, v in losses.items()}
-            record["lr"] = float(scheduler.get_last_lr()[0])
-            record["iteration"] = it
-            out.history.append(record)
-            out.iterations_done = it
-            if validating and it % settings.val_every == 0:
-                t1 = time.perf_counter()
-                scores = validate_model(module, config, val[0], val[1], device)
-                val_time += time.perf_counter() - t1
-                _train_mode(module, frozen, settings.adapt_norms)
-                scores["iteration"] = it
-                out.validation.append(scores)
-                record.update({f"val_{k}": v for k, v in scores.items() if k != "iteration"})
-                if out.best_score is None or scores["f1@0.5"] > out.best_score:
-                    out.best_score, out.best_iteration = scores["f1@0.5"], it
-                    if settings.keep_best:
-                        best_state = _snapshot(module)
-            if checkpoint is not None and settings.checkpoint_every:
-                if it % settings.checkpoint_every == 0:
-                    save_checkpoint(module, checkpoint)
-            record["eta_s"] = _eta(step_times, settings.iterations - it, val_time, out, n_val)
-            report(progress, it, settings.iterations, record)
+    _train_mode(module, frozen)
+    # TorchScript's profiling executor is kept: without it (torch.jit.optimized_execution
+    # (False)) an iteration costs 2.4x the CPU time, and the eager module about 4x (measured,
+    # docs/benchmarks.md); its cost is a slower first and third iteration only.
+    for it in range(1, settings.iterations + 1):
+        if is_cancelled(cancel):
+            out.cancelled = True
+            break
+        t0 = time.perf_counter()
+        images, targets = next(batches)
+        images = images.to(device, non_blocking=True)
+        targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            outputs = module(images, 2, True)
+        losses = criterion(outputs, targets)
+        if not torch.isfinite(losses["total"]):
+            raise ModelError(
+                f"The loss became {float(losses['total'])} at iteration {it}; "
+                "lower the learning rate."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step_times.append(time.perf_counter() - t0)
+        record = {k: float(v.detach()) for k, v in losses.items()}
+        record["lr"] = float(scheduler.get_last_lr()[0])
+        record["iteration"] = it
+        out.history.append(record)
+        out.iterations_done = it
+        if validating and it % settings.val_every == 0:
+            t1 = time.perf_counter()
+            scores = validate_model(module, config, val[0], val[1], device)
+            val_time += time.perf_counter() - t1
+            _train_mode(module, frozen)
+            scores["iteration"] = it
+            out.validation.append(scores)
+            record.update({f"val_{k}": v for k, v in scores.items() if k != "iteration"})
+            if out.best_score is None or scores["f1@0.5"] > out.best_score:
+                out.best_score, out.best_iteration = scores["f1@0.5"], it
+                if settings.keep_best:
+                    best_state = _snapshot(module)
+        if checkpoint is not None and settings.checkpoint_every:
+            if it % settings.checkpoint_every == 0:
+                save_checkpoint(module, checkpoint)
+        record["eta_s"] = _eta(step_times, settings.iterations - it, val_time, out, n_val)
+        report(progress, it, settings.iterations, record)
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
