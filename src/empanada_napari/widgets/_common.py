@@ -291,7 +291,10 @@ class _RegistryWatcher(QObject):
             pass
 
     def relay(self, name: str) -> None:
-        self.chosen.emit(name)
+        try:
+            self.chosen.emit(name)
+        except RuntimeError:  # the picker's Qt side is gone
+            pass
 
 
 class _Selections(QObject):

@@ -20,7 +20,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._common import JobPanel, device_picker, select_model
+from ._common import JobPanel, device_picker, select_model, watch_inputs
 
 #: Height of the Run/Cancel buttons, kept during jobs (issue: buttons shrank while busy).
 BUTTON_HEIGHT = 28
@@ -45,16 +45,41 @@ def collapsible(title: str, widgets: list[Any]) -> Any:
 
 
 def dock(widget: Container, main: list[Any], advanced: list[Any], jobs: JobPanel, extra=()) -> None:
-    """Lay ``widget`` out in a scroll area: main controls, a collapsed "Advanced options"
-    section, ``extra`` Qt widgets (a plot), then the job panel with fixed-size buttons."""
-    Container.__init__(widget, widgets=[*main, jobs], scrollable=True)
+    """Lay ``widget`` out as a scroll area (napari docks ``widget.native``, so the scroll area
+    must be inside it) holding the main controls, a collapsed "Advanced options" section,
+    ``extra`` Qt widgets (a plot) and the job panel with fixed-size buttons. Changes of any
+    control are re-emitted as ``widget.changed`` (for :func:`watch_inputs`)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    Container.__init__(widget, widgets=[], labels=False)
+    inner = Container(widgets=[*main, jobs])
     widget.advanced_section = collapsible("Advanced options", advanced)
-    layout = jobs.native.parentWidget().layout()
+    layout = inner.native.layout()
     index = layout.indexOf(jobs.native)
     for offset, item in enumerate([widget.advanced_section, *extra]):
         layout.insertWidget(index + offset, item)
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner.native)
+    scroll.setMinimumWidth(inner.native.minimumSizeHint().width() + 20)
+    widget.native.layout().addWidget(scroll)
+    widget.native.layout().setContentsMargins(0, 0, 0, 0)
+    widget.controls, widget.scroll_area = inner, scroll
+    for part in (inner, widget.advanced_section._inner):
+        part.changed.connect(lambda *_: widget.changed.emit(widget))
     fix_buttons(jobs)
-    widget.native.setMinimumWidth(320)
+
+
+def watch(widget: Container, viewer) -> None:
+    """Re-check ``widget.problem()`` on every change (and on layer changes with a viewer)."""
+    if viewer is not None:
+        watch_inputs(widget, viewer)
+        return
+    widget.changed.connect(lambda *_: widget.jobs.set_problem(widget.problem()))
+    widget.jobs.set_problem(widget.problem())
 
 
 # --------------------------------------------------------------------------- live plot

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container
 
-from ._common import JobPanel, ModelPicker, notify_error, watch_inputs
-from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training
+from ._common import JobPanel, ModelPicker, notify_error
+from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training, watch
 
 if TYPE_CHECKING:
     import napari
@@ -39,11 +39,7 @@ class FinetuneWidget(Container):
         )
         self.model.changed.connect(self._default_name)
         self._default_name()
-        if napari_viewer is not None:
-            watch_inputs(self, napari_viewer)
-        else:
-            self.changed.connect(lambda *_: self.jobs.set_problem(self.problem()))
-            self.jobs.set_problem(self.problem())
+        watch(self, napari_viewer)
 
     def _default_name(self, *_: Any) -> None:
         name = self.run_controls.name

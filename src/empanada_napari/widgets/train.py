@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, LineEdit
 
-from ._common import JobPanel, notify_error, watch_inputs
-from ._training import LivePlot, RunControls, dock, run_training
+from ._common import JobPanel, notify_error
+from ._training import LivePlot, RunControls, dock, run_training, watch
 
 if TYPE_CHECKING:
     import napari
@@ -70,11 +70,7 @@ class TrainWidget(Container):
             extra=[self.plot.canvas, self.plot.eta.native],
         )
         self.architecture.changed.connect(lambda *_: self.encoder.reset_choices())
-        if napari_viewer is not None:
-            watch_inputs(self, napari_viewer)
-        else:
-            self.changed.connect(lambda *_: self.jobs.set_problem(self.problem()))
-            self.jobs.set_problem(self.problem())
+        watch(self, napari_viewer)
 
     def _encoders(self, _widget: Any = None) -> list[str]:
         from ..core.models.architectures import list_encoders

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,27 +90,28 @@ def _as_dataset(dataset, val: Val | None, settings: TrainSettings, patch_size: i
     return dataset, val
 
 
-def _run(
-    module,
-    dataset,
-    settings,
-    device,
-    config,
-    name,
-    output_dir,
-    register,
-    registry,
-    val,
-    progress,
-    cancel,
-) -> tuple[Any, float]:
-    """Shared by finetune and train: FINETUNE block, freezing, the loop, its duration."""
+@dataclass
+class _Job:
+    """Where a run's result goes and how the caller follows it."""
+
+    name: str
+    output_dir: str | Path | None
+    register: bool
+    registry: Any
+    val: Val | None
+    progress: Progress | None
+    cancel: Any
+
+
+def _train_and_save(module, dataset, settings, device, config, job: _Job, describe):
+    """Shared by finetune and train: FINETUNE block, freezing, the loop, the description
+    (``describe(iterations, seconds)``), then save + register, or raise on cancel."""
     config["FINETUNE"] = finetune_block(config, settings.loss)
     frozen = set_trainable(module, settings.freeze_encoder, settings.unfreeze)
     # A TorchScript module checkpoints as TorchScript (.pth), an eager one as a state dict.
     ext = "pth" if isinstance(module, torch.jit.ScriptModule) else "pt"
-    checkpoint = Path(output_dir) / f"{name}.checkpoint.{ext}" if output_dir else None
-    if val is not None and settings.val_every == 0:
+    checkpoint = Path(job.output_dir) / f"{job.name}.checkpoint.{ext}" if job.output_dir else None
+    if job.val is not None and settings.val_every == 0:
         settings = replace(settings, val_every=max(10, settings.iterations // 10))
     start = time.perf_counter()
     outcome = run_loop(
@@ -119,17 +120,15 @@ def _run(
         settings,
         device,
         config,
-        val=val,
-        progress=progress,
-        cancel=cancel,
+        val=job.val,
+        progress=job.progress,
+        cancel=job.cancel,
         checkpoint=checkpoint,
         frozen=frozen,
     )
-    return outcome, time.perf_counter() - start
-
-
-def _stopped(outcome, seconds: float, describe) -> str:
-    """The description line of a run (and its cancel note)."""
+    seconds = time.perf_counter() - start
+    if outcome.cancelled and outcome.iterations_done == 0:
+        raise Cancelled("Training cancelled before the first iteration: no model was saved.")
     text = describe(outcome.iterations_done, seconds)
     if outcome.cancelled:
         text += f" Cancelled after {outcome.iterations_done} iterations."
@@ -138,18 +137,15 @@ def _stopped(outcome, seconds: float, describe) -> str:
             f" Best validation F1@0.5 {outcome.best_score:.3f} at iteration "
             f"{outcome.best_iteration}."
         )
-    return text
-
-
-def _finish_or_raise(module, config, name, output_dir, register, registry, outcome, seconds, total):
-    if outcome.cancelled and outcome.iterations_done == 0:
-        raise Cancelled("Training cancelled before the first iteration: no model was saved.")
-    result = finish(module, config, name, output_dir, register, registry, outcome, seconds)
+    config["description"] = text
+    result = finish(
+        module, config, job.name, job.output_dir, job.register, job.registry, outcome, seconds
+    )
     if outcome.cancelled:
         kept = "the best validated weights" if outcome.best_iteration else "what was learned"
         raise TrainingCancelled(
-            f"Training cancelled after {outcome.iterations_done} of {total} iterations; "
-            f"{kept} so far is saved as model '{name}'.",
+            f"Training cancelled after {outcome.iterations_done} of {settings.iterations} "
+            f"iterations; {kept} so far is saved as model '{job.name}'.",
             result,
         )
     return result
@@ -196,40 +192,23 @@ def finetune(
             base, path, config = _resolve(model, registry, False)
         module = _jit_load(Path(path), device)
     config = complete_config(config, module)
-    outcome, seconds = _run(
+    job = _Job(name, output_dir, register, registry, val, progress, cancel)
+    n = len(getattr(dataset, "records", dataset))
+    old = str(config.get("description", "")).strip()
+    return _train_and_save(
         module,
         dataset,
         settings,
         device,
         config,
-        name,
-        output_dir,
-        register,
-        registry,
-        val,
-        progress,
-        cancel,
-    )
-    n = len(getattr(dataset, "records", dataset))
-    old = str(config.get("description", "")).strip()
-    config["description"] = _stopped(
-        outcome,
-        seconds,
+        job,
         lambda its, s: (
-            f"{base} finetuned for {its} iterations (batch {settings.batch_size}) on {n} "
-            f"patches in {s / 60:.1f} min on {device}."
+            (
+                f"{base} finetuned for {its} iterations (batch {settings.batch_size}) on {n} "
+                f"patches in {s / 60:.1f} min on {device}."
+            )
+            + (f" {old}" if old else "")
         ),
-    ) + (f" {old}" if old else "")
-    return _finish_or_raise(
-        module,
-        config,
-        name,
-        output_dir,
-        register,
-        registry,
-        outcome,
-        seconds,
-        settings.iterations,
     )
 
 
@@ -361,38 +340,19 @@ def train(
     config["encoder"] = encoder
     if arch_kwargs:
         config["architecture_params"] = dict(arch_kwargs)
-    outcome, seconds = _run(
+    job = _Job(name, output_dir, register, registry, val, progress, cancel)
+    params = sum(p.numel() for p in module.parameters())
+    return _train_and_save(
         module,
         dataset,
         settings,
         device,
         config,
-        name,
-        output_dir,
-        register,
-        registry,
-        val,
-        progress,
-        cancel,
-    )
-    params = sum(p.numel() for p in module.parameters())
-    config["description"] = (description.strip() + " " if description else "") + _stopped(
-        outcome,
-        seconds,
+        job,
         lambda its, s: (
-            f"{architecture} ({encoder} encoder, {params / 1e6:.1f} M parameters) trained "
+            (description.strip() + " " if description else "")
+            + f"{architecture} ({encoder} encoder, {params / 1e6:.1f} M parameters) trained "
             f"from {'scratch' if pretrained is None else 'CEM1.5M encoder weights'} for {its} "
             f"iterations of batch {settings.batch_size} on {device} ({s / 60:.1f} min)."
         ),
-    )
-    return _finish_or_raise(
-        module,
-        config,
-        name,
-        output_dir,
-        register,
-        registry,
-        outcome,
-        seconds,
-        settings.iterations,
     )

@@ -117,12 +117,6 @@ def _box(centre: tuple[float, float], size: tuple[int, int], shape: tuple[int, i
     )
 
 
-def _plane_range(z: int, depth: int, n: int) -> tuple[int, int]:
-    """Planes [z0, z0 + depth) around ``z``, shifted to fit in 0..n."""
-    z0 = min(max(0, z - depth // 2), n - depth)
-    return z0, z0 + depth
-
-
 def _relabel(labels: np.ndarray) -> np.ndarray:
     """Instance ids 1..K (int32) in order of appearance, 0 kept as background."""
     from skimage.segmentation import relabel_sequential
@@ -218,6 +212,39 @@ def _tiles(shape: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int
 
 
 @dataclass
+class _Source:
+    """The image being cut and the geometry shared by every patch of one call."""
+
+    image: Any
+    axis: int
+    size: tuple[int, int]  # patch (height, width) in the plane
+    depth: int
+    value_range: tuple[float, float]
+    name: str
+
+    @property
+    def ndim(self) -> int:
+        return self.image.ndim
+
+    @property
+    def n_planes(self) -> int:
+        return self.image.shape[self.axis] if self.ndim == 3 else 1
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        a, b = _plane_axes(self.ndim, self.axis)
+        return self.image.shape[a], self.image.shape[b]
+
+    @property
+    def centres(self) -> tuple[int, int]:
+        """First and last plane a flipbook can be centred on."""
+        return self.depth // 2, self.n_planes - self.depth + self.depth // 2
+
+    def read(self, planes: slice | int, ys: slice, xs: slice) -> np.ndarray:
+        return _read(self.image, self.ndim, self.axis, planes, ys, xs)
+
+
+@dataclass
 class _Plan:
     """One chosen patch before reading: plane along the axis, top-left corner, doubt."""
 
@@ -229,22 +256,22 @@ class _Plan:
     labels: np.ndarray | None = None  # prediction already made while scoring
 
 
-def _random_plans(n_planes, plane_shape, size, n, depth, rng) -> list[_Plan]:
-    lo, hi = depth // 2, n_planes - depth + depth // 2  # planes whose flipbook fits
+def _random_plans(src: _Source, n: int, rng) -> list[_Plan]:
+    (lo, hi), (h, w), (ph, pw) = src.centres, src.plane_shape, src.size
     plans: list[_Plan] = []
     for _ in range(200 * n):
         if len(plans) == n:
             break
         z = int(rng.integers(lo, hi + 1))
-        y0 = int(rng.integers(0, plane_shape[0] - size[0] + 1))
-        x0 = int(rng.integers(0, plane_shape[1] - size[1] + 1))
-        if any(p.z == z and abs(p.y0 - y0) < size[0] and abs(p.x0 - x0) < size[1] for p in plans):
+        y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        if any(p.z == z and abs(p.y0 - y0) < ph and abs(p.x0 - x0) < pw for p in plans):
             continue  # overlapping patches of one plane would be corrected twice
         plans.append(_Plan(z, y0, x0))
     return plans
 
 
-def _point_plans(points, ndim, axis, plane_shape, size, n_planes) -> list[_Plan]:
+def _point_plans(src: _Source, points) -> list[_Plan]:
+    ndim, axis = src.ndim, src.axis
     pts = np.asarray(points, dtype=float)
     if pts.ndim != 2 or pts.shape[1] != ndim or len(pts) == 0:
         raise InputError(
@@ -252,49 +279,39 @@ def _point_plans(points, ndim, axis, plane_shape, size, n_planes) -> list[_Plan]
             f"(got shape {pts.shape}): add points to a Points layer first."
         )
     a, b = _plane_axes(ndim, axis)
+    h, w = src.plane_shape
+    lo, hi = src.centres
     plans = []
     for p in pts:
-        if ndim == 3 and not 0 <= round(p[axis]) < n_planes:
+        inside = 0 <= p[a] < h + 0.5 and 0 <= p[b] < w + 0.5
+        if not inside or (ndim == 3 and not 0 <= round(p[axis]) < src.n_planes):
             raise InputError(f"Point {tuple(np.round(p, 1))} lies outside the image.")
-        if not (0 <= p[a] < plane_shape[0] + 0.5 and 0 <= p[b] < plane_shape[1] + 0.5):
-            raise InputError(f"Point {tuple(np.round(p, 1))} lies outside the image.")
-        z = int(round(p[axis])) if ndim == 3 else 0
-        y0, x0 = _box((p[a], p[b]), size, plane_shape)
+        # A flipbook near the first or last plane is shifted inward; its middle plane (the
+        # one annotated) moves with it.
+        z = min(max(int(round(p[axis])), lo), hi) if ndim == 3 else 0
+        y0, x0 = _box((p[a], p[b]), src.size, src.plane_shape)
         plans.append(_Plan(z, y0, x0))
     return plans
 
 
-def _candidate_planes(n_planes: int, depth: int, max_planes: int) -> list[int]:
-    lo, hi = depth // 2, n_planes - depth + depth // 2
-    count = hi - lo + 1
-    if count <= max_planes:
+def _candidate_planes(src: _Source, max_planes: int) -> list[int]:
+    if src.ndim == 2:
+        return [0]
+    lo, hi = src.centres
+    if hi - lo + 1 <= max_planes:
         return list(range(lo, hi + 1))
     return sorted({int(round(v)) for v in np.linspace(lo, hi, max_planes)})
 
 
-def _uncertain_plans(
-    image,
-    ndim,
-    axis,
-    plane_shape,
-    size,
-    n,
-    depth,
-    engine,
-    value_range,
-    max_planes,
-    progress,
-    cancel,
-) -> list[_Plan]:
-    n_planes = image.shape[axis] if ndim == 3 else 1
-    chosen = _candidate_planes(n_planes, depth, max_planes) if ndim == 3 else [0]
+def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, cancel):
+    chosen = _candidate_planes(src, max_planes)
     # Neighbouring planes are predicted too, for the linking test.
-    needed = sorted({z + d for z in chosen for d in (-1, 0, 1) if 0 <= z + d < n_planes})
-    full = (slice(None), slice(None))
+    needed = sorted({z + d for z in chosen for d in (-1, 0, 1) if 0 <= z + d < src.n_planes})
     preds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for i, z in enumerate(needed):
         check_cancelled(cancel, f"Cancelled after scoring {i} of {len(needed)} planes.")
-        preds[z] = _predict(engine, _read(image, ndim, axis, z, *full), value_range)
+        plane = src.read(z, slice(None), slice(None))
+        preds[z] = _predict(engine, plane, src.value_range)
         report(progress, i + 1, len(needed) + 1, {"phase": "scoring planes"})
     plans = []
     thr = engine.settings.confidence_thr
@@ -302,8 +319,8 @@ def _uncertain_plans(
         labels, prob, ctr = preds[z]
         neighbours = [preds[k][0] for k in (z - 1, z + 1) if k in preds]
         maps = doubt_maps(labels, prob, ctr, confidence_thr=thr, neighbours=neighbours)
-        for y0, x0 in _tiles(plane_shape, size):
-            box = (slice(y0, y0 + size[0]), slice(x0, x0 + size[1]))
+        for y0, x0 in _tiles(src.plane_shape, src.size):
+            box = (slice(y0, y0 + src.size[0]), slice(x0, x0 + src.size[1]))
             parts = {k: float(m[box].mean()) for k, m in maps.items()}
             plans.append(_Plan(z, y0, x0, sum(parts.values()), parts, labels[box]))
     plans.sort(key=lambda p: -p.score)
@@ -364,16 +381,12 @@ def pick_patches(
         raise InputError(f"patch_size must be an integer >= 16, got {patch_size}.")
     if strategy != "points" and (int(n) != n or n < 1):
         raise InputError(f"The number of patches must be >= 1, got {n}.")
-    ndim = image.ndim
-    if ndim == 2:
+    if image.ndim == 2:
         axis, depth = 0, 1
     if axis not in (0, 1, 2):
         raise InputError(f"axis must be 0, 1 or 2, got {axis}.")
     if int(depth) != depth or depth < 1 or depth % 2 == 0:
         raise InputError(f"Flipbook depth must be an odd number >= 1, got {depth}.")
-    n_planes = image.shape[axis] if ndim == 3 else 1
-    if depth > n_planes:
-        raise InputError(f"Flipbooks of {depth} planes need an image with at least {depth}.")
     if labels is not None and tuple(labels.shape) != tuple(image.shape):
         raise InputError(
             f"The labels ({tuple(labels.shape)}) and the image ({tuple(image.shape)}) differ "
@@ -381,73 +394,51 @@ def pick_patches(
         )
     if prefill == "labels" and labels is None:
         raise InputError("prefill='labels' needs a labels array.")
-    a, b = _plane_axes(ndim, axis)
-    plane_shape = (image.shape[a], image.shape[b])
-    size = (min(int(patch_size), plane_shape[0]), min(int(patch_size), plane_shape[1]))
-    value_range = intensity_range(image)
+    src = _Source(image, axis, (0, 0), int(depth), intensity_range(image), source)
+    if src.depth > src.n_planes:
+        raise InputError(f"Flipbooks of {depth} planes need an image with at least {depth}.")
+    src.size = tuple(min(int(patch_size), s) for s in src.plane_shape)
     engine = None
     if strategy == "uncertain" or prefill == "model":
         engine = _engine(model, device, engine_params)
 
     if strategy == "random":
-        plans = _random_plans(
-            n_planes, plane_shape, size, int(n), depth, np.random.default_rng(seed)
-        )
+        plans = _random_plans(src, int(n), np.random.default_rng(seed))
     elif strategy == "points":
         if points is None:
             raise InputError("strategy='points' needs points (a Points layer).")
-        plans = _point_plans(points, ndim, axis, plane_shape, size, n_planes)
+        plans = _point_plans(src, points)
     else:
-        plans = _uncertain_plans(
-            image,
-            ndim,
-            axis,
-            plane_shape,
-            size,
-            int(n),
-            depth,
-            engine,
-            value_range,
-            max_planes,
-            progress,
-            cancel,
-        )
+        plans = _uncertain_plans(src, int(n), engine, max_planes, progress, cancel)
 
     patches = []
-    total = len(plans)
     for i, plan in enumerate(plans):
-        check_cancelled(cancel, f"Cancelled after {i} of {total} patches.")
-        patches.append(
-            _make_patch(
-                image, ndim, axis, plan, size, depth, prefill, labels, engine, value_range, source
-            )
-        )
-        report(progress, i + 1, total, {"phase": "cutting patches"})
+        check_cancelled(cancel, f"Cancelled after {i} of {len(plans)} patches.")
+        patches.append(_make_patch(src, plan, prefill, labels, engine))
+        report(progress, i + 1, len(plans), {"phase": "cutting patches"})
     return patches
 
 
-def _make_patch(image, ndim, axis, plan, size, depth, prefill, labels, engine, value_range, source):
-    ys, xs = slice(plan.y0, plan.y0 + size[0]), slice(plan.x0, plan.x0 + size[1])
-    n_planes = image.shape[axis] if ndim == 3 else 1
-    if ndim == 3:
-        z0, z1 = _plane_range(plan.z, depth, n_planes)
-        data = _read(image, ndim, axis, slice(z0, z1), ys, xs)
-        data = data[0] if depth == 1 else data
-    else:
-        z0 = z1 = 0
-        data = np.asarray(image[ys, xs])
-    mask = _prefill(image, ndim, axis, plan, size, prefill, labels, engine, value_range)
-    start, stop = [0] * ndim, [0] * ndim
-    a, b = _plane_axes(ndim, axis)
+def _make_patch(src: _Source, plan: _Plan, prefill: str, labels, engine) -> Patch:
+    ys = slice(plan.y0, plan.y0 + src.size[0])
+    xs = slice(plan.x0, plan.x0 + src.size[1])
+    start, stop = [0] * src.ndim, [0] * src.ndim
+    a, b = _plane_axes(src.ndim, src.axis)
     start[a], stop[a] = ys.start, ys.stop
     start[b], stop[b] = xs.start, xs.stop
-    if ndim == 3:
-        start[axis], stop[axis] = z0, z1
+    if src.ndim == 3:
+        z0 = plan.z - src.depth // 2  # plans are centred so that the flipbook fits
+        start[src.axis], stop[src.axis] = z0, z0 + src.depth
+        data = src.read(slice(z0, z0 + src.depth), ys, xs)
+        data = data[0] if src.depth == 1 else data
+    else:
+        data = np.asarray(src.image[ys, xs])
+    mask = _prefill(src, plan, ys, xs, prefill, labels, engine)
     return Patch(
         np.ascontiguousarray(data),
         mask,
-        source,
-        axis,
+        src.name,
+        src.axis,
         tuple(start),
         tuple(stop),
         plan.score,
@@ -455,24 +446,21 @@ def _make_patch(image, ndim, axis, plan, size, depth, prefill, labels, engine, v
     )
 
 
-def _prefill(image, ndim, axis, plan, size, prefill, labels, engine, value_range) -> np.ndarray:
-    ys, xs = slice(plan.y0, plan.y0 + size[0]), slice(plan.x0, plan.x0 + size[1])
+def _prefill(src: _Source, plan: _Plan, ys, xs, prefill, labels, engine) -> np.ndarray:
     if prefill == "none":
-        return np.zeros(size, dtype=np.int32)
+        return np.zeros(src.size, dtype=np.int32)
     if prefill == "labels":
-        plane = np.asarray(labels[_index(ndim, axis, plan.z, ys, xs)])
-        return _relabel(plane)
+        return _relabel(np.asarray(labels[_index(src.ndim, src.axis, plan.z, ys, xs)]))
     if plan.labels is not None:
         return _relabel(plan.labels)
     # The model sees some context around the patch, then the patch is cut out.
-    a, b = _plane_axes(ndim, axis)
-    h, w = image.shape[a], image.shape[b]
+    (h, w), (ph, pw) = src.plane_shape, src.size
     cy0, cx0 = max(0, plan.y0 - CONTEXT), max(0, plan.x0 - CONTEXT)
-    cy1, cx1 = min(h, plan.y0 + size[0] + CONTEXT), min(w, plan.x0 + size[1] + CONTEXT)
-    region = np.asarray(image[_index(ndim, axis, plan.z, slice(cy0, cy1), slice(cx0, cx1))])
-    pred = engine.segment(region, value_range=value_range)
+    cy1, cx1 = min(h, plan.y0 + ph + CONTEXT), min(w, plan.x0 + pw + CONTEXT)
+    region = src.read(plan.z, slice(cy0, cy1), slice(cx0, cx1))
+    pred = engine.segment(region, value_range=src.value_range)
     dy, dx = plan.y0 - cy0, plan.x0 - cx0
-    return _relabel(pred[dy : dy + size[0], dx : dx + size[1]])
+    return _relabel(pred[dy : dy + ph, dx : dx + pw])
 
 
 def stack_patches(patches: Sequence[Patch]) -> tuple[np.ndarray, np.ndarray]:
