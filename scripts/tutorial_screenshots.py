@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pick = viewer.window.add_plugin_dock_widget(PLUGIN, "Pick Training Patches")[1]
     pick.image.value = image
-    pick.count.value = args.patches
+    pick.number.value = args.patches
     pick.patch_size.value = args.patch_size
     pick.run()
     wait(pick)

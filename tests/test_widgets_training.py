@@ -35,7 +35,7 @@ def raw():
 
 def _pick(qtbot, widget, strategy, count=2):
     widget.strategy.value = strategy
-    widget.count.value = count
+    widget.number.value = count
     widget.patch_size.value = 64
     assert widget.jobs.run_button.enabled, widget.jobs.status.value
     widget.jobs.run_button.clicked()
@@ -75,7 +75,7 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     labels.data = edited
 
     save = open_widget(viewer, "Save Training Patches")
-    assert save.patches.value is patches and save.labels.value is labels
+    assert save.patches.value is patches and save.labels_layer.value is labels
     save.folder.value = tmp_path / "dataset"
     save.keep_empty.value = True
     for expected in (2, 4):  # a second save appends

@@ -55,10 +55,10 @@ class PickPatchesWidget(Container):
             "not continue into the next slice) come first, so your corrections count most"
         )
         self.points = LayerPicker(napari_viewer, ("points",), label="points", visible=False)
-        self.count = SpinBox(value=16, min=1, max=1000, label="patches")
+        self.number = SpinBox(value=16, min=1, max=1000, label="patches")
         self.patch_size = SpinBox(value=256, min=32, max=2048, step=32, label="patch size")
         self.prefill = ComboBox(choices=list(PREFILLS), label="prefill labels with")
-        self.labels = LayerPicker(napari_viewer, ("labels",), label="labels", visible=False)
+        self.labels_layer = LayerPicker(napari_viewer, ("labels",), label="labels", visible=False)
         self.model = ModelPicker()
         self.device = device_picker()
         self.depth = SpinBox(value=1, min=1, max=15, step=2, label="flipbook slices")
@@ -76,10 +76,10 @@ class PickPatchesWidget(Container):
                 self.image,
                 self.strategy,
                 self.points,
-                self.count,
+                self.number,
                 self.patch_size,
                 self.prefill,
-                self.labels,
+                self.labels_layer,
                 self.model,
             ],
             [self.device, self.depth, self.axis, self.seed, self.max_planes, self.confidence],
@@ -92,8 +92,8 @@ class PickPatchesWidget(Container):
 
     def _visibility(self, *_: Any) -> None:
         self.points.visible = STRATEGIES[self.strategy.value] == "points"
-        self.count.visible = not self.points.visible
-        self.labels.visible = PREFILLS[self.prefill.value] == "labels"
+        self.number.visible = not self.points.visible
+        self.labels_layer.visible = PREFILLS[self.prefill.value] == "labels"
 
     def problem(self) -> str | None:
         """Why picking cannot run now, or None (reads no pixels)."""
@@ -110,7 +110,7 @@ class PickPatchesWidget(Container):
                 return f"Points layer '{pts.name}' has no points: click where patches go."
         prefill = PREFILLS[self.prefill.value]
         if prefill == "labels":
-            labels = self.labels.value
+            labels = self.labels_layer.value
             if labels is None:
                 return "Choose the Labels layer to prefill from."
             if tuple(labels.data.shape) != tuple(layer_array(layer).shape):
@@ -143,14 +143,14 @@ class PickPatchesWidget(Container):
         strategy = STRATEGIES[self.strategy.value]
         prefill = PREFILLS[self.prefill.value]
         kwargs = {
-            "n": int(self.count.value),
+            "n": int(self.number.value),
             "patch_size": int(self.patch_size.value),
             "strategy": strategy,
             "points": self._points(layer) if strategy == "points" else None,
             "depth": int(self.depth.value),
             "axis": AXES[self.axis.value],
             "prefill": prefill,
-            "labels": layer_array(self.labels.value) if prefill == "labels" else None,
+            "labels": layer_array(self.labels_layer.value) if prefill == "labels" else None,
             "model": self.model.value,
             "device": self.device.value,
             "engine_params": {"confidence_thr": float(self.confidence.value)},
@@ -168,7 +168,7 @@ class PickPatchesWidget(Container):
         by = (
             self.model.value
             if prefill == "model"
-            else (self.labels.value.name if prefill == "labels" else "")
+            else (self.labels_layer.value.name if prefill == "labels" else "")
         )
         self.jobs.start(
             work,

@@ -23,7 +23,7 @@ class SavePatchesWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.patches = LayerPicker(napari_viewer, ("image",), label="patches")
-        self.labels = LayerPicker(napari_viewer, ("labels",), label="corrected labels")
+        self.labels_layer = LayerPicker(napari_viewer, ("labels",), label="corrected labels")
         self.folder = FileEdit(mode="d", label="dataset folder")
         self.folder.tooltip = "an empty folder or an existing dataset: new patches are added"
         self.source = LineEdit(value="", label="group name")
@@ -33,7 +33,7 @@ class SavePatchesWidget(Container):
         self.jobs = JobPanel("Save patches", self.run)
         dock(
             self,
-            [self.patches, self.labels, self.folder],
+            [self.patches, self.labels_layer, self.folder],
             [self.source, self.keep_empty],
             self.jobs,
         )
@@ -43,14 +43,14 @@ class SavePatchesWidget(Container):
 
     def _prefer_patch_layers(self, *_: Any) -> None:
         """Choose the newest layers made by Pick Training Patches."""
-        for picker in (self.patches, self.labels):
+        for picker in (self.patches, self.labels_layer):
             made = [c for c in picker.choices if c is not None and META in c.metadata]
             if made:
                 picker.value = made[-1]
 
     def problem(self) -> str | None:
         """Why saving cannot run now, or None."""
-        patches, labels = self.patches.value, self.labels.value
+        patches, labels = self.patches.value, self.labels_layer.value
         if patches is None:
             return "Pick patches first ('Pick Training Patches'), or choose an image layer."
         if labels is None:
@@ -75,7 +75,7 @@ class SavePatchesWidget(Container):
         if problem:
             notify_error(problem)
             return
-        patches, labels = self.patches.value, self.labels.value
+        patches, labels = self.patches.value, self.labels_layer.value
         meta = patches.metadata.get(META, {})
         depth = int(meta.get("depth", 1)) if patches.data.ndim == 4 else 1
         images = [np.asarray(patches.data[i]) for i in range(patches.data.shape[0])]
