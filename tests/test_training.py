@@ -150,14 +150,17 @@ def test_unfreeze_trains_only_the_chosen_stage(small_model_file, fixed_dataset):
     assert changed == {"layer4"}
 
 
-def test_cancel_stops_and_keeps_a_checkpoint(small_model_file, fixed_dataset, tmp_path):
+def test_cancel_stops_and_leaves_a_loadable_model(small_model_file, fixed_dataset, tmp_path):
+    from empanada_napari.core.models.loading import load_model
+    from empanada_napari.core.training import TrainingCancelled
+
     cancel = threading.Event()
 
     def progress(it, total, record):
         if it == 2:
             cancel.set()
 
-    with pytest.raises(Cancelled, match="after 2 of 50"):
+    with pytest.raises(Cancelled, match="after 2 of 50") as stop:
         finetune(
             small_model_file,
             fixed_dataset,
@@ -169,8 +172,83 @@ def test_cancel_stops_and_keeps_a_checkpoint(small_model_file, fixed_dataset, tm
             cancel=cancel,
             device="cpu",
         )
-    assert torch.jit.load(str(tmp_path / "c.checkpoint.pth")) is not None
-    assert not (tmp_path / "c.pth").exists()
+    assert isinstance(stop.value, TrainingCancelled)
+    result = stop.value.result
+    assert result.cancelled and result.iterations == 2 and len(result.history) == 2
+    assert result.model_path == tmp_path / "c.pth"
+    loaded = load_model("c", "cpu")  # registered, and it loads
+    with torch.inference_mode():
+        out = loaded.module(torch.zeros(1, 1, 64, 64), 2, True)
+    assert out["sem_logits"].shape[-2:] == (64, 64)
+    assert "Cancelled after 2 iterations" in result.config["description"]
+
+
+def test_cancel_before_any_iteration_saves_nothing(small_model_file, fixed_dataset, tmp_path):
+    with pytest.raises(Cancelled, match="no model was saved"):
+        finetune(
+            small_model_file,
+            fixed_dataset,
+            name="none",
+            output_dir=tmp_path,
+            iterations=5,
+            cancel=lambda: True,
+            device="cpu",
+        )
+    assert not (tmp_path / "none.pth").exists()
+
+
+def test_validation_keeps_the_best_weights(small_model_file, fixed_dataset, crop):
+    raw, inst = crop
+    seen = []
+    result = finetune(
+        small_model_file,
+        fixed_dataset,
+        name="best",
+        val=([raw[5][:96, :96]], [inst[5][:96, :96]]),
+        val_every=2,
+        iterations=6,
+        batch_size=2,
+        register=False,
+        device="cpu",
+        progress=lambda it, total, info: seen.append(dict(info)),
+    )
+    assert [v["iteration"] for v in result.validation] == [2, 4, 6]
+    assert "val_f1@0.5" in seen[1] and "val_f1@0.5" not in seen[0]
+    assert all(s["eta_s"] >= 0 for s in seen) and seen[-1]["eta_s"] == 0
+    f1 = [v["f1@0.5"] for v in result.validation]
+    assert result.best_iteration == result.validation[int(np.argmax(f1))]["iteration"]
+
+
+def test_train_several_classes(crop):
+    raw, inst = crop
+    # Class 1 (instances): the mitochondria; class 2 (semantic): a band of the image.
+    masks = []
+    for m in inst[:2]:
+        multi = np.where(m > 0, 1000 + m, 0).astype(np.int32)
+        multi[:40][multi[:40] == 0] = 2000
+        masks.append(multi)
+    from empanada_napari.core.training.store import _ClassTargets
+
+    base = PatchDataset(list(raw[:2]), masks, patch_size=64, augment=False, samples_per_epoch=2)
+    data = _ClassTargets(base, things=[1])
+    _, sample = data[0]
+    assert set(np.unique(sample["sem"].numpy())) <= {0.0, 1.0, 2.0}
+    result = train(
+        "panoptic_lite",
+        data,
+        name="two",
+        arch_kwargs=SMALL,
+        classes={"mito": "instance", "band": "semantic"},
+        iterations=2,
+        batch_size=2,
+        register=False,
+        device="cpu",
+    )
+    assert result.config["class_names"] == {1: "mito", 2: "band"}
+    assert result.config["thing_list"] == [1] and result.config["labels"] == [1, 2]
+    with torch.inference_mode():
+        out = result.module(torch.zeros(1, 1, 64, 64), 2, True)
+    assert out["sem_logits"].shape[1] == 3  # background + two classes
 
 
 @pytest.mark.parametrize(

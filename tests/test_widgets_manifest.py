@@ -17,8 +17,22 @@ WIDGETS = {
     "3D Inference",
     "Model Manager",
     "Export Segmentations",
+    "Pick Training Patches",
+    "Save Training Patches",
+    "Finetune Model",
+    "Train Model",
 }
-WIDGET_MODULES = ["inference_2d", "inference_3d", "model_manager", "export", "_io"]
+WIDGET_MODULES = [
+    "inference_2d",
+    "inference_3d",
+    "model_manager",
+    "export",
+    "_io",
+    "pick_patches",
+    "save_patches",
+    "finetune",
+    "train",
+]
 
 
 def manifest() -> dict:

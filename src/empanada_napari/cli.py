@@ -1,4 +1,5 @@
-"""Command-line interface: ``empanada-napari segment | models | evaluate``.
+"""Command-line interface: ``empanada-napari segment | models | evaluate | finetune | train |
+patches``.
 
 Every command runs headless over :mod:`empanada_napari.core`. Errors the user can fix are
 printed as one line (exit status 2); progress bars go to stderr; results (JSON) to stdout.
@@ -178,6 +179,12 @@ def _add_training_args(p) -> None:
     p.add_argument("--name", required=True, help="register the trained model under this name")
     p.add_argument("--output", help="folder for the .pth + .yaml (default: a temporary folder)")
     p.add_argument("--val-data", help="dataset folder scored every --val-every iterations")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="without --val-data: hold out this fraction of the patches for validation",
+    )
     p.add_argument("--val-every", type=int, default=0)
     p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
@@ -237,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_finetune(sub)
     _add_train(sub)
+    from .cli_patches import add_patches
+
+    add_patches(sub)
     return parser
 
 
@@ -415,16 +425,19 @@ def _models(args) -> int:
 
 
 def _training_inputs(args):
-    from .core.training import PatchDataset, find_pairs
+    """The dataset, checked in words first (no masks, unpaired names, float masks...)."""
+    from .core.training import load_training_data
 
-    dataset = PatchDataset(args.data, patch_size=args.patch_size, seed=args.seed)
-    val = None
-    if args.val_data:
-        import tifffile
-
-        pairs = find_pairs(args.val_data)
-        val = ([tifffile.imread(i) for i, _ in pairs], [tifffile.imread(m) for _, m in pairs])
-    return dataset, val
+    data = load_training_data(
+        args.data,
+        val_folders=args.val_data,
+        val_fraction=args.val_fraction,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    print(data.describe(), file=sys.stderr)
+    return data.dataset, data.val
 
 
 def _train_progress(total: int, disable: bool):
@@ -539,6 +552,12 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _patches(args) -> int:
+    from .cli_patches import run_patches
+
+    return run_patches(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``empanada-napari`` console script."""
     parser = build_parser()
@@ -551,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _evaluate,
         "finetune": _finetune,
         "train": _train,
+        "patches": _patches,
     }
     try:
         return handlers[args.command](args)

@@ -99,6 +99,8 @@ class JobPanel(Container):
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
         self._cancel_event: threading.Event | None = None
+        self._infos: list[Any] = []
+        self._on_info: Callable[[Any], None] | None = None
         self.worker = None
         self._problem: str | None = None
         self._showing_problem = False
@@ -137,9 +139,17 @@ class JobPanel(Container):
         if latest is None:
             return
         done, total = latest
+        self._drain_info()
         self.progress.max = max(1, int(total))
         self.progress.value = min(int(done), self.progress.max)
         self.progress.label = f"{done}/{total}"
+
+    def _drain_info(self) -> None:
+        """Hand the ``info`` mappings the worker reported to ``on_info`` (GUI thread)."""
+        infos, self._infos = self._infos, []
+        if self._on_info is not None:
+            for info in infos:
+                self._on_info(info)
 
     def start(
         self,
@@ -147,14 +157,21 @@ class JobPanel(Container):
         on_done: Callable[[Any], str | None],
         *,
         description: str = "Running",
+        on_info: Callable[[Any], None] | None = None,
     ) -> None:
-        """Run ``job`` in a thread worker (see the class docstring)."""
+        """Run ``job`` in a thread worker (see the class docstring). Every ``info`` mapping
+        the job reports (``progress(done, total, info)``) reaches ``on_info`` in the GUI
+        thread, in order (e.g. a training iteration's losses for a live plot)."""
         from napari.qt.threading import create_worker
 
         cancel = threading.Event()
+        self._infos: list[Any] = []
+        self._on_info = on_info
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, info: Any = None) -> None:
             self._latest = (int(done), int(total))  # one tuple swap: atomic under the GIL
+            if info is not None and on_info is not None:
+                self._infos.append(dict(info))  # list.append is atomic under the GIL
 
         def work():
             try:
@@ -194,6 +211,7 @@ class JobPanel(Container):
         def finished() -> None:
             self._timer.stop()
             self._show_progress()
+            self._drain_info()
             self.worker = None
             self._cancel_event = None
             self.cancel_button.enabled = False
@@ -310,12 +328,41 @@ class _RegistryWatcher(QObject):
     """Registry listener that hops to the GUI thread: registrations may run in a worker."""
 
     changed = Signal()
+    chosen = Signal(str)
 
     def notify(self) -> None:
         try:
             self.changed.emit()
         except RuntimeError:  # the Qt object is gone; the registry drops dead listeners
             pass
+
+    def relay(self, name: str) -> None:
+        try:
+            self.chosen.emit(name)
+        except RuntimeError:  # the picker's Qt side is gone
+            pass
+
+
+class _Selections(QObject):
+    """One signal for the whole plugin: "use this model now" (after finetuning, import)."""
+
+    selected = Signal(str)
+
+
+_SELECTIONS: _Selections | None = None
+
+
+def model_selections() -> _Selections:
+    """The plugin-wide selection signal (created in the GUI thread on first use)."""
+    global _SELECTIONS
+    if _SELECTIONS is None:
+        _SELECTIONS = _Selections()
+    return _SELECTIONS
+
+
+def select_model(name: str) -> None:
+    """Select model ``name`` in every open model picker (inference docks, Model Manager)."""
+    model_selections().selected.emit(name)
 
 
 class ModelPicker(ComboBox):
@@ -331,6 +378,9 @@ class ModelPicker(ComboBox):
         # The registry holds bound methods weakly, so a closed widget's picker drops out by
         # itself (no ``destroyed`` hook: PySide6 may call it on a half-deleted object).
         self.registry.add_listener(self._watcher.notify)
+        # Qt drops the connection with the watcher, so closed pickers stop listening.
+        model_selections().selected.connect(self._watcher.relay)
+        self._watcher.chosen.connect(self.select)
         self.value = self.default_name()
         self._update_tooltip()
         self.changed.connect(self._update_tooltip)
@@ -357,6 +407,13 @@ class ModelPicker(ComboBox):
         elif self.choices:
             self.value = self.default_name()
         self._update_tooltip()
+
+    def select(self, name: str) -> None:
+        """Choose ``name`` (re-reading the registry first if it is new here)."""
+        if name not in self.choices:
+            self.refresh()
+        if name in self.choices:
+            self.value = name
 
     def _update_tooltip(self, *_: Any) -> None:
         name = self.value

@@ -1,4 +1,4 @@
-"""Training and finetuning of MitoNet-family models: data, targets, augmentation, loss, loops."""
+"""Training and finetuning of MitoNet-family models: patches, datasets, targets, loss, loops."""
 
 from __future__ import annotations
 
@@ -12,34 +12,54 @@ from .dataset import (
     load_volume_slices,
     write_dataset,
 )
-from .loops import (
-    TrainResult,
-    TrainSettings,
-    finetune,
-    load_encoder_weights,
-    train,
-    validate_model,
-)
+from .export import TrainResult
+from .loops import finetune, load_encoder_weights, train
 from .loss import LossWeights, PanopticLoss
+from .patches import Patch, doubt_maps, patch_masks, pick_patches, stack_patches
+from .runner import TrainingCancelled, TrainSettings, validate_model
+from .store import (
+    DatasetSummary,
+    TrainingData,
+    check_dataset,
+    is_dataset,
+    load_training_data,
+    read_dataset,
+    read_manifest,
+    save_patches,
+)
 from .targets import instance_centroids, panoptic_targets
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MITONET_NORMS",
+    "DatasetSummary",
     "ImageRecord",
     "LossWeights",
     "PanopticLoss",
+    "Patch",
+    "PatchDataset",
     "TrainResult",
     "TrainSettings",
-    "PatchDataset",
+    "TrainingCancelled",
+    "TrainingData",
+    "check_dataset",
+    "doubt_maps",
     "find_pairs",
     "finetune",
     "instance_centroids",
+    "is_dataset",
     "load_encoder_weights",
+    "load_training_data",
     "load_volume_slices",
     "panoptic_targets",
+    "patch_masks",
+    "pick_patches",
     "random_augment",
+    "read_dataset",
+    "read_manifest",
     "region_size",
+    "save_patches",
+    "stack_patches",
     "train",
     "validate_model",
     "write_dataset",

@@ -1,353 +1,61 @@
-"""Finetuning and training loops (docs/design.md s.4).
+"""Finetuning and training entry points (docs/design.md s.4).
 
 * :func:`finetune` trains a TorchScript model (e.g. MitoNet_v1 or the bundled model) in
   place, with the encoder frozen by default and chosen ResNet stages unfrozen on request.
 * :func:`train` builds one of the package's architectures and trains it from scratch,
-  optionally from the CEM1.5M SwAV ResNet-50 encoder weights.
+  optionally from the CEM1.5M SwAV ResNet-50 encoder weights, for one or several classes.
 
-Both use AdamW (weight decay on weights only, none on biases/norms), a one-cycle learning
-rate, AMP on CUDA, deterministic seeding, optional checkpoints and validation, a progress
-callback and a cancel flag checked between iterations; both save TorchScript + a config YAML
-in the original empanada-napari format and register the model.
+Both take a :class:`~.dataset.PatchDataset` or dataset folders (checked in words first by
+:func:`~.store.check_dataset`), run :func:`~.runner.run_loop` and save TorchScript + a config
+YAML in the original empanada-napari format, registered under ``name``
+(:mod:`.export`). Cancelling saves what was learned so far and raises
+:class:`~.runner.TrainingCancelled` carrying that result.
 """
 
 from __future__ import annotations
 
-import copy
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from ..errors import Cancelled, InputError, ModelError
-from ..jobs import Progress, is_cancelled
+from ..jobs import Progress
 from ..models.loading import MITONET_NORMS, LoadedModel
-from .loss import LossWeights, PanopticLoss
+from .export import TrainResult, complete_config, finetune_block, finish
+from .runner import (
+    ENCODER_STAGES,
+    TrainingCancelled,
+    TrainSettings,
+    run_loop,
+    seed_everything,
+    set_trainable,
+    validate_model,
+)
 
-ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 CEM_URL = (
     "https://zenodo.org/record/6453160/files/"
     "cem1.5m_swav_resnet50_200ep_balanced.pth.tar?download=1"
 )
+__all__ = [
+    "CEM_URL",
+    "ENCODER_STAGES",
+    "TrainResult",
+    "TrainSettings",
+    "TrainingCancelled",
+    "finetune",
+    "load_encoder_weights",
+    "train",
+    "validate_model",
+]
 
-
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of a training or finetuning run."""
-
-    iterations: int = 500
-    batch_size: int = 16
-    lr: float = 0.003
-    weight_decay: float = 0.1
-    pct_start: float = 0.3
-    amp: bool = True
-    seed: int = 0
-    freeze_encoder: bool = True
-    unfreeze: tuple[str, ...] = ()
-    num_workers: int = 0
-    val_every: int = 0
-    checkpoint_every: int = 0
-    device: str = "auto"
-    loss: LossWeights = field(default_factory=LossWeights)
-
-    def validate(self) -> TrainSettings:
-        if self.iterations < 1:
-            raise InputError("iterations must be >= 1")
-        if self.batch_size < 1:
-            raise InputError("batch_size must be >= 1")
-        if not (0 < self.lr < 1):
-            raise InputError("lr must be in (0, 1)")
-        if not (0 < self.pct_start < 1):
-            raise InputError("pct_start must be in (0, 1)")
-        bad = [s for s in self.unfreeze if s not in ENCODER_STAGES]
-        if bad:
-            raise InputError(f"Unknown encoder stage(s) {bad}; choose from {ENCODER_STAGES}.")
-        return self
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    module: Any
-    name: str
-    model_path: Path | None
-    config_path: Path | None
-    config: dict
-    history: list[dict[str, float]]
-    validation: list[dict[str, float]]
-    seconds: float
-    iterations: int
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (initial weights, point sampling); datasets carry their own numpy seeds."""
-    torch.manual_seed(seed)
-
-
-def _set_trainable(module, freeze_encoder: bool, unfreeze: Sequence[str]) -> list[Any]:
-    """Set requires_grad; return the frozen submodules (kept in eval mode for BN stats)."""
-    for p in module.parameters():
-        p.requires_grad_(True)
-    if not freeze_encoder:
-        return []
-    from ..models.architectures.resnet import encoder_stage_modules
-
-    try:
-        stages = encoder_stage_modules(module)
-    except (ValueError, AttributeError) as err:
-        raise ModelError(
-            f"Cannot freeze the encoder of this model by ResNet stage ({err}); finetune it "
-            "with freeze_encoder=False."
-        ) from err
-    frozen = []
-    for stage, mods in stages.items():
-        if stage in unfreeze:
-            continue
-        for m in mods:
-            for p in m.parameters():
-                p.requires_grad_(False)
-            frozen.append(m)
-    return frozen
-
-
-def _param_groups(module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)  # biases and norm scales: no decay
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _batches(dataset, batch_size: int, num_workers: int, seed: int):
-    """Endless iterator of collated batches, reshuffled (and re-augmented) every epoch."""
-    from torch.utils.data import DataLoader
-
-    epoch = 0
-    while True:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=len(dataset) >= batch_size,
-            num_workers=num_workers,
-            generator=gen,
-            persistent_workers=False,
-        )
-        yield from loader
-        epoch += 1
-
-
-def validate_model(
-    module,
-    config: dict,
-    images: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    device: torch.device,
-    **engine_params: Any,
-) -> dict[str, float]:
-    """2D scores of ``module`` on validation images (per image, pooled): F1@0.5, IoU, PQ."""
-    from ..inference.engine import Engine2D
-    from ..metrics import evaluate
-
-    was_training = module.training
-    module.eval()
-    loaded = LoadedModel(
-        name="validation",
-        module=module,
-        device=device,
-        path=Path("<in-memory>"),
-        padding_factor=int(config.get("padding_factor", 16)),
-        norms=dict(config.get("norms", MITONET_NORMS)),
-        thing_list=list(config.get("thing_list", [1])),
-        labels=list(config.get("labels", [1])),
-        config=config,
-        _supports_batch=True,
-    )
-    try:
-        engine = Engine2D(loaded, **engine_params)
-        preds = [engine.segment(img) for img in images]
-    finally:
-        module.train(was_training)
-    pred = np.stack(preds) if len({p.shape for p in preds}) == 1 else None
-    if pred is not None:
-        truth = np.stack([np.asarray(m) for m in masks]).astype(np.int64)
-        scores = evaluate(pred.astype(np.int64), truth, per_slice=True)
-    else:  # images of different sizes: average per image
-        per = [
-            evaluate(p.astype(np.int64), np.asarray(m).astype(np.int64))
-            for p, m in zip(preds, masks, strict=True)
-        ]
-        scores = {k: float(np.mean([s[k] for s in per])) for k in per[0]}
-    return {k: scores[k] for k in ("f1@0.5", "semantic_iou", "pq", "ap@0.5") if k in scores}
-
-
-def _run(
-    module,
-    dataset,
-    settings: TrainSettings,
-    device: torch.device,
-    config: dict,
-    *,
-    val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
-    progress: Progress | None,
-    cancel,
-    checkpoint: Path | None,
-    frozen: list,
-) -> tuple[list[dict], list[dict]]:
-    criterion = PanopticLoss(settings.loss)
-    params = _param_groups(module, settings.weight_decay)
-    if not any(g["params"] for g in params):
-        raise InputError("Nothing to train: every parameter is frozen.")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.lr,
-        total_steps=settings.iterations,
-        pct_start=settings.pct_start,
-    )
-    use_amp = settings.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    history: list[dict] = []
-    validation: list[dict] = []
-    batches = _batches(dataset, settings.batch_size, settings.num_workers, settings.seed)
-    module.train()
-    for m in frozen:
-        m.eval()
-    for it in range(1, settings.iterations + 1):
-        if is_cancelled(cancel):
-            if checkpoint is not None:
-                _save_checkpoint(module, checkpoint)
-            raise Cancelled(
-                f"Training cancelled after {it - 1} of {settings.iterations} iterations."
-            )
-        images, targets = next(batches)
-        images = images.to(device, non_blocking=True)
-        targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            outputs = module(images, 2, True)
-        losses = criterion(outputs, targets)
-        if not torch.isfinite(losses["total"]):
-            raise ModelError(
-                f"The loss became {float(losses['total'])} at iteration {it}; "
-                "lower the learning rate."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        record["lr"] = float(scheduler.get_last_lr()[0])
-        record["iteration"] = it
-        history.append(record)
-        if val is not None and settings.val_every and it % settings.val_every == 0:
-            scores = validate_model(module, config, val[0], val[1], device)
-            scores["iteration"] = it
-            validation.append(scores)
-            record.update({f"val_{k}": v for k, v in scores.items() if k != "iteration"})
-        if (
-            checkpoint is not None
-            and settings.checkpoint_every
-            and (it % settings.checkpoint_every == 0)
-        ):
-            _save_checkpoint(module, checkpoint)
-        if progress is not None:
-            progress(it, settings.iterations, record)
-    module.eval()
-    return history, validation
-
-
-def _save_checkpoint(module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    if isinstance(module, torch.jit.ScriptModule):
-        torch.jit.save(module, str(tmp))
-    else:
-        torch.save(module.state_dict(), str(tmp))
-    tmp.replace(path)
-
-
-def _export(
-    module,
-    config: dict,
-    name: str,
-    output_dir: Path | None,
-    register: bool,
-    registry,
-) -> tuple[Path | None, Path | None]:
-    """Save TorchScript + YAML (original format) and register the model."""
-    if output_dir is None:
-        if not register:
-            return None, None
-        import tempfile
-
-        output_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = output_dir / f"{name}.pth"
-    config_path = output_dir / f"{name}.yaml"
-    scripted = module.cpu().eval()  # a ScriptModule (see _finish)
-    tmp = model_path.with_suffix(".pth.part")
-    try:
-        torch.jit.save(scripted, str(tmp))
-        tmp.replace(model_path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(f"Could not save the trained model to {model_path}: {err}") from err
-    config = dict(config)
-    config["model"] = model_path.name
-    config.pop("model_quantized", None)
-    config.pop("model_sha256", None)
-    config.pop("model_quantized_sha256", None)
-    config.pop("default_model", None)
-    with open(config_path, "w") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False)
-    if register:
-        from ..models.registry import get_registry
-
-        (registry or get_registry()).register(name, config_path, overwrite=True)
-    return model_path, config_path
-
-
-def _finetune_block(config: dict, settings: TrainSettings) -> dict:
-    block = copy.deepcopy(config.get("FINETUNE") or {})
-    block.setdefault("criterion", "PanopticLoss")
-    block["criterion_params"] = {
-        "ce_weight": settings.loss.ce_weight,
-        "l1_weight": settings.loss.l1_weight,
-        "mse_weight": settings.loss.mse_weight,
-        "pr_weight": settings.loss.pr_weight,
-        "top_k_percent": settings.loss.top_k_percent,
-    }
-    block.setdefault("dataset_class", "SingleClassInstanceDataset")
-    block.setdefault("dataset_params", {"weight_gamma": 0.7})
-    block.setdefault("engine", "PanopticDeepLabEngine")
-    block.setdefault(
-        "engine_params",
-        {
-            "confidence_thr": 0.5,
-            "label_divisor": 1000,
-            "nms_kernel": 7,
-            "nms_threshold": 0.1,
-            "stuff_area": 64,
-            "thing_list": [1],
-            "void_label": 0,
-        },
-    )
-    return block
+Val = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 
 
 def _resolve_settings(settings: TrainSettings | None, overrides: dict) -> TrainSettings:
@@ -359,51 +67,88 @@ def _resolve_settings(settings: TrainSettings | None, overrides: dict) -> TrainS
     return settings.validate()
 
 
-def _train_and_time(
-    module, dataset, settings, device, config, name, output_dir, val, progress, cancel
-) -> tuple[list[dict], list[dict], float]:
-    """Shared by finetune and train: FINETUNE block, freezing, the loop, its duration."""
-    config["FINETUNE"] = _finetune_block(config, settings)
-    frozen = _set_trainable(module, settings.freeze_encoder, settings.unfreeze)
+def _as_dataset(dataset, val: Val | None, settings: TrainSettings, patch_size: int, classes):
+    """A dataset folder (or several) becomes a checked PatchDataset and, unless ``val`` is
+    given, a held-out validation split; a PatchDataset is used as it is."""
+    if isinstance(dataset, (str, os.PathLike)) or (
+        isinstance(dataset, (list, tuple))
+        and dataset
+        and isinstance(dataset[0], (str, os.PathLike))
+    ):
+        from .store import load_training_data
+
+        data = load_training_data(
+            dataset,
+            patch_size=patch_size,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            classes=classes,
+        )
+        return data.dataset, val if val is not None else data.val
+    if len(dataset) == 0:
+        raise InputError("The training dataset is empty.")
+    return dataset, val
+
+
+@dataclass
+class _Job:
+    """Where a run's result goes and how the caller follows it."""
+
+    name: str
+    output_dir: str | Path | None
+    register: bool
+    registry: Any
+    val: Val | None
+    progress: Progress | None
+    cancel: Any
+
+
+def _train_and_save(module, dataset, settings, device, config, job: _Job, describe):
+    """Shared by finetune and train: FINETUNE block, freezing, the loop, the description
+    (``describe(iterations, seconds)``), then save + register, or raise on cancel."""
+    config["FINETUNE"] = finetune_block(config, settings.loss)
+    frozen = set_trainable(module, settings.freeze_encoder, settings.unfreeze)
     # A TorchScript module checkpoints as TorchScript (.pth), an eager one as a state dict.
     ext = "pth" if isinstance(module, torch.jit.ScriptModule) else "pt"
-    checkpoint = Path(output_dir) / f"{name}.checkpoint.{ext}" if output_dir else None
+    checkpoint = Path(job.output_dir) / f"{job.name}.checkpoint.{ext}" if job.output_dir else None
+    if job.val is not None and settings.val_every == 0:
+        settings = replace(settings, val_every=max(10, settings.iterations // 10))
     start = time.perf_counter()
-    history, validation = _run(
+    outcome = run_loop(
         module,
         dataset,
         settings,
         device,
         config,
-        val=val,
-        progress=progress,
-        cancel=cancel,
+        val=job.val,
+        progress=job.progress,
+        cancel=job.cancel,
         checkpoint=checkpoint,
         frozen=frozen,
     )
-    return history, validation, time.perf_counter() - start
-
-
-def _finish(
-    module, config, name, output_dir, register, registry, history, validation, seconds, settings
-) -> TrainResult:
-    """Unfreeze, script if needed, save + register, and package the result."""
-    for p in module.parameters():
-        p.requires_grad_(True)  # a saved model must be finetunable again as a whole
-    if not isinstance(module, torch.jit.ScriptModule):
-        module = torch.jit.script(module.cpu().eval())
-    model_path, config_path = _export(module, config, name, output_dir, register, registry)
-    return TrainResult(
-        module,
-        name,
-        model_path,
-        config_path,
-        config,
-        history,
-        validation,
-        seconds,
-        settings.iterations,
+    seconds = time.perf_counter() - start
+    if outcome.cancelled and outcome.iterations_done == 0:
+        raise Cancelled("Training cancelled before the first iteration: no model was saved.")
+    text = describe(outcome.iterations_done, seconds)
+    if outcome.cancelled:
+        text += f" Cancelled after {outcome.iterations_done} iterations."
+    if outcome.best_iteration is not None:
+        text += (
+            f" Best validation F1@0.5 {outcome.best_score:.3f} at iteration "
+            f"{outcome.best_iteration}."
+        )
+    config["description"] = text
+    result = finish(
+        module, config, job.name, job.output_dir, job.register, job.registry, outcome, seconds
     )
+    if outcome.cancelled:
+        kept = "the best validated weights" if outcome.best_iteration else "what was learned"
+        raise TrainingCancelled(
+            f"Training cancelled after {outcome.iterations_done} of {settings.iterations} "
+            f"iterations; {kept} so far is saved as model '{job.name}'.",
+            result,
+        )
+    return result
 
 
 def finetune(
@@ -412,7 +157,8 @@ def finetune(
     *,
     name: str,
     settings: TrainSettings | None = None,
-    val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+    val: Val | None = None,
+    patch_size: int = 256,
     output_dir: str | Path | None = None,
     register: bool = True,
     registry=None,
@@ -420,18 +166,21 @@ def finetune(
     cancel=None,
     **overrides: Any,
 ) -> TrainResult:
-    """Finetune a TorchScript model on ``dataset`` (a :class:`PatchDataset`), in place.
+    """Finetune a TorchScript model on ``dataset`` in place, save it and register it.
 
-    A registry name, file or :class:`LoadedModel` is re-read from its file first, so the
-    cached copy used for inference is not modified; a ScriptModule is trained as given.
-    The encoder is frozen unless ``freeze_encoder=False``; ``unfreeze=("layer4",)`` trains
-    chosen ResNet stages. Returns a :class:`TrainResult`; the model is saved and registered
-    as ``name``.
+    ``dataset`` is a :class:`PatchDataset` or one or more dataset folders (checked first; a
+    held-out split validates the model unless ``val`` = (images, masks) is given; folders
+    are cut into ``patch_size`` training patches). A registry name, file or
+    :class:`LoadedModel` is re-read from its file, so the cached copy used for inference is
+    not modified; a ScriptModule is trained as given. The encoder is frozen unless
+    ``freeze_encoder=False``; ``unfreeze=("layer4",)`` trains chosen ResNet stages. Cancel
+    saves the best weights so far and raises :class:`TrainingCancelled` with the result.
     """
     from ..device import resolve_device
     from ..models.loading import _jit_load, _resolve
 
     settings = _resolve_settings(settings, overrides)
+    dataset, val = _as_dataset(dataset, val, settings, patch_size, None)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     if isinstance(model, torch.jit.ScriptModule):
@@ -442,41 +191,25 @@ def finetune(
         else:
             base, path, config = _resolve(model, registry, False)
         module = _jit_load(Path(path), device)
-    config = _complete_config(config, module)
-    history, validation, seconds = _train_and_time(
-        module, dataset, settings, device, config, name, output_dir, val, progress, cancel
-    )
-    n = len(dataset)
-    config["description"] = (
-        f"{base} finetuned for {settings.iterations} iterations (batch {settings.batch_size}) "
-        f"on {n} samples in {seconds / 60:.1f} min on {device}. "
-        + str(config.get("description", "")).strip()
-    ).strip()
-    return _finish(
+    config = complete_config(config, module)
+    job = _Job(name, output_dir, register, registry, val, progress, cancel)
+    n = len(getattr(dataset, "records", dataset))
+    old = str(config.get("description", "")).strip()
+    return _train_and_save(
         module,
-        config,
-        name,
-        output_dir,
-        register,
-        registry,
-        history,
-        validation,
-        seconds,
+        dataset,
         settings,
+        device,
+        config,
+        job,
+        lambda its, s: (
+            (
+                f"{base} finetuned for {its} iterations (batch {settings.batch_size}) on {n} "
+                f"patches in {s / 60:.1f} min on {device}."
+            )
+            + (f" {old}" if old else "")
+        ),
     )
-
-
-def _complete_config(config: dict, module) -> dict:
-    config = copy.deepcopy(config)
-    config.setdefault("class_names", {1: "mito"})
-    config.setdefault("labels", [1])
-    config.setdefault("thing_list", [1])
-    config.setdefault("padding_factor", int(getattr(module, "padding_factor", 16)))
-    config.setdefault("norms", dict(MITONET_NORMS))
-    arch = getattr(module, "architecture", None)
-    if isinstance(arch, str):
-        config.setdefault("architecture", arch)
-    return config
 
 
 def load_encoder_weights(module: nn.Module, source: str | Path) -> dict[str, float]:
@@ -535,6 +268,22 @@ def load_encoder_weights(module: nn.Module, source: str | Path) -> dict[str, flo
     return dict(MITONET_NORMS)
 
 
+def _class_config(classes: Mapping[str, str] | None) -> tuple[dict, list[int], list[int], int]:
+    """``class_names``, ``labels``, ``thing_list`` and the network's output channels for a
+    class list {name: "instance" | "semantic"} (one class: a sigmoid output)."""
+    if not classes:
+        return {1: "mito"}, [1], [1], 1
+    kinds = {str(k): str(v).lower() for k, v in dict(classes).items()}
+    bad = {k: v for k, v in kinds.items() if v not in ("instance", "semantic")}
+    if bad:
+        raise InputError(f"Class kinds must be 'instance' or 'semantic', got {bad}.")
+    names = {i: n for i, n in enumerate(kinds, start=1)}
+    labels = list(names)
+    things = [i for i, n in names.items() if kinds[n] == "instance"]
+    channels = 1 if len(labels) == 1 else len(labels) + 1  # + background for softmax
+    return names, labels, things, channels
+
+
 def train(
     architecture: str,
     dataset,
@@ -543,8 +292,10 @@ def train(
     encoder: str | None = None,
     arch_kwargs: dict | None = None,
     pretrained: str | Path | None = None,
+    classes: Mapping[str, str] | None = None,
     settings: TrainSettings | None = None,
-    val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+    val: Val | None = None,
+    patch_size: int = 256,
     output_dir: str | Path | None = None,
     register: bool = True,
     registry=None,
@@ -555,18 +306,25 @@ def train(
 ) -> TrainResult:
     """Train ``architecture`` (see :func:`list_architectures`) from scratch on ``dataset``.
 
-    With ``pretrained`` (a path, URL or ``"cem1.5m"``) the ResNet encoder starts from those
-    weights. The trained model is scripted, saved and registered as ``name``.
+    ``classes`` maps class names to ``"instance"`` or ``"semantic"`` (default: one instance
+    class, mitochondria); with several classes the masks hold ``class * 1000 + instance``
+    (see :func:`~.store.load_training_data`). With ``pretrained`` (a path, URL or
+    ``"cem1.5m"``) the ResNet encoder starts from those weights. The trained model is
+    scripted, saved and registered as ``name``; cancel saves it as far as it got.
     """
     from ..device import resolve_device
     from ..models.architectures import build_model
 
     overrides.setdefault("freeze_encoder", False)
     settings = _resolve_settings(settings, overrides)
+    class_names, labels, things, channels = _class_config(classes)
+    dataset, val = _as_dataset(dataset, val, settings, patch_size, classes)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     try:
-        module = build_model(architecture, encoder=encoder, **(arch_kwargs or {}))
+        module = build_model(
+            architecture, encoder=encoder, num_classes=channels, **(arch_kwargs or {})
+        )
     except ValueError as err:
         raise InputError(str(err)) from err
     encoder = str(getattr(module, "encoder_name", encoder))
@@ -574,30 +332,27 @@ def train(
     if pretrained is not None:
         norms = load_encoder_weights(module, pretrained)
     module = module.to(device)
-    config = _complete_config({"norms": norms}, module)
+    config = complete_config(
+        {"norms": norms, "class_names": class_names, "labels": labels, "thing_list": things},
+        module,
+    )
     config["architecture"] = architecture
     config["encoder"] = encoder
     if arch_kwargs:
         config["architecture_params"] = dict(arch_kwargs)
-    history, validation, seconds = _train_and_time(
-        module, dataset, settings, device, config, name, output_dir, val, progress, cancel
-    )
+    job = _Job(name, output_dir, register, registry, val, progress, cancel)
     params = sum(p.numel() for p in module.parameters())
-    config["description"] = (description.strip() + " " if description else "") + (
-        f"{architecture} ({encoder} encoder, {params / 1e6:.1f} M parameters) trained from "
-        f"{'scratch' if pretrained is None else 'CEM1.5M encoder weights'} for "
-        f"{settings.iterations} iterations of batch {settings.batch_size} on {device} "
-        f"({seconds / 60:.1f} min)."
-    )
-    return _finish(
+    return _train_and_save(
         module,
-        config,
-        name,
-        output_dir,
-        register,
-        registry,
-        history,
-        validation,
-        seconds,
+        dataset,
         settings,
+        device,
+        config,
+        job,
+        lambda its, s: (
+            (description.strip() + " " if description else "")
+            + f"{architecture} ({encoder} encoder, {params / 1e6:.1f} M parameters) trained "
+            f"from {'scratch' if pretrained is None else 'CEM1.5M encoder weights'} for {its} "
+            f"iterations of batch {settings.batch_size} on {device} ({s / 60:.1f} min)."
+        ),
     )

@@ -1,0 +1,86 @@
+"""``empanada-napari patches pick | check``: training patches from the command line.
+
+``pick`` cuts patches (most uncertain, random or at points), prefills their masks with the
+model's prediction and appends them to a dataset folder, to be corrected in any label editor;
+``check`` checks dataset folders in words (the check finetuning runs first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_patches(sub) -> None:
+    """The ``patches pick | check`` sub-commands."""
+    p = sub.add_parser("patches", help="pick training patches into a dataset, or check one")
+    psub = p.add_subparsers(dest="patches_cmd", required=True)
+    q = psub.add_parser(
+        "pick",
+        help="pick patches prefilled with the model's prediction into a dataset folder",
+        description="Cut patches from INPUT (random, at points, or where the model doubts "
+        "most), prefill their masks with the model's prediction and append them to DATASET "
+        "(correct the masks in any label editor before finetuning).",
+    )
+    q.add_argument("input", help="image file (.tif, .tiff, .png) or .zarr")
+    q.add_argument("dataset", help="dataset folder (created, or appended to)")
+    q.add_argument("--strategy", choices=["uncertain", "random", "points"], default="uncertain")
+    q.add_argument("--points", help="CSV of point coordinates (z,y,x or y,x) for 'points'")
+    q.add_argument("-n", "--number", type=int, default=16, help="number of patches")
+    q.add_argument("--patch-size", type=int, default=256)
+    q.add_argument("--depth", type=int, default=1, help="flipbook slices (odd; 1: 2D)")
+    q.add_argument("--axis", type=int, default=0, help="slices along this axis of a volume")
+    q.add_argument("--model", default="default", help="registry name or model file")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--source", help="group name in the dataset (default: the input's name)")
+    q = psub.add_parser("check", help="check a dataset folder and summarise it")
+    q.add_argument("dataset", nargs="+")
+
+
+def run_patches(args) -> int:
+    """Run ``patches pick`` or ``patches check``."""
+    import numpy as np
+
+    from .core.io import read_image
+    from .core.training import check_dataset, pick_patches, save_patches
+
+    if args.patches_cmd == "check":
+        summary = check_dataset(args.dataset, min_pairs=1)
+        print(
+            json.dumps(
+                {
+                    "patches": len(summary.pairs),
+                    "objects": summary.objects,
+                    "without_objects": summary.empty,
+                }
+            )
+        )
+        return 0
+    image = read_image(args.input)
+    points = np.loadtxt(args.points, delimiter=",", ndmin=2) if args.points else None
+    source = args.source or Path(args.input).stem.replace(".", "_")
+    patches = pick_patches(
+        image,
+        args.number,
+        args.patch_size,
+        strategy=args.strategy,
+        points=points,
+        depth=args.depth,
+        axis=args.axis,
+        model=args.model,
+        device=args.device,
+        seed=args.seed,
+        source=source,
+    )
+    written = save_patches(
+        args.dataset,
+        [p.image for p in patches],
+        [p.labels for p in patches],
+        source=source,
+        infos=[p.info() for p in patches],
+        prefilled_by=str(args.model),
+        allow_empty=True,
+    )
+    print(json.dumps({"dataset": str(args.dataset), "written": [str(w) for w in written]}))
+    return 0

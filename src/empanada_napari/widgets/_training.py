@@ -1,0 +1,293 @@
+"""Pieces shared by the adaptation docks (Pick/Save Training Patches, Finetune/Train Model):
+a scrollable dock with a collapsible "advanced" section, a live loss/validation plot, and the
+dataset/run controls and job glue common to finetuning and training.
+
+matplotlib (its Qt canvas) is imported when a plot is first built, not at plugin load.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    SpinBox,
+)
+
+from ._common import JobPanel, device_picker, select_model, watch_inputs
+
+#: Height of the Run/Cancel buttons, kept during jobs (issue: buttons shrank while busy).
+BUTTON_HEIGHT = 28
+
+
+def fix_buttons(jobs: JobPanel) -> None:
+    """Give the Run/Cancel buttons a fixed height so they never shrink during a job."""
+    for button in (jobs.run_button, jobs.cancel_button):
+        button.native.setFixedHeight(BUTTON_HEIGHT)
+
+
+def collapsible(title: str, widgets: list[Any]) -> Any:
+    """A collapsed-by-default section holding magicgui ``widgets`` (superqt's QCollapsible)."""
+    from superqt import QCollapsible
+
+    inner = Container(widgets=widgets)
+    section = QCollapsible(title)
+    section.addWidget(inner.native)
+    section.collapse(animate=False)
+    section._inner = inner  # keep the magicgui container alive with its Qt widget
+    return section
+
+
+def dock(widget: Container, main: list[Any], advanced: list[Any], jobs: JobPanel, extra=()) -> None:
+    """Lay ``widget`` out as a scroll area (napari docks ``widget.native``, so the scroll area
+    must be inside it) holding the main controls, a collapsed "Advanced options" section,
+    ``extra`` Qt widgets (a plot) and the job panel with fixed-size buttons. Changes of any
+    control are re-emitted as ``widget.changed`` (for :func:`watch_inputs`)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    Container.__init__(widget, widgets=[], labels=False)
+    inner = Container(widgets=[*main, jobs])
+    widget.advanced_section = collapsible("Advanced options", advanced)
+    layout = inner.native.layout()
+    index = layout.indexOf(jobs.native)
+    for offset, item in enumerate([widget.advanced_section, *extra]):
+        layout.insertWidget(index + offset, item)
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner.native)
+    scroll.setMinimumWidth(inner.native.minimumSizeHint().width() + 20)
+    widget.native.layout().addWidget(scroll)
+    widget.native.layout().setContentsMargins(0, 0, 0, 0)
+    widget.controls, widget.scroll_area = inner, scroll
+    for part in (inner, widget.advanced_section._inner):
+        part.changed.connect(lambda *_: widget.changed.emit(widget))
+    fix_buttons(jobs)
+
+
+def watch(widget: Container, viewer) -> None:
+    """Re-check ``widget.problem()`` on every change (and on layer changes with a viewer)."""
+    if viewer is not None:
+        watch_inputs(widget, viewer)
+        return
+    widget.changed.connect(lambda *_: widget.jobs.set_problem(widget.problem()))
+    widget.jobs.set_problem(widget.problem())
+
+
+# --------------------------------------------------------------------------- live plot
+
+
+class LivePlot:
+    """Loss curve (left axis, log scale) and validation F1/IoU (right axis) of a run, drawn
+    with matplotlib's Qt canvas, plus an ETA line. Fed the ``info`` mappings of the job."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.loss_ax = self.figure.add_subplot(111)
+        self.val_ax = self.loss_ax.twinx()
+        self.eta = Label(value="")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous run."""
+        self.its: list[int] = []
+        self.losses: list[float] = []
+        self.val_its: list[int] = []
+        self.f1: list[float] = []
+        self.iou: list[float] = []
+        self.eta.value = ""
+        self._draw()
+
+    def add(self, info: dict) -> None:
+        """One iteration's record (``iteration``, ``total``, optional ``val_*``, ``eta_s``)."""
+        if "iteration" not in info or "total" not in info:
+            return
+        self.its.append(int(info["iteration"]))
+        self.losses.append(float(info["total"]))
+        if "val_f1@0.5" in info:
+            self.val_its.append(int(info["iteration"]))
+            self.f1.append(float(info["val_f1@0.5"]))
+            self.iou.append(float(info.get("val_semantic_iou", math.nan)))
+        eta = info.get("eta_s")
+        if eta is not None:
+            best = f"; best val F1 {max(self.f1):.3f}" if self.f1 else ""
+            self.eta.value = (
+                f"iteration {self.its[-1]}, loss {self.losses[-1]:.3f}{best}; "
+                f"about {_duration(float(eta))} left"
+            )
+        self._draw()
+
+    def _draw(self) -> None:
+        ax, vax = self.loss_ax, self.val_ax
+        ax.clear()
+        vax.clear()
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
+        vax.set_ylabel("validation", fontsize=8)
+        vax.set_ylim(0, 1)
+        if self.losses:
+            ax.plot(self.its, self.losses, color="tab:blue", lw=1, label="loss")
+            if min(self.losses) > 0:
+                ax.set_yscale("log")
+        if self.f1:
+            vax.plot(self.val_its, self.f1, "o-", color="tab:orange", ms=3, label="F1@0.5")
+            vax.plot(self.val_its, self.iou, "s--", color="tab:green", ms=3, label="IoU")
+            vax.legend(loc="lower right", fontsize=7)
+        for a in (ax, vax):
+            a.tick_params(labelsize=7)
+        self.canvas.draw_idle()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------- run controls
+
+UNFREEZE = {
+    "heads only (encoder frozen)": ("freeze", ()),
+    "heads + layer4": ("freeze", ("layer4",)),
+    "heads + layer3, layer4": ("freeze", ("layer3", "layer4")),
+    "whole network": ("train", ()),
+}
+
+
+class RunControls:
+    """Dataset folders, validation, output name and the loop's hyper-parameters."""
+
+    def __init__(self, *, name: str, iterations: int, batch: int, lr: float) -> None:
+        self.dataset = FileEdit(mode="d", label="dataset folder")
+        self.more = LineEdit(value="", label="more datasets")
+        self.more.tooltip = "other dataset folders to train on too, separated by ';'"
+        self.val_folder = FileEdit(mode="d", label="validation folder")
+        self.val_folder.tooltip = "optional: scored during training; else patches are held out"
+        self.val_fraction = FloatSpinBox(
+            value=0.15, min=0.0, max=0.5, step=0.05, label="held out for validation"
+        )
+        self.name = LineEdit(value=name, label="new model name")
+        self.iterations = SpinBox(value=iterations, min=1, max=100000, label="iterations")
+        self.patch_size = SpinBox(value=256, min=64, max=1024, step=32, label="patch size")
+        self.batch = SpinBox(value=batch, min=1, max=64, label="batch size")
+        self.lr = FloatSpinBox(value=lr, min=1e-5, max=0.1, step=0.0005, label="learning rate")
+        self.lr.native.setDecimals(5)
+        self.val_every = SpinBox(value=0, min=0, max=10000, label="validate every (0: auto)")
+        self.seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self.device = device_picker()
+        self.output = FileEdit(mode="d", label="save model in")
+        self.output.tooltip = "optional: else the model lives in the registry's folder only"
+
+    def main(self) -> list[Any]:
+        return [self.dataset, self.name, self.iterations]
+
+    def advanced(self) -> list[Any]:
+        return [
+            self.more,
+            self.val_folder,
+            self.val_fraction,
+            self.patch_size,
+            self.batch,
+            self.lr,
+            self.val_every,
+            self.seed,
+            self.device,
+            self.output,
+        ]
+
+    def folders(self) -> list[Path]:
+        """The dataset folders chosen (the main one first)."""
+        out = []
+        main = str(self.dataset.value or "").strip()
+        if main not in ("", "."):
+            out.append(Path(main))
+        out += [Path(p.strip()) for p in self.more.value.split(";") if p.strip()]
+        return out
+
+    def problem(self) -> str | None:
+        """Why a run cannot start (reads no files), or None."""
+        if not self.folders():
+            return "Choose a dataset folder (made with 'Save Training Patches')."
+        for folder in self.folders():
+            if not folder.is_dir():
+                return f"Dataset folder {folder} does not exist."
+        name = self.name.value.strip()
+        if not name:
+            return "Give the new model a name."
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """TrainSettings fields from the controls."""
+        return {
+            "iterations": int(self.iterations.value),
+            "batch_size": int(self.batch.value),
+            "lr": float(self.lr.value),
+            "seed": int(self.seed.value),
+            "device": str(self.device.value),
+            "val_every": int(self.val_every.value),
+        }
+
+    def data(self, classes=None):
+        """Check the folders and load the training data (worker thread)."""
+        from ..core.training.store import load_training_data
+
+        val = str(self.val_folder.value or "").strip()
+        return load_training_data(
+            self.folders(),
+            val_folders=[val] if val not in ("", ".") else None,
+            val_fraction=float(self.val_fraction.value),
+            patch_size=int(self.patch_size.value),
+            batch_size=int(self.batch.value),
+            seed=int(self.seed.value),
+            classes=classes,
+        )
+
+    def output_dir(self) -> Path | None:
+        out = str(self.output.value or "").strip()
+        return Path(out) if out not in ("", ".") else None
+
+
+def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None:
+    """Start ``work(progress, cancel) -> TrainResult`` in ``jobs``; a cancelled run hands back
+    the model it saved; the new model is selected in every open model picker."""
+    from ..core.training.runner import TrainingCancelled
+
+    def job(progress, cancel):
+        try:
+            return work(progress, cancel)
+        except TrainingCancelled as stop:
+            if stop.result is None:
+                raise
+            return stop.result
+
+    def done(result) -> str:
+        select_model(result.name)
+        best = ""
+        if result.validation:
+            top = max(v["f1@0.5"] for v in result.validation)
+            best = f"; best validation F1@0.5 {top:.3f}"
+            if result.best_iteration is not None:
+                best += f" (iteration {result.best_iteration}, the weights kept)"
+        what = "Cancelled; kept" if result.cancelled else "Saved"
+        return (
+            f"{what} model '{result.name}' after {result.iterations} iterations in "
+            f"{_duration(result.seconds)}{best}. It is selected in the inference docks."
+        )
+
+    plot.reset()
+    jobs.start(job, done, description=description, on_info=plot.add)

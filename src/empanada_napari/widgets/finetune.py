@@ -1,0 +1,81 @@
+"""Finetune Model: train a registered model on corrected patches, with a live loss curve
+and validation scores; the result is saved, registered and selected in every open
+inference dock (Cancel keeps the best model so far)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container
+
+from ._common import JobPanel, ModelPicker, notify_error
+from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training, watch
+
+if TYPE_CHECKING:
+    import napari
+
+
+class FinetuneWidget(Container):
+    """Dock widget over :func:`~empanada_napari.core.training.loops.finetune`."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
+        self.viewer = napari_viewer
+        self.model = ModelPicker(label="start from")
+        self.run_controls = RunControls(name="", iterations=300, batch=4, lr=0.001)
+        self.unfreeze = ComboBox(choices=list(UNFREEZE), value="whole network", label="train")
+        self.unfreeze.tooltip = (
+            "which parts learn: the heads alone are fastest; the whole network adapts best to "
+            "a new microscope"
+        )
+        self.plot = LivePlot()
+        self.jobs = JobPanel("Finetune", self.run)
+        rc = self.run_controls
+        dock(
+            self,
+            [self.model, *rc.main(), self.unfreeze],
+            rc.advanced(),
+            self.jobs,
+            extra=[self.plot.canvas, self.plot.eta.native],
+        )
+        self.model.changed.connect(self._default_name)
+        self._default_name()
+        watch(self, napari_viewer)
+
+    def _default_name(self, *_: Any) -> None:
+        name = self.run_controls.name
+        if self.model.value and (not name.value or name.value.endswith("_finetuned")):
+            name.value = f"{self.model.value}_finetuned"
+
+    def problem(self) -> str | None:
+        """Why finetuning cannot start, or None."""
+        if self.model.value is None:
+            return "No model registered: add one in the Model Manager."
+        return self.run_controls.problem()
+
+    def run(self) -> None:
+        """Check the dataset and finetune in a worker."""
+        problem = self.problem()
+        if problem:
+            notify_error(problem)
+            return
+        rc = self.run_controls
+        mode, stages = UNFREEZE[self.unfreeze.value]
+        settings = rc.settings() | {"freeze_encoder": mode == "freeze", "unfreeze": stages}
+        model, name, output = self.model.value, rc.name.value.strip(), rc.output_dir()
+
+        def work(progress, cancel):
+            from ..core.training.loops import finetune
+
+            data = rc.data()
+            return finetune(
+                model,
+                data.dataset,
+                name=name,
+                val=data.val,
+                output_dir=output,
+                progress=progress,
+                cancel=cancel,
+                **settings,
+            )
+
+        run_training(self.jobs, self.plot, work, f"Finetuning {model}")

@@ -1,0 +1,51 @@
+"""The ``patches`` CLI, the dataset check behind ``finetune`` and the adapt benchmark harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tifffile
+
+from empanada_napari.cli import main
+
+from .conftest import DATA
+
+
+def test_patches_pick_appends_and_check_summarises(tmp_path, capsys):
+    raw = DATA / "cdeep3m_val_crop_raw.tif"
+    args = ["patches", "pick", str(raw), str(tmp_path / "ds"), "--strategy", "random"]
+    args += ["-n", "2", "--patch-size", "64", "--device", "cpu"]
+    assert main(args) == 0
+    assert main(args + ["--seed", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    written = json.loads(out[-1])["written"]
+    assert [p.rsplit("/", 1)[-1] for p in written] == [
+        "cdeep3m_val_crop_raw_0002.tiff",
+        "cdeep3m_val_crop_raw_0003.tiff",
+    ]
+    image = tifffile.imread(written[0])
+    assert image.shape == (64, 64) and image.dtype == np.uint8
+    assert main(["patches", "check", str(tmp_path / "ds")]) == 0
+    assert json.loads(capsys.readouterr().out)["patches"] == 4
+
+
+def test_finetune_cli_explains_a_bad_dataset(tmp_path, capsys):
+    (tmp_path / "ds" / "s" / "images").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "ds" / "s" / "images" / "a.tiff", np.zeros((8, 8), np.uint8))
+    code = main(["finetune", "--data", str(tmp_path / "ds"), "--name", "x", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 images but no masks" in err and "Traceback" not in err
+
+
+def test_adapt_benchmark_quick(tmp_path):
+    from benchmarks import adapt
+
+    out = tmp_path / "adapt.json"
+    assert adapt.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m benchmarks.adapt --quick")
+    assert [s["strategy"] for s in result["summary"]] == ["random", "uncertain"]
+    for run in result["runs"]:
+        assert run["patches"] == 2 and run["finetune_cpu_min"] >= 0
+        assert 0 <= run["after"]["f1@0.5"] <= 1
