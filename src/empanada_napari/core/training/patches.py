@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, check_cancelled, report
+from ..settings import StackSettings
 
 STRATEGIES = ("random", "points", "uncertain")
 PREFILLS = ("model", "labels", "none")
@@ -40,8 +41,8 @@ CONTEXT = 64
 SEMANTIC_MARGIN = 0.25
 #: An object whose centre heat-map peak is below this is "weakly centred".
 WEAK_CENTRE = 0.5
-#: Objects of neighbouring planes link at this IoU (as in 3D stack mode, docs/design.md s.3).
-LINK_IOU = 0.25
+#: Objects of neighbouring planes link at this IoU (the 3D stack mode's own threshold).
+LINK_IOU = StackSettings().slice_link_iou
 
 
 @dataclass
