@@ -209,14 +209,14 @@ def test_zarr_output_cancel_then_resume_equals_uninterrupted(tmp_path, toy_model
     kw = dict(mode="stack", chunks=(4, 320, 320), halo=(4, 0, 0), **NO_FILTER)
     seen = []
 
-    def progress(done, total):
-        seen.append((done, total))
+    def progress(done, total, info=None):
+        seen.append((done, total, info["blocks_done"], info["blocks"]))
 
     stop = threading.Event()
     with pytest.raises(Cancelled):
         segment_volume(
             RAW, toy_model_file, out=out, cancel=stop, **kw,
-            progress=lambda d, t: (progress(d, t), d >= 1 and stop.set()),
+            progress=lambda d, t, info: (progress(d, t, info), d >= 1 and stop.set()),
         )  # fmt: skip
     partial = zarr.open_array(str(out), mode="r")  # a valid store right after the cancel
     assert partial.shape == RAW.shape
@@ -229,7 +229,10 @@ def test_zarr_output_cancel_then_resume_equals_uninterrupted(tmp_path, toy_model
         segment_volume(RAW, toy_model_file, out=out, **kw)
     seen.clear()
     result = segment_volume(RAW, toy_model_file, out=out, resume=True, progress=progress, **kw)
-    assert seen[0] == (len(saved), 4) and seen[-1] == (4, 4)  # finished blocks not redone
+    # Finished blocks are not redone; progress counts slices, inside blocks too.
+    assert seen[0][2:] == (len(saved), 4) and seen[-1][2:] == (4, 4)
+    assert seen[0][0] > 0 and seen[-1][0] == seen[-1][1]
+    assert len({d for d, *_ in seen}) > 4 - len(saved) + 1
     assert result.attrs["empanada"]["status"] == "complete"
     assert same_partition(result[:], whole_toy)
     assert not (out / chunked.WORK_DIR).exists()

@@ -66,11 +66,14 @@ def test_2d_current_slice_matches_engine(make_napari_viewer, qtbot, crop, truth)
     wait_done(qtbot, widget)
     out = viewer.layers[-1]
     assert type(out).__name__ == "Labels"
-    assert out.data.shape == (320, 320) and out.data.dtype == np.uint32
+    # The slice's result sits on that slice only: one plane, translated to z = 2.
+    assert out.data.shape == (1, 320, 320) and out.data.dtype == np.uint32
+    assert tuple(out.translate) == (2, 0, 0)
+    assert out.metadata["empanada"]["settings"]["confidence_thr"] == 0.4
     expected = Engine2D("default", "cpu", confidence_thr=0.4).segment(crop[2])
-    np.testing.assert_array_equal(out.data, expected)
+    np.testing.assert_array_equal(out.data[0], expected)
     assert len(np.unique(out.data)) > 3
-    assert iou(out.data, truth[2]) > 0.7
+    assert iou(out.data[0], truth[2]) > 0.7
     # A second click reuses the loaded model.
     models = cached_models()
     widget.jobs.run_button.clicked()
@@ -124,7 +127,7 @@ def test_2d_bad_inputs_notify(make_napari_viewer, qtbot, monkeypatch):
     widget = open_widget(viewer, "2D Inference (Parameter Testing)")
     # No image at all: the button is disabled with the reason, a click explains it.
     assert not widget.jobs.run_button.enabled
-    assert "Image layer" in widget.jobs.status.value
+    assert "Image layer" in widget.jobs.reason.value
     widget.run()
     assert errors and "Image layer" in errors[-1]
     # A Labels layer is not offered as an image; an RGB image is refused with the reason.
@@ -132,7 +135,7 @@ def test_2d_bad_inputs_notify(make_napari_viewer, qtbot, monkeypatch):
     assert widget.image.value is None
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
     assert widget.image.value.name == "rgb"
-    assert "RGB" in widget.jobs.status.value and not widget.jobs.run_button.enabled
+    assert "RGB" in widget.jobs.reason.value and not widget.jobs.run_button.enabled
     widget.run()
     assert "RGB" in errors[-1]
     # A boolean mask is not an EM image; an empty Shapes layer is not an ROI.
@@ -180,7 +183,7 @@ def test_3d_stack_real_crop(make_napari_viewer, qtbot, crop, truth):
     widget.jobs.run_button.clicked()
     wait_done(qtbot, widget)
     out = viewer.layers[-1]
-    assert out.name == "raw Lucchi_Lite_v1 3D stack xy"
+    assert out.name == "raw 3D stack xy"
     assert type(out).__name__ == "Labels" and tuple(out.scale) == (5, 5, 5)
     labels = np.asarray(out.data)
     assert labels.shape == volume.shape and labels.dtype == np.uint32
@@ -284,5 +287,6 @@ def test_3d_passes_every_parameter_to_the_chunked_driver(
     assert inference.confidence_thr == 0.3 and stack.median_slices == 3
     assert stack.min_size == 500 and stack.min_extent == 5
     assert kwargs["cancel"] is not None
-    assert viewer.layers[-1].name == "t Lucchi_Lite_v1 3D ortho"
+    assert viewer.layers[-1].name == "t 3D ortho"
+    assert viewer.layers[-1].metadata["empanada"]["model"] == "Lucchi_Lite_v1"
     assert widget.jobs.progress.value == widget.jobs.progress.max == 2

@@ -37,7 +37,7 @@ def _pick(qtbot, widget, strategy, count=2):
     widget.strategy.value = strategy
     widget.number.value = count
     widget.patch_size.value = 64
-    assert widget.jobs.run_button.enabled, widget.jobs.status.value
+    assert widget.jobs.run_button.enabled, widget.jobs.reason.value
     widget.jobs.run_button.clicked()
     wait_done(qtbot, widget)
 
@@ -97,7 +97,7 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     rc.lr.value = 0.005
     rc.val_fraction.value = 0.25
     rc.val_every.value = 2
-    assert tune.jobs.run_button.enabled, tune.jobs.status.value
+    assert tune.jobs.run_button.enabled, tune.jobs.reason.value
     tune.jobs.run_button.clicked()
     wait_done(qtbot, tune)
     assert "Saved model 'tuned'" in tune.jobs.status.value, tune.jobs.status.value
@@ -155,11 +155,11 @@ def test_bad_dataset_is_explained_in_the_dock(make_napari_viewer, qtbot, tmp_pat
     tifffile.imwrite(one / "masks" / "a.tiff", np.ones((32, 32), np.float32))
     viewer = make_napari_viewer()
     tune = open_widget(viewer, "Finetune Model")
-    assert "Choose a dataset folder" in tune.jobs.status.value
+    assert "Choose a dataset folder" in tune.jobs.reason.value
     tune.run_controls.dataset.value = tmp_path / "one"
     tune.jobs.run_button.clicked()
     wait_done(qtbot, tune)
-    assert "needs at least 2" in tune.jobs.status.value
+    assert "needs at least 2" in tune.jobs.reason.value
     assert errors and "needs at least 2" in errors[-1]
 
 

@@ -340,7 +340,7 @@ def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
     to_zarr = output.suffix.lower() == ".zarr"
     axis = settings["stack"].axis
     desc = f"stack {axis}" if args.mode == "stack" else "ortho xy+xz+yz"
-    bar, update = _progress_bar(0, desc, args.no_progress, unit="block")
+    bar, update = _progress_bar(0, desc, args.no_progress, unit="slice")
 
     def progress(done: int, total: int, info=None) -> None:
         bar.total = total

@@ -179,9 +179,12 @@ class InferenceSettings(_Settings):
         False,
         "Assign pixels to objects at full resolution instead of the 1/4 grid: smoother "
         "borders between touching mitochondria, about 4x the memory.",
+        advanced=True,
     )
     semantic_only: bool = setting(
-        False, "Only the mitochondria mask (one label for all), no separate objects."
+        False,
+        "Only the mitochondria mask (one label for all), no separate objects.",
+        advanced=True,
     )
     fill_holes: bool = setting(False, "Fill holes inside each object.", label="fill holes")
     split_fragments: bool = setting(

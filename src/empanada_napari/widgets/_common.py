@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import Cancelled, EmpanadaError
+from ..core.settings import SETTINGS_CLASSES, setting_fields, tooltip, widget_label
 
 if TYPE_CHECKING:
     import napari
@@ -70,26 +72,49 @@ class _Failure:
 JobFunction = Callable[[Callable[[int, int], None], threading.Event], Any]
 
 
+#: Height of the Run/Cancel buttons: fixed, so they do not shrink while a job runs.
+BUTTON_HEIGHT = 28
+
+
+def _gui_friendly_threads() -> None:
+    """Leave one core to the GUI: torch gets one thread fewer than the machine has (set
+    once, in the worker, when the first job runs; torch is imported there, not at load)."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    if cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
 class JobPanel(Container):
-    """Run button, determinate progress bar, Cancel button and a status line.
+    """Run button, Cancel button, determinate progress bar, a status line and, whenever Run
+    is disabled, the reason in words.
 
     :meth:`start` runs ``job(progress, cancel)`` in a napari ``thread_worker``: ``progress``
-    may be called from the worker thread; ``cancel`` is the Event the Cancel button sets (the
-    core checks it between slices or blocks and raises ``Cancelled``). The result goes to
-    ``on_done`` in the GUI thread (a string it returns becomes the status line); errors
-    become notifications with their reason.
+    (``core.jobs``'s shape) may be called from the worker thread and shows in the dock and in
+    napari's activity dock; ``cancel`` is the Event the Cancel button sets (the core checks it
+    between slices, views or blocks and raises ``Cancelled``). The result goes to ``on_done``
+    in the GUI thread (a string it returns becomes the status line), never after Cancel;
+    errors become notifications with their reason.
     """
 
     def __init__(self, run_text: str, on_run: Callable[[], None]) -> None:
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        for button in (self.run_button, self.cancel_button):
+            button.native.setFixedHeight(BUTTON_HEIGHT)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
+        self.reason = Label(value="", visible=False)
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
-        super().__init__(widgets=[buttons, self.progress, self.status], labels=False)
-        self.status.native.setWordWrap(True)
+        super().__init__(widgets=[buttons, self.reason, self.progress, self.status], labels=False)
+        for label in (self.status, self.reason):
+            label.native.setWordWrap(True)
+        self.reason.native.setStyleSheet("color: #e0a040;")
         self.run_button.changed.connect(lambda *_: on_run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         # The worker only stores (done, total); a GUI-thread timer shows it. The worker thread
@@ -101,33 +126,30 @@ class JobPanel(Container):
         self._cancel_event: threading.Event | None = None
         self._infos: list[Any] = []
         self._on_info: Callable[[Any], None] | None = None
+        self._activity = None  # napari.utils.progress of the running job
         self.worker = None
         self._problem: str | None = None
-        self._showing_problem = False
 
     @property
     def busy(self) -> bool:
         """True while a job runs."""
         return self.worker is not None
 
-    def set_problem(self, problem: str | None, *, show: bool = True) -> None:
-        """Disable the run button with ``problem`` as the explanation (None enables it).
-
-        ``show=False`` only sets the button and its tooltip, keeping the status line (a
-        finished job's message stays visible until the inputs change).
-        """
+    def set_problem(self, problem: str | None) -> None:
+        """Disable the run button with ``problem`` as the reason, shown in its own line of the
+        dock (None enables it); a finished job's message stays beside it."""
         self._problem = problem
         if self.busy:
             return
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or ""
-        if not show:
-            return
-        if problem is not None:
-            self.status.value = problem
-        elif self._showing_problem:
-            self.status.value = ""  # keep a job's "Done." / "Cancelled." until inputs change
-        self._showing_problem = problem is not None
+        self.reason.value = problem or ""
+        self.reason.visible = problem is not None
+
+    @property
+    def problem(self) -> str | None:
+        """The reason Run is disabled, or None."""
+        return self._problem
 
     def cancel(self) -> None:
         if self._cancel_event is not None:
@@ -136,13 +158,17 @@ class JobPanel(Container):
 
     def _show_progress(self) -> None:
         latest, self._latest = self._latest, None
+        self._drain_info()
         if latest is None:
             return
         done, total = latest
-        self._drain_info()
         self.progress.max = max(1, int(total))
         self.progress.value = min(int(done), self.progress.max)
         self.progress.label = f"{done}/{total}"
+        if self._activity is not None:
+            if self._activity.total != total:
+                self._activity.total = int(total)
+            self._activity.update(max(0, int(done) - self._activity.n))
 
     def _drain_info(self) -> None:
         """Hand the ``info`` mappings the worker reported to ``on_info`` (GUI thread)."""
@@ -158,14 +184,18 @@ class JobPanel(Container):
         *,
         description: str = "Running",
         on_info: Callable[[Any], None] | None = None,
+        result_after_cancel: bool = False,
     ) -> None:
         """Run ``job`` in a thread worker (see the class docstring). Every ``info`` mapping
         the job reports (``progress(done, total, info)``) reaches ``on_info`` in the GUI
-        thread, in order (e.g. a training iteration's losses for a live plot)."""
+        thread, in order (e.g. a training iteration's losses for a live plot). A result
+        returned after Cancel is dropped unless ``result_after_cancel`` (training keeps the
+        model learned so far)."""
         from napari.qt.threading import create_worker
+        from napari.utils import progress as activity
 
         cancel = threading.Event()
-        self._infos: list[Any] = []
+        self._infos = []
         self._on_info = on_info
 
         def progress(done: int, total: int, info: Any = None) -> None:
@@ -175,6 +205,7 @@ class JobPanel(Container):
 
         def work():
             try:
+                _gui_friendly_threads()
                 return job(progress, cancel)
             except EmpanadaError as exc:
                 return _Failure(exc)
@@ -189,6 +220,7 @@ class JobPanel(Container):
         self.status.value = f"{description}..."
         self.run_button.enabled = False
         self.cancel_button.enabled = True
+        self._activity = activity(total=0, desc=description)
         worker = create_worker(work, _start_thread=False)
 
         def returned(result: Any) -> None:
@@ -199,6 +231,10 @@ class JobPanel(Container):
                 else:
                     self.status.value = f"Failed: {result.message}"
                     notify_error(result.message)
+                return
+            if cancel.is_set() and not result_after_cancel:
+                # The job ended before it saw the Cancel: the user asked for nothing.
+                self.status.value = "Cancelled."
                 return
             try:
                 message = on_done(result)
@@ -211,11 +247,13 @@ class JobPanel(Container):
         def finished() -> None:
             self._timer.stop()
             self._show_progress()
-            self._drain_info()
+            if self._activity is not None:
+                self._activity.close()
+                self._activity = None
             self.worker = None
             self._cancel_event = None
             self.cancel_button.enabled = False
-            self.set_problem(self._problem, show=False)
+            self.set_problem(self._problem)
 
         worker.returned.connect(returned)
         worker.finished.connect(finished)
@@ -231,8 +269,6 @@ class JobPanel(Container):
 def settings_controls(cls: type, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One magicgui widget per field of a settings class (core/settings.py), keyed by field
     name, with its default, limits, label and help (as tooltip) taken from the field."""
-    from ..core.settings import setting_fields, tooltip, widget_label
-
     controls: dict[str, Any] = {}
     by_name = {f.name: f for f in setting_fields(cls)}
     for name in names if names is not None else tuple(by_name):
@@ -261,8 +297,6 @@ def settings_controls(cls: type, names: tuple[str, ...] | None = None) -> dict[s
 
 def settings_values(cls: type, controls: dict[str, Any]) -> dict[str, Any]:
     """Field values from :func:`settings_controls` widgets (0 in an optional number: None)."""
-    from ..core.settings import setting_fields
-
     optional = {f.name for f in setting_fields(cls) if "None" in str(f.type)}
     values = {}
     for name, widget in controls.items():
@@ -298,6 +332,24 @@ def engine_controls(*, per_slice: bool) -> dict[str, Any]:
     return settings_controls(InferenceSettings, tuple(n for n in ENGINE_FIELDS if n not in skip))
 
 
+def split_advanced(controls: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """(main, advanced) widgets of :func:`settings_controls`, by the settings' own marks."""
+    advanced_names = {
+        f.name
+        for cls in SETTINGS_CLASSES.values()
+        for f in setting_fields(cls)
+        if f.metadata.get("advanced")
+    }
+    main = [w for name, w in controls.items() if name not in advanced_names]
+    advanced = [w for name, w in controls.items() if name in advanced_names]
+    return main, advanced
+
+
+def count_label(n: int, what: str = "object") -> str:
+    """``"1 object"``, ``"12 objects"``."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def engine_params(controls: dict[str, Any]) -> dict[str, Any]:
     """InferenceSettings fields from :func:`engine_controls` widgets."""
     from ..core.settings import InferenceSettings
@@ -310,14 +362,31 @@ def engine_params(controls: dict[str, Any]) -> dict[str, Any]:
 
 
 def watch_inputs(widget: Container, viewer: napari.viewer.Viewer) -> None:
-    """Re-check ``widget.problem()`` whenever its values or the viewer's layers change."""
+    """Re-check ``widget.problem()`` whenever anything it may depend on changes: its own
+    values, the layer list, the viewer's display (2D/3D) and current slice, and the data of
+    every Shapes layer (an ROI drawn after the dock was opened)."""
 
     def update(*_: Any) -> None:
-        widget.jobs.set_problem(widget.problem())
+        try:
+            widget.jobs.set_problem(widget.problem())
+        except RuntimeError:  # the dock's Qt widgets are gone (closed)
+            pass
+
+    followed: weakref.WeakSet = weakref.WeakSet()
+
+    def follow_shapes(*_: Any) -> None:
+        for layer in viewer.layers:
+            if type(layer).__name__ == "Shapes" and layer not in followed:
+                layer.events.data.connect(update)
+                followed.add(layer)
 
     widget.changed.connect(update)
     for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
         event.connect(update)
+    viewer.layers.events.inserted.connect(follow_shapes)
+    viewer.dims.events.ndisplay.connect(update)
+    viewer.dims.events.current_step.connect(update)
+    follow_shapes()
     update()
 
 

@@ -21,56 +21,9 @@ from magicgui.widgets import (
 )
 
 from ._common import JobPanel, device_picker, select_model, watch_inputs
+from ._layout import collapsible, dock
 
-#: Height of the Run/Cancel buttons, kept during jobs (issue: buttons shrank while busy).
-BUTTON_HEIGHT = 28
-
-
-def fix_buttons(jobs: JobPanel) -> None:
-    """Give the Run/Cancel buttons a fixed height so they never shrink during a job."""
-    for button in (jobs.run_button, jobs.cancel_button):
-        button.native.setFixedHeight(BUTTON_HEIGHT)
-
-
-def collapsible(title: str, widgets: list[Any]) -> Any:
-    """A collapsed-by-default section holding magicgui ``widgets`` (superqt's QCollapsible)."""
-    from superqt import QCollapsible
-
-    inner = Container(widgets=widgets)
-    section = QCollapsible(title)
-    section.addWidget(inner.native)
-    section.collapse(animate=False)
-    section._inner = inner  # keep the magicgui container alive with its Qt widget
-    return section
-
-
-def dock(widget: Container, main: list[Any], advanced: list[Any], jobs: JobPanel, extra=()) -> None:
-    """Lay ``widget`` out as a scroll area (napari docks ``widget.native``, so the scroll area
-    must be inside it) holding the main controls, a collapsed "Advanced options" section,
-    ``extra`` Qt widgets (a plot) and the job panel with fixed-size buttons. Changes of any
-    control are re-emitted as ``widget.changed`` (for :func:`watch_inputs`)."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QScrollArea
-
-    Container.__init__(widget, widgets=[], labels=False)
-    inner = Container(widgets=[*main, jobs])
-    widget.advanced_section = collapsible("Advanced options", advanced)
-    layout = inner.native.layout()
-    index = layout.indexOf(jobs.native)
-    for offset, item in enumerate([widget.advanced_section, *extra]):
-        layout.insertWidget(index + offset, item)
-    layout.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    scroll.setWidget(inner.native)
-    scroll.setMinimumWidth(inner.native.minimumSizeHint().width() + 20)
-    widget.native.layout().addWidget(scroll)
-    widget.native.layout().setContentsMargins(0, 0, 0, 0)
-    widget.controls, widget.scroll_area = inner, scroll
-    for part in (inner, widget.advanced_section._inner):
-        part.changed.connect(lambda *_: widget.changed.emit(widget))
-    fix_buttons(jobs)
+__all__ = ["collapsible", "dock"]  # the adaptation docks import them from here
 
 
 def watch(widget: Container, viewer) -> None:
@@ -290,4 +243,4 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
         )
 
     plot.reset()
-    jobs.start(job, done, description=description, on_info=plot.add)
+    jobs.start(job, done, description=description, on_info=plot.add, result_after_cancel=True)

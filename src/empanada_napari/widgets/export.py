@@ -151,7 +151,7 @@ class ExportWidget(Container):
             message = "Exported " + ", ".join(p.name for p in paths)
             notify_info(message)
             # Disable re-running into the same files, but keep the message on show.
-            self.jobs.set_problem(self.problem(), show=False)
+            self.jobs.set_problem(self.problem())
             return message
 
         self.jobs.start(work, done, description="Exporting")

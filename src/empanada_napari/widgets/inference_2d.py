@@ -18,6 +18,7 @@ from ._common import (
     JobPanel,
     LayerPicker,
     ModelPicker,
+    count_label,
     device_picker,
     engine_controls,
     engine_params,
@@ -25,9 +26,11 @@ from ._common import (
     layer_array,
     leading_index,
     place_like,
+    split_advanced,
     watch_inputs,
     write_into_labels,
 )
+from ._layout import dock
 
 if TYPE_CHECKING:
     import napari
@@ -49,7 +52,7 @@ class _Request:
 
 
 class Inference2DWidget(Container):
-    """Dock widget: 2D panoptic inference with every parameter of docs/design.md s.3."""
+    """Dock widget: 2D panoptic inference with every setting of ``InferenceSettings``."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
@@ -57,25 +60,25 @@ class Inference2DWidget(Container):
         self.model = ModelPicker()
         self.device = device_picker()
         self.region = ComboBox(choices=REGIONS, value=REGIONS[0], label="region")
+        self.region.tooltip = (
+            "What to segment: the slice on screen, the part of it in view, the rectangle(s) of "
+            "a Shapes layer, or every slice of the stack (each on its own)."
+        )
         self.roi = LayerPicker(napari_viewer, ("shapes",), label="ROI shapes", visible=False)
         self.output = LayerPicker(
             napari_viewer, ("labels",), extra=((NEW_LAYER, NEW_LAYER),), label="output"
         )
+        self.output.tooltip = "A new Labels layer, or an existing one of the image's shape."
         self.controls = engine_controls(per_slice=True)
         for key, control in self.controls.items():
             setattr(self, key, control)
         self.jobs = JobPanel("Run 2D inference", self.run)
-        super().__init__(
-            widgets=[
-                self.image,
-                self.model,
-                self.device,
-                self.region,
-                self.roi,
-                self.output,
-                *self.controls.values(),
-                self.jobs,
-            ]
+        main, advanced = split_advanced(self.controls)
+        dock(
+            self,
+            [self.image, self.model, self.region, self.roi, self.output, *main],
+            [self.device, *advanced],
+            self.jobs,
         )
         self.region.changed.connect(self._on_region)
         watch_inputs(self, napari_viewer)
@@ -195,8 +198,11 @@ class Inference2DWidget(Container):
 
     def _show(self, layer: Any, req: _Request, labels: np.ndarray) -> str:
         """Put the result into the chosen output (GUI thread)."""
+        from ..core.inference.slices import count_objects
+
         out = self.output.value
         y0, x0 = req.offset
+        objects = count_label(count_objects(labels))
         if out is not None and out != NEW_LAYER and out in self.viewer.layers:
             if req.batch:
                 index = (*req.lead, slice(None), slice(None), slice(None))
@@ -205,18 +211,31 @@ class Inference2DWidget(Container):
                 index = (*req.lead, slice(y0, y0 + h), slice(x0, x0 + w))
             write_into_labels(out, index, labels)
             out.refresh()
-            return f"Wrote {_count(labels)} objects into '{out.name}' (undo: Ctrl+Z)."
-        where = "stack" if req.batch else "slice " + ",".join(map(str, req.lead))
-        name = f"{layer.name} {req.model} 2D" + (f" {where}" if req.lead or req.batch else "")
-        ndim = 3 if req.batch else 2
-        offset = () if req.batch else (y0, x0)
-        self.viewer.add_labels(labels, name=name, **place_like(layer, ndim, offset))
-        return f"Added '{name}': {_count(labels)} objects."
+            return f"Wrote {objects} into '{out.name}' (undo: Ctrl+Z)."
+        # The result sits where it was computed: a single slice keeps the layer's leading
+        # dimensions (length 1, translated to its slice), so it shows on that slice only.
+        data = labels if req.batch else labels.reshape((1,) * len(req.lead) + labels.shape)
+        offset = (*req.lead, y0, x0) if not req.batch else ()
+        where = "stack" if req.batch else ("z" + ",".join(map(str, req.lead)) or "image")
+        name = f"{layer.name[:16]} 2D {where}"
+        self.viewer.add_labels(
+            data,
+            name=name,
+            metadata={"empanada": _provenance(layer, req)},
+            **place_like(layer, data.ndim, offset),
+        )
+        return f"Added '{name}': {objects}."
 
 
-def _count(labels: np.ndarray) -> int:
-    """Number of distinct non-zero ids (instance ids repeat across slices of a batch)."""
-    return len(np.unique(labels)) - int((labels == 0).any())
+def _provenance(layer: Any, req: _Request) -> dict[str, Any]:
+    """What made a result layer: image, model, settings, region (kept in layer metadata)."""
+    return {
+        "image": layer.name,
+        "model": req.model,
+        "mode": "2d",
+        "region": {"lead": list(req.lead), "offset": list(req.offset), "batch": req.batch},
+        "settings": dict(req.params),
+    }
 
 
 def _segment(req: _Request, progress, cancel) -> np.ndarray:
@@ -226,7 +245,7 @@ def _segment(req: _Request, progress, cancel) -> np.ndarray:
     engine = Engine2D(req.model, req.device, **req.params)
     if not req.batch:
         progress(0, 1)
-        labels = engine.segment(np.asarray(req.data))
+        labels = engine.segment(np.asarray(req.data), cancel=cancel)
         progress(1, 1)
         return labels
     return engine.segment_slices(req.data, progress=progress, cancel=cancel)

@@ -19,6 +19,7 @@ from ._common import (
     JobPanel,
     LayerPicker,
     ModelPicker,
+    count_label,
     device_picker,
     engine_controls,
     engine_params,
@@ -29,8 +30,10 @@ from ._common import (
     place_like,
     settings_controls,
     settings_values,
+    split_advanced,
     watch_inputs,
 )
+from ._layout import dock
 
 if TYPE_CHECKING:
     import napari
@@ -59,9 +62,13 @@ class Inference3DWidget(Container):
         self.image = LayerPicker(napari_viewer, ("image",), label="image")
         self.model = ModelPicker()
         self.device = device_picker()
-        from ..core.settings import OrthoSettings, StackSettings
+        from ..core.settings import BlockSettings, OrthoSettings, StackSettings
 
         self.mode = ComboBox(choices=MODES, value="stack", label="mode")
+        self.mode.tooltip = (
+            "stack: 2D objects linked slice to slice along one axis; ortho: stacks along xy, "
+            "xz and yz, then a vote (needs a volume thick in every direction)."
+        )
         self.stack_controls = settings_controls(
             StackSettings, ("axis", "median_slices", "min_size", "min_extent")
         )
@@ -81,24 +88,41 @@ class Inference3DWidget(Container):
         self.overwrite = CheckBox(value=False, text="overwrite output")
         self.scheduler = LineEdit(value="", label="dask scheduler")
         self.scheduler.tooltip = "empty: local threads; tcp://host:port; local:N (N processes)"
+        self.scheduler.tooltip = (
+            "Where blocks run: empty for this computer; tcp://host:port for a dask cluster; "
+            "local:N to start N worker processes here."
+        )
+        self.out_dir.tooltip = (
+            "Write the result to a zarr store in this folder, block by block (volumes larger "
+            "than memory; resumable). Empty: keep it in memory."
+        )
+        self.chunks.tooltip = BlockSettings.__dataclass_fields__["chunks"].metadata["help"]
+        self.halo.tooltip = BlockSettings.__dataclass_fields__["halo"].metadata["help"]
+        self.resume.tooltip = "Finish an interrupted run into the same zarr output."
+        self.overwrite.tooltip = "Replace an existing output (kept until the new one is done)."
         self.jobs = JobPanel("Run 3D inference", self.run)
-        super().__init__(
-            widgets=[
+        engine_main, engine_advanced = split_advanced(self.controls)
+        dock(
+            self,
+            [
                 self.image,
                 self.model,
-                self.device,
                 self.mode,
                 *self.stack_controls.values(),
-                *self.controls.values(),
+                *engine_main,
                 *self.ortho_controls.values(),
                 self.out_dir,
+            ],
+            [
+                self.device,
+                *engine_advanced,
                 self.chunks,
                 self.halo,
                 self.resume,
                 self.overwrite,
                 self.scheduler,
-                self.jobs,
-            ]
+            ],
+            self.jobs,
         )
         self.mode.changed.connect(self._on_mode)
         watch_inputs(self, napari_viewer)
@@ -198,15 +222,35 @@ class Inference3DWidget(Container):
 
     def _show(self, layer: Any, req: _Request, labels: Any) -> str:
         mode = req.mode if req.mode == "ortho" else f"stack {req.settings['stack'].axis}"
-        name = f"{layer.name} {req.model} 3D {mode}"
-        self.viewer.add_labels(labels, name=name, **place_like(layer, 3))
+        name = f"{layer.name[:16]} 3D {mode}"
+        lead = leading_index(self.viewer, layer, keep=3)
+        if isinstance(labels, np.ndarray) and lead:
+            # A volume of a 4D/5D layer shows at its own time point, not at every one.
+            labels = labels.reshape((1,) * len(lead) + labels.shape)
+        ndim = labels.ndim if isinstance(labels, np.ndarray) else 3
+        offset = (*lead, 0, 0, 0) if ndim > 3 else ()
+        provenance = {
+            "image": layer.name,
+            "model": req.model,
+            "mode": req.mode,
+            "output": str(req.out) if req.out else None,
+            "settings": {k: v.to_dict() for k, v in req.settings.items()},
+        }
+        self.viewer.add_labels(
+            labels,
+            name=name,
+            metadata={"empanada": provenance},
+            **place_like(layer, ndim, offset),
+        )
         if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
-            return f"Added '{name}': {int(labels.max(initial=0))} objects."
-        return f"Added '{name}' (stored in {req.out})."
+            return f"Added '{name}': {count_label(int(labels.max(initial=0)))}."
+        objects = dict(labels.attrs.get("empanada", {})).get("objects")
+        found = f": {count_label(int(objects))}" if objects is not None else ""
+        return f"Added '{name}'{found} (stored in {req.out})."
 
 
 def segment(req: _Request, progress, cancel):
-    """Worker-thread part: the core's chunked driver (progress counts blocks)."""
+    """Worker-thread part: the core's chunked driver (progress counts slices)."""
     from ..core.inference.chunked import segment_volume
 
     return segment_volume(

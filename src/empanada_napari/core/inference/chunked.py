@@ -90,8 +90,9 @@ def segment_volume(
     path to write uint32 labels to (returned opened read-only); without it a numpy array is
     returned. ``scheduler``: ``None`` (this process), a ``distributed.Client``, a scheduler
     address, or ``"local:N"``; ``workers=N`` starts a local cluster of N processes.
-    ``progress(done, total)`` counts segmented blocks; ``cancel`` (an Event or a callable)
-    stops within one batch of slices and raises :class:`~..errors.Cancelled`.
+    ``progress(done, total, info)`` counts the slices seen by the network (``info`` counts
+    blocks); ``cancel`` (an Event or a callable) stops within one batch of slices and raises
+    :class:`~..errors.Cancelled`.
     """
     from ..models.loading import LoadedModel, load_model
 
@@ -166,11 +167,31 @@ def segment_volume(
         runner.close()
 
 
+def _work_units(job: Job, block: Block) -> int:
+    """Slices the network sees for a block: progress is counted in these, inside blocks too."""
+    sizes = [s.stop - s.start for s in block.padded]
+    return sum(sizes) if job.mode == "ortho" else sizes[AXES[job.stack.axis][0]]
+
+
 def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, cancel):
-    """The four phases, in order; ``store`` is the :class:`~..output.ZarrOutput` or None."""
-    total = len(plan)
+    """The four phases, in order; ``store`` is the :class:`~..output.ZarrOutput` or None.
+
+    ``progress(done, total, info)`` counts the slices the network has seen (inside a block
+    too, when blocks run in this process); ``info`` has ``blocks_done`` and ``blocks``.
+    """
+    units = {b.index: _work_units(job, b) for b in plan}
+    total = sum(units.values())
     counts = finished_blocks(job.work, plan)
-    report(progress, len(counts), total)
+    finished = {"units": sum(units[i] for i in counts)}
+
+    def info() -> dict:
+        return {"blocks_done": len(counts), "blocks": len(plan)}
+
+    report(progress, finished["units"], total, info())
+
+    def block_progress(done: int, _total: int, _info=None) -> None:
+        # Blocks run one after another in this process: the running one adds its slices.
+        report(progress, finished["units"] + done, total, info())
 
     def stop_requested() -> bool:
         if is_cancelled(cancel):
@@ -182,13 +203,17 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
         return False
 
     def segment_args(block: Block) -> tuple:
-        if runner.distributed and not _readable_remotely(image):
-            return (job, block, _PreSliced(np.asarray(image[block.padded]), block))
-        return (job, block, image, None if runner.distributed else cancel)
+        if runner.distributed:
+            source = image if _readable_remotely(image) else None
+            if source is None:
+                source = _PreSliced(np.asarray(image[block.padded]), block)
+            return (job, block, source)
+        return (job, block, image, cancel, block_progress if progress is not None else None)
 
     def segmented(block: Block, n: int) -> None:
         counts[block.index] = n
-        report(progress, len(counts), total)
+        finished["units"] += units[block.index]
+        report(progress, finished["units"], total, info())
 
     todo = [b for b in plan if b.index not in counts]
     runner.map(segment_block, todo, segment_args, stop_requested, segmented)

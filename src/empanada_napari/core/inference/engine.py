@@ -120,8 +120,10 @@ class Engine2D:
             "offsets": out["offsets"][..., : h // grid, : w // grid],
         }
 
-    def infer(self, batch: np.ndarray) -> RawOutputs:
-        """Model outputs for normalised float32 slices (N, H, W) (see :meth:`normalize`)."""
+    def infer(self, batch: np.ndarray, cancel: CancelFlag = None) -> RawOutputs:
+        """Model outputs for normalised float32 slices (N, H, W) (see :meth:`normalize`).
+
+        With flip averaging, ``cancel`` is checked between the four views."""
         s = self.settings
         n, height, width = batch.shape
         d = s.downsample
@@ -148,20 +150,22 @@ class Engine2D:
             sem_prob = pp.semantic_probabilities(out["sem_logits"])
             ctr_hmp, offsets = out["ctr_hmp"], out["offsets"]
         else:
-            sem_prob, ctr_hmp, offsets = self._flip_average(run, x)
+            sem_prob, ctr_hmp, offsets = self._flip_average(run, x, cancel)
         return RawOutputs(
             sem_prob=sem_prob, ctr_hmp=ctr_hmp, offsets=offsets, shape=(height, width)
         )
 
     @staticmethod
-    def _flip_average(run: Callable[[torch.Tensor], dict], x: torch.Tensor):
+    def _flip_average(run: Callable[[torch.Tensor], dict], x: torch.Tensor, cancel=None):
         """Test-time augmentation: the mean of the outputs for the image and its three
         flips (vertical, horizontal, both), each flipped back. Flipping an axis negates that
         component of the offsets (dy, dx). The padded size is a multiple of the 1/4 grid, so
         a flipped grid cell lands exactly on another cell."""
         sem = ctr = off = None
         flips = ((), (-2,), (-1,), (-2, -1))
-        for dims in flips:
+        for k, dims in enumerate(flips):
+            if k and is_cancelled(cancel):
+                raise Cancelled(f"Cancelled after {k} of {len(flips)} flipped views.")
             out = run(torch.flip(x, dims) if dims else x)
             p = pp.semantic_probabilities(out["sem_logits"])
             c, o = out["ctr_hmp"], out["offsets"]
@@ -253,10 +257,18 @@ class Engine2D:
         """Normalise images for this model (float32, same shape); see :mod:`..preprocess`."""
         return normalize(images, self.model.mean, self.model.std, value_range)
 
-    def segment(self, image, value_range: tuple[float, float] | None = None) -> np.ndarray:
-        """Segment one 2D image (H, W); returns uint32 labels of the same shape."""
+    def segment(
+        self,
+        image,
+        value_range: tuple[float, float] | None = None,
+        *,
+        cancel: CancelFlag = None,
+    ) -> np.ndarray:
+        """Segment one 2D image (H, W); returns uint32 labels of the same shape. ``cancel``
+        is checked between the network's flipped views and before post-processing."""
         check_image(image, ndim=(2,))
-        return self.segment_slices(np.asarray(image)[None], value_range=value_range)[0]
+        stack = np.asarray(image)[None]
+        return self.segment_slices(stack, value_range=value_range, cancel=cancel)[0]
 
     def iter_batches(
         self,
@@ -283,7 +295,9 @@ class Engine2D:
             if is_cancelled(cancel):
                 raise Cancelled(f"Cancelled after {start} of {total} slices.")
             batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
-            raw = self.infer(batch)
+            raw = self.infer(batch, cancel)
+            if is_cancelled(cancel):
+                raise Cancelled(f"Cancelled after {start} of {total} slices.")
             labels = np.stack([self.postprocess(raw, i) for i in range(batch.shape[0])])
             if progress is not None:
                 progress(min(start + bs, total), total)

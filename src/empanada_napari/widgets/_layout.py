@@ -1,0 +1,69 @@
+"""One look for every dock: a scroll area, a collapsed "Advanced options" section, the job panel.
+
+napari docks ``widget.native``; docks have no scroll area of their own, so a dock taller than
+a 768-pixel laptop screen pushes its Run button off-screen. :func:`dock` puts the controls in
+a scroll area inside the widget, folds the rarely changed ones into a collapsible section
+(superqt, which napari ships) and keeps the dock narrow enough to leave the canvas usable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import Container
+
+#: Widest a dock asks to be (pixels); the form's labels and fields share it.
+MAX_MIN_WIDTH = 360
+
+
+def collapsible(title: str, widgets: list[Any]) -> Any:
+    """A collapsed-by-default section holding magicgui ``widgets`` (superqt's QCollapsible)."""
+    from superqt import QCollapsible
+
+    inner = Container(widgets=widgets)
+    section = QCollapsible(title)
+    section.addWidget(inner.native)
+    section.collapse(animate=False)
+    section._inner = inner  # keep the magicgui container alive with its Qt widget
+    return section
+
+
+def dock(
+    widget: Container,
+    main: list[Any],
+    advanced: list[Any],
+    jobs: Any,
+    extra: tuple = (),
+) -> None:
+    """Lay ``widget`` out as a scroll area holding the ``main`` controls, a collapsed
+    "Advanced options" section (when ``advanced`` is not empty), ``extra`` Qt widgets (a plot)
+    and the job panel. Changes of any control are re-emitted as ``widget.changed`` (for
+    :func:`~._common.watch_inputs`)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    Container.__init__(widget, widgets=[], labels=False)
+    inner = Container(widgets=[*main, jobs])
+    parts = [inner]
+    layout = inner.native.layout()
+    index = layout.indexOf(jobs.native)
+    items = list(extra)
+    widget.advanced_section = None
+    if advanced:
+        widget.advanced_section = collapsible("Advanced options", advanced)
+        items.insert(0, widget.advanced_section)
+        parts.append(widget.advanced_section._inner)
+    for offset, item in enumerate(items):
+        layout.insertWidget(index + offset, item)
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner.native)
+    scroll.setMinimumWidth(min(MAX_MIN_WIDTH, inner.native.minimumSizeHint().width() + 20))
+    widget.native.layout().addWidget(scroll)
+    widget.native.layout().setContentsMargins(0, 0, 0, 0)
+    widget.form, widget.scroll_area = inner, scroll
+    for part in parts:
+        part.changed.connect(lambda *_: widget.changed.emit(widget))

@@ -1,0 +1,124 @@
+"""A biologist's first hour (issue 14): docks fit a laptop, buttons keep their size, the reason
+Run is disabled is always on show and follows the viewer, Cancel means no result, progress
+shows in napari's activity dock, tooltips everywhere, result layers say what made them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+DATA = Path(__file__).parent / "data"
+PLUGIN = "empanada-napari"
+LAPTOP = (1366, 768)
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return tifffile.imread(DATA / "lucchi_crop_raw.tif")[:4]
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def test_inference_docks_fit_a_laptop_screen_side_by_side(make_napari_viewer, qtbot, crop):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*LAPTOP)
+    viewer.add_image(crop, name="raw")
+    docks = [open_widget(viewer, n) for n in ("2D Inference (Parameter Testing)", "3D Inference")]
+    qtbot.wait(200)
+    for widget in docks:
+        # Everything scrolls: the dock asks for little height, and stays narrow.
+        assert widget.scroll_area.widget() is widget.form.native
+        assert widget.native.minimumSizeHint().height() < 300
+        assert widget.native.minimumSizeHint().width() <= 400
+        assert widget.advanced_section is not None
+    # Opening 2D then 3D (tune in 2D, run in 3D) does not push the window off the screen.
+    assert window.height() <= LAPTOP[1] and window.width() <= LAPTOP[0]
+
+
+def test_every_setting_control_has_a_tooltip_with_its_default(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "3D Inference")
+    for group in (widget.controls, widget.stack_controls, widget.ortho_controls):
+        for name, control in group.items():
+            assert "Default:" in (control.tooltip or ""), name
+
+
+def test_reason_run_is_disabled_is_visible_and_follows_the_viewer(make_napari_viewer, qtbot,
+                                                                    crop):  # fmt: skip
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    assert not widget.jobs.run_button.enabled
+    assert widget.jobs.reason.visible and "Image layer" in widget.jobs.reason.value
+    viewer.add_image(crop, name="raw")
+    assert widget.jobs.run_button.enabled and not widget.jobs.reason.visible
+    # The viewer's display changes: 3D view, then back, with no control touched.
+    viewer.dims.ndisplay = 3
+    assert not widget.jobs.run_button.enabled and "2D" in widget.jobs.reason.value
+    viewer.dims.ndisplay = 2
+    assert widget.jobs.run_button.enabled
+    # An ROI drawn after choosing "shapes ROI" enables Run at once.
+    shapes = viewer.add_shapes(name="roi")
+    widget.region.value = "shapes ROI"
+    widget.roi.value = shapes
+    assert "no shapes" in widget.jobs.reason.value
+    shapes.add([[[20, 20], [20, 120], [120, 120], [120, 20]]], shape_type="rectangle")
+    assert widget.jobs.run_button.enabled, widget.jobs.reason.value
+
+
+def test_buttons_keep_their_size_and_progress_reaches_the_activity_dock(
+    make_napari_viewer, qtbot, monkeypatch, crop
+):
+    import napari.utils
+
+    bars = []
+    original = napari.utils.progress
+
+    def recording(*args, **kwargs):
+        bar = original(*args, **kwargs)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(napari.utils, "progress", recording)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.region.value = "all slices (batch)"
+    heights = [(widget.jobs.run_button.native.height(), widget.jobs.cancel_button.native.height())]
+    widget.run()
+    qtbot.wait(50)
+    heights.append(
+        (widget.jobs.run_button.native.height(), widget.jobs.cancel_button.native.height())
+    )
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=120_000)
+    heights.append(
+        (widget.jobs.run_button.native.height(), widget.jobs.cancel_button.native.height())
+    )
+    assert len(set(heights)) == 1 and heights[0][0] >= 20
+    assert bars and bars[0].total == 4 and bars[0].n == 4
+    # The batch's message counts objects slice by slice (ids restart in every slice).
+    from empanada_napari.core.inference.slices import count_objects
+
+    expected = count_objects(viewer.layers[-1].data)
+    assert f"{expected} objects" in widget.jobs.status.value
+
+
+def test_cancel_of_a_single_slice_with_flip_averaging_adds_no_layer(make_napari_viewer, qtbot,
+                                                                     crop):  # fmt: skip
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "2D Inference (Parameter Testing)")
+    widget.tta.value = True
+    widget.run()
+    widget.jobs.cancel_button.clicked()  # at once: during the first of the four views
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=120_000)
+    assert widget.jobs.status.value == "Cancelled."
+    assert [layer.name for layer in viewer.layers] == ["raw"]
