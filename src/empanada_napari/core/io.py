@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -111,17 +114,40 @@ def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
         return path
     import tifffile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    with atomic_file(path) as handle:
+        # minisblack: a last axis of 3 or 4 is image width, not RGB(A) samples.
+        tifffile.imwrite(handle, np.asarray(labels), compression="zlib", photometric="minisblack")
+    return path
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a new hidden file beside ``path`` to write; rename it to ``path`` on success.
+
+    On any error the partial file is removed and ``path`` is left as it was. The file is
+    created with ``open(..., "xb")`` rather than ``tempfile.mkstemp`` so that its permissions
+    follow the user's umask (mkstemp always creates 0600, unreadable to the user's group).
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise _disk_error(err, path) from err
+        break
+    else:
+        raise EmpanadaError(f"Could not create a temporary file beside {path}.")
     try:
-        tifffile.imwrite(tmp, np.asarray(labels), compression="zlib")
+        with handle:
+            yield handle
         os.replace(tmp, path)
     except OSError as err:
         raise _disk_error(err, path) from err
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        tmp.unlink(missing_ok=True)
 
 
 def create_zarr_labels(

@@ -137,21 +137,24 @@ def export_array(
             step(k + 1)
         return path
     if fmt == "tiff":
-        tmp = path.with_name(f".{path.name}.part")
+        from ..core.io import atomic_file
 
         def pages():
             for k in range(n):
                 yield plane(k)
                 step(k + 1)
 
-        try:
-            # Pages streamed from an iterator: one multi-page stack, one slice in memory.
+        # Pages streamed from an iterator: one multi-page stack, one slice in memory.
+        # minisblack: a last axis of 3 or 4 is image width, not RGB(A) samples.
+        with atomic_file(path) as handle:
             tifffile.imwrite(
-                tmp, pages(), shape=tuple(data.shape), dtype=data.dtype, compression="zlib"
+                handle,
+                pages(),
+                shape=tuple(data.shape),
+                dtype=data.dtype,
+                compression="zlib",
+                photometric="minisblack",
             )
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
     raise InputError(f"Unknown export format {fmt!r}: use tiff, tiff-slices or zarr.")
 
