@@ -40,7 +40,6 @@ def _pin_singletons(extra: int = 1_000_000) -> None:
 
 
 _pin_singletons()
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def build_toy_model(padding_factor: int = 16, threshold: float = -1.0):
