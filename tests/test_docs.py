@@ -107,3 +107,14 @@ def test_readme_first_command_in_a_new_venv(tmp_path):
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "napari" in res.stdout and "qt" in res.stdout
+
+
+def test_readme_lists_the_system_packages_that_ci_installs():
+    def packages(text: str) -> set[str]:
+        joined = text.replace("\\\n", " ")  # shell line continuations
+        line = re.search(r"apt-get install ([^\n]*)", joined).group(1)
+        return {w for w in line.split() if not w.startswith(("-", ">"))}
+
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "xvfb" in packages(ci) and packages(readme) == packages(ci)
