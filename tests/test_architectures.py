@@ -138,6 +138,7 @@ def test_padding_factor_multiples(arch: str, kwargs: dict, factor: int, size: tu
     assert out["offsets"].shape == (1, 2, h // 4, w // 4)
 
 
+@pytest.mark.slow  # full-size ResNet-34/50 models: tens of seconds on 2 cores
 def test_parameter_counts() -> None:
     counts = {
         "panoptic_deeplab_pr/resnet50": count_parameters(build_model("panoptic_deeplab_pr")),
@@ -155,6 +156,7 @@ def test_parameter_counts() -> None:
     assert counts["panoptic_lite"] * 4 <= 25e6  # float32 weights in bytes
 
 
+@pytest.mark.slow  # full-size ResNet-34/50 models: tens of seconds on 2 cores
 @pytest.mark.parametrize("encoder", ["resnet34", "resnet50"])
 def test_deeplab_encoders_script(encoder: str) -> None:
     model = torch.jit.script(build_model("panoptic_deeplab_pr", encoder=encoder).eval())
@@ -219,6 +221,7 @@ def _torchvision_resnet50_keys() -> list[str]:
     return keys
 
 
+@pytest.mark.slow  # full-size ResNet-34/50 models: tens of seconds on 2 cores
 def test_resnet50_torchvision_state_dict() -> None:
     ref = _torchvision_resnet50_keys()
     encoder = build_model("panoptic_deeplab_pr").encoder

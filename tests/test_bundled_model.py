@@ -87,7 +87,12 @@ def test_main_job_segments_the_bundled_sample(tmp_path, capsys):
 
     out = tmp_path / "mito_labels.tif"
     assert main(["segment", "--sample", "-o", str(out), "--no-progress"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    # The first README command ends by saying how to look at the result (sample + labels).
+    hint = captured.err.strip().splitlines()[-1]
+    assert hint.startswith("open it with: napari ") and hint.endswith(str(out))
+    assert "lucchi_sample.tif" in hint
     labels = tifffile.imread(out)
     assert report["model"] == BUNDLED and labels.shape == (16, 512, 512)
     assert labels.dtype == np.uint32

@@ -447,12 +447,13 @@ def test_benchmark_runs_on_a_small_tiled_volume(tmp_path):
 
     from benchmarks import proofread as bench
 
-    from .conftest import SHARED
+    from .conftest import DATA
 
-    if not (SHARED / "lucchi_train" / "mito_instances_3d_cc.tif").exists():
-        pytest.skip("shared Lucchi data not available")
+    # The committed real crop (4 mitochondria), subsampled and tiled 32 times: no ../shared.
+    labels = DATA / "lucchi_crop_instances_3d_cc.tif"
     out = tmp_path / "b.json"
-    argv = ["--shape", "64x256x512", "--objects", "3", "--naive-repeats", "1", "--json", str(out)]
+    argv = ["--labels", str(labels), "--stride", "2", "--shape", "32x320x640", "--objects", "3"]
+    argv += ["--naive-repeats", "1", "--json", str(out)]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["index_consistent_after_all_edits"] and result["objects"] > 50

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -327,6 +328,8 @@ def _segment(args) -> int:
             }
         )
     )
+    if args.sample:  # first run from the README: say how to look at the result
+        print(f"open it with: napari {shlex.join([args.input, str(output)])}", file=sys.stderr)
     return 0
 
 

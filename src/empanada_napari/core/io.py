@@ -303,7 +303,9 @@ def export_array(
             digits = max(4, len(str(n - 1)))
             for k in range(n):
                 name_k = f"{path.name}_{k:0{digits}d}.tif"
-                tifffile.imwrite(tmp / name_k, plane(k), compression="zlib")
+                tifffile.imwrite(
+                    tmp / name_k, plane(k), compression="zlib", photometric="minisblack"
+                )
                 step(k + 1)
         else:
 
@@ -313,8 +315,14 @@ def export_array(
                     step(k + 1)
 
             # Pages streamed from an iterator: one multi-page stack, one slice in memory.
+            # minisblack: a last axis of 3 or 4 is image width, not RGB(A) samples.
             tifffile.imwrite(
-                tmp, pages(), shape=tuple(data.shape), dtype=data.dtype, compression="zlib"
+                tmp,
+                pages(),
+                shape=tuple(data.shape),
+                dtype=data.dtype,
+                compression="zlib",
+                photometric="minisblack",
             )
         _replace(tmp, path)
     except OSError as err:
