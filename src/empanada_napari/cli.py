@@ -63,7 +63,8 @@ def _add_segment(sub) -> None:
         "--chunks",
         type=_int_triple,
         help="stack/ortho: block shape Z,Y,X (or one number) for volumes larger than memory; "
-        "default: the whole volume when small, else 64,512,512 (stack) or 160^3 (ortho)",
+        "default: the whole volume when it fits in memory, else 64,512,512 (stack) or 160^3 "
+        "(ortho)",
     )
     p.add_argument(
         "--halo",

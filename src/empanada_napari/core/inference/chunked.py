@@ -66,8 +66,15 @@ WORK_DIR = ".empanada-work"
 FORMAT_VERSION = 1
 MODES = ("stack", "ortho")
 # One block when the whole volume has at most this many voxels (about 0.5-1 GB of working
-# memory in the stack pipeline); otherwise the default block shapes below.
+# memory in the stack pipeline), or when its working memory fits in MEMORY_FRACTION of this
+# machine's RAM; otherwise the default block shapes below. One block does no work twice (no
+# halos) and gives ortho-plane the network's full field of view (issue 19).
 SINGLE_BLOCK_VOXELS = 2**25
+MEMORY_FRACTION = 0.25
+# Peak working memory of one block per voxel, beyond the model and the input (bytes): measured
+# with the in-memory pipelines on 9.4 M and 33.6 M voxel volumes (docs/benchmarks.md), rounded
+# up for the driver's copies of the block labels.
+BYTES_PER_VOXEL = {"stack": 24, "ortho": 40}
 STACK_BLOCK, STACK_HALO = (64, 512, 512), (8, 32, 32)  # (stack axis, plane, plane)
 ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
 
@@ -147,13 +154,29 @@ def _relative(region: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[sli
     )
 
 
-def default_chunks(shape: tuple[int, ...], mode: str, axis: str = "xy") -> tuple[int, int, int]:
-    """Block shape used when none is given: the whole volume when it is small."""
-    if math.prod(shape) <= SINGLE_BLOCK_VOXELS:
+def default_chunks(
+    shape: tuple[int, ...], mode: str, axis: str = "xy", memory: int | None = None
+) -> tuple[int, int, int]:
+    """Block shape used when none is given: the whole volume when it is small or its working
+    memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM)."""
+    voxels = math.prod(shape)
+    memory = _total_memory() if memory is None else memory
+    if voxels <= SINGLE_BLOCK_VOXELS or voxels * BYTES_PER_VOXEL[mode] <= MEMORY_FRACTION * memory:
         return tuple(int(s) for s in shape)  # type: ignore[return-value]
     if mode == "ortho":
         return ORTHO_BLOCK
     return _along_axis(STACK_BLOCK, axis)
+
+
+def _total_memory() -> int:
+    """Physical memory of this machine in bytes (0 when unknown: then blocks by size only).
+
+    Total, not available, memory: the default blocks must not change between a run and its
+    resume, which checks that the blocks are the same."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return 0
 
 
 def default_halo(mode: str, axis: str = "xy") -> tuple[int, int, int]:
@@ -707,7 +730,11 @@ def segment_volume(
     if resume and out is None:
         raise InputError("resume=True needs an output zarr path (out=...).")
     shape = tuple(int(s) for s in image.shape)
-    chunks = _triple(chunks, "chunks") if chunks is not None else default_chunks(shape, mode, axis)
+    # On a cluster, blocks by size only: one big block would run on one worker.
+    local = scheduler is None and not workers
+    if chunks is None:
+        chunks = default_chunks(shape, mode, axis, memory=None if local else 0)
+    chunks = _triple(chunks, "chunks")
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     halo = _triple(halo, "halo") if halo is not None else default_halo(mode, axis)
     if mode == "stack" and halo[AXES[axis][0]] < stack.median_slices // 2:
