@@ -92,12 +92,12 @@ def original_config(work: Path) -> Path:
     return path
 
 
-def write_crop(data: Path, crop: str, path: Path) -> tuple[int, ...]:
-    """Write the crop ``z0:z1,y0:y1,x0:x1`` of ``data/raw.tif`` to ``path``; its shape."""
+def write_crop(raw: Path, crop: str, path: Path) -> tuple[int, ...]:
+    """Write the crop ``z0:z1,y0:y1,x0:x1`` of the volume ``raw`` to ``path``; its shape."""
     import tifffile
 
     (z0, z1), (y0, y1), (x0, x1) = (tuple(int(v) for v in p.split(":")) for p in crop.split(","))
-    volume = tifffile.imread(data / "raw.tif", key=range(z0, z1))[:, y0:y1, x0:x1]
+    volume = tifffile.imread(raw, key=range(z0, z1))[:, y0:y1, x0:x1]
     tifffile.imwrite(path, volume)
     return volume.shape
 
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv with 1.2.4")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding raw.tif")
+    p.add_argument("--raw", type=Path, help="a raw tif to crop from instead of --data/raw.tif")
     p.add_argument("--modes", default="2d,stack,ortho")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warm", action="store_true", help="also time a second (warm) pipeline run")
@@ -240,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="empanada-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     config = original_config(work)
+    raw = args.raw or args.data / "raw.tif"
     home = work / "home"
     home.mkdir(exist_ok=True)
     rows = []
     for mode in args.modes.split(","):
         image = work / f"{mode}.tif"
-        shape = write_crop(args.data, getattr(args, f"{mode}_crop"), image)
+        shape = write_crop(raw, getattr(args, f"{mode}_crop"), image)
         ours, original, agree = [], [], None
         for rep in range(args.repeats):
             # Alternate which side goes first so that neither always runs after the other.
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(summarise(mode, shape, ours, original, agree))
     print(markdown({"rows": rows}))
     if args.json:
-        meta = {"data": str(args.data), "venv": str(args.venv), "device": args.device}
+        meta = {"raw": str(raw), "venv": str(args.venv), "device": args.device}
         write_result(args.json, "compare_original", argv, {"meta": meta, "rows": rows})
     return 0
 
