@@ -86,10 +86,13 @@ def ortho_consensus(
     link_sum = np.bincount(cluster[r], weights=w, minlength=cluster.max() + 1).astype(float)
     link_n = np.bincount(cluster[r], minlength=cluster.max() + 1)
     mean_iou = np.divide(link_sum, link_n, out=np.ones_like(link_sum), where=link_n > 0)
-    # Cluster id of each view's objects (0 = background), as lookup tables.
+    # Cluster id of each view's objects (0 = background), as lookup tables; small types
+    # because the votes below touch every labelled voxel.
+    id_type = np.int32 if int(cluster.max()) + n_nodes < 2**31 else np.int64
+    vote_type = np.min_scalar_type(len(views) + 1)
     luts = []
     for k, m in enumerate(maxima):
-        lut = cluster[offsets[k] : offsets[k] + m + 1].copy()
+        lut = cluster[offsets[k] : offsets[k] + m + 1].astype(id_type)
         lut[0] = 0
         luts.append(lut)
     # Votes on the voxels some view labels; everything else is background in the result.
@@ -97,17 +100,20 @@ def ortho_consensus(
     for v in views[1:]:
         fg |= v > 0
     cl = [lut[v[fg]] for lut, v in zip(luts, views, strict=True)]
-    best = np.zeros(cl[0].shape, dtype=np.int64)
-    best_votes = np.zeros(cl[0].shape, dtype=np.int64)
+    best = np.zeros(cl[0].shape, dtype=id_type)
+    best_votes = np.zeros(cl[0].shape, dtype=vote_type)
     for k in range(len(views)):
-        votes = sum((cl[m] == cl[k]) for m in range(len(views))) * (cl[k] > 0)
+        votes = np.zeros(cl[0].shape, dtype=vote_type)
+        for m in range(len(views)):
+            votes += cl[m] == cl[k]
+        votes[cl[k] == 0] = 0
         better = votes > best_votes
         best[better] = cl[k][better]
         best_votes[better] = votes[better]
-    thr = np.where(n_views[best] == 1, 1 if allow_one_view else len(views) + 1, pixel_vote_thr)
-    keep = (best > 0) & (best_votes >= thr)
-    kept = np.where(keep, best, 0)
-    out = np.zeros(shape, dtype=np.uint32 if int(cluster.max()) + n_nodes < 2**31 else np.int64)
+    one_view = 1 if allow_one_view else len(views) + 1
+    thr = np.where(n_views == 1, one_view, pixel_vote_thr).astype(vote_type)  # per cluster
+    kept = np.where((best > 0) & (best_votes >= thr[best]), best, 0)
+    out = np.zeros(shape, dtype=np.uint32 if id_type == np.int32 else np.int64)
     out[fg] = kept
     _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr)
     return filter_objects(out, min_size, min_extent)
