@@ -70,11 +70,11 @@ MODES = ("stack", "ortho")
 # machine's RAM; otherwise the default block shapes below. One block does no work twice (no
 # halos) and gives ortho-plane the network's full field of view (issue 19).
 SINGLE_BLOCK_VOXELS = 2**25
-MEMORY_FRACTION = 0.25
-# Peak working memory of one block per voxel, beyond the model and the input (bytes): measured
-# with the in-memory pipelines on 9.4 M and 33.6 M voxel volumes (docs/benchmarks.md), rounded
-# up for the driver's copies of the block labels.
-BYTES_PER_VOXEL = {"stack": 24, "ortho": 40}
+MEMORY_FRACTION = 0.5
+# Peak working memory of one block per voxel, beyond the model and the input (bytes), measured
+# with segment_volume on one block of 9.4 M and 33.6 M voxels: stack 15-19, ortho 85 (a toy
+# model that labels half the volume; real mitochondria volumes label 5-10 %), rounded up.
+BYTES_PER_VOXEL = {"stack": 24, "ortho": 88}
 STACK_BLOCK, STACK_HALO = (64, 512, 512), (8, 32, 32)  # (stack axis, plane, plane)
 ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
 
