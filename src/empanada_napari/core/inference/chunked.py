@@ -72,8 +72,9 @@ MODES = ("stack", "ortho")
 SINGLE_BLOCK_VOXELS = 2**25
 MEMORY_FRACTION = 0.5
 # Peak working memory of one block per voxel, beyond the model and the input (bytes), measured
-# with segment_volume on one block of 9.4 M and 33.6 M voxels: stack 15-19, ortho 85 (a toy
-# model that labels half the volume; real mitochondria volumes label 5-10 %), rounded up.
+# on one block of 9.4 M and 33.6 M voxels: stack 15-19 (segment_volume); ortho 85 (three views
+# + consensus) to 103 (segment_volume) with a toy model that labels half the volume. The
+# consensus part grows with the labelled share, 5-10 % for real mitochondria volumes.
 BYTES_PER_VOXEL = {"stack": 24, "ortho": 88}
 STACK_BLOCK, STACK_HALO = (64, 512, 512), (8, 32, 32)  # (stack axis, plane, plane)
 ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
