@@ -1,6 +1,6 @@
 """Run the benchmark figures and rewrite their blocks in docs/benchmarks.md (issue 7).
 
-    python -m benchmarks.report [--only accuracy,model_speed,throughput,memory,proofread] \\
+    python -m benchmarks.report [--only accuracy,model_speed,throughput,compare_original,...] \\
         [--quick] [--device auto] [--out runs/bench] [--doc docs/benchmarks.md] [--render-only]
 
 Each figure runs in a fresh subprocess (``python -m benchmarks.<module> ... --json``), so the
@@ -67,6 +67,13 @@ FIGURES: dict[str, Figure] = {
             " --ortho-sizes 16x64x64",
         ),
         device=True,
+    ),
+    "compare_original": Figure(
+        "compare_original",
+        full=("--data ../shared/data/lucchi_train --repeats 3 --warm",),
+        quick=(
+            "--raw tests/data/lucchi_crop_raw.tif --modes 2d --repeats 1 --2d-crop 0:2,0:128,0:128",
+        ),
     ),
     "memory": Figure(
         "memory",

@@ -104,7 +104,9 @@ def segment_volume(
     if resume and out is None:
         raise InputError("resume=True needs an output zarr path (out=...).")
     shape = tuple(int(s) for s in image.shape)
-    chunks = blocks.chunks or default_chunks(shape, mode, stack.axis)
+    # On a cluster, blocks by size only: one big block would run on one worker.
+    local = scheduler is None and not workers
+    chunks = blocks.chunks or default_chunks(shape, mode, stack.axis, None if local else 0)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     halo = blocks.halo or default_halo(mode, stack.axis)
     blocks = blocks.updated(chunks=chunks, halo=halo)

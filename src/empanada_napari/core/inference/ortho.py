@@ -47,7 +47,9 @@ def ortho_consensus(
 ) -> np.ndarray:
     """Merge three (or more) 3D label volumes of the same shape into one; uint32 1..K.
 
-    ``params`` are :class:`~..settings.OrthoSettings` fields by name.
+    ``params`` are :class:`~..settings.OrthoSettings` fields by name. The votes are counted
+    only on voxels that some view labels (a few % of a volume), so time and memory beyond the
+    views themselves stay small on whole volumes.
     """
     settings = resolve(params, ortho=settings)["ortho"]
     pixel_vote_thr, cluster_iou_thr = settings.pixel_vote_thr, settings.cluster_iou_thr
@@ -59,7 +61,8 @@ def ortho_consensus(
         raise InputError(f"Views differ in shape: {[v.shape for v in views]}")
     if not 1 <= pixel_vote_thr <= len(views):
         raise InputError(f"pixel_vote_thr must be 1..{len(views)}, got {pixel_vote_thr}")
-    views = [np.asarray(v).astype(np.int64) for v in views]
+    views = [np.asarray(v) for v in views]
+    views = [v if v.dtype.kind in "ui" else v.astype(np.int64) for v in views]
     # Global node index for (view, id): offsets by view.
     maxima = [int(v.max()) for v in views]
     offsets = np.concatenate([[0], np.cumsum([m + 1 for m in maxima])])
@@ -75,7 +78,7 @@ def ortho_consensus(
     r, c, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
     graph = coo_matrix((np.ones_like(w), (r, c)), shape=(n_nodes, n_nodes))
     _, cluster = connected_components(graph, directed=False)
-    cluster = cluster + 1  # 0 is reserved for background
+    cluster = cluster.astype(np.int64) + 1  # 0 is reserved for background
     # Which views each cluster has objects in, and how strongly its links agree.
     node_view = np.repeat(np.arange(len(views)), [m + 1 for m in maxima])
     present = np.zeros((cluster.max() + 1, len(views)), dtype=bool)
@@ -86,42 +89,69 @@ def ortho_consensus(
     link_sum = np.bincount(cluster[r], weights=w, minlength=cluster.max() + 1).astype(float)
     link_n = np.bincount(cluster[r], minlength=cluster.max() + 1)
     mean_iou = np.divide(link_sum, link_n, out=np.ones_like(link_sum), where=link_n > 0)
-    # Per-voxel cluster ids in each view (0 = background), then votes for each candidate.
-    cl = [cluster[v + offsets[k]] * (v > 0) for k, v in enumerate(views)]
-    best = np.zeros(shape, dtype=np.int64)
-    best_votes = np.zeros(shape, dtype=np.int64)
+    # Cluster id of each view's objects (0 = background), as lookup tables; small types
+    # because the votes below touch every labelled voxel.
+    id_type = np.int32 if int(cluster.max()) + n_nodes < 2**31 else np.int64
+    vote_type = np.min_scalar_type(len(views) + 1)
+    luts = []
+    for k, m in enumerate(maxima):
+        lut = cluster[offsets[k] : offsets[k] + m + 1].astype(id_type)
+        lut[0] = 0
+        luts.append(lut)
+    # Votes on the voxels some view labels; everything else is background in the result.
+    fg = views[0] > 0
+    for v in views[1:]:
+        fg |= v > 0
+    cl = [lut[v[fg]] for lut, v in zip(luts, views, strict=True)]
+    best = np.zeros(cl[0].shape, dtype=id_type)
+    best_votes = np.zeros(cl[0].shape, dtype=vote_type)
     for k in range(len(views)):
-        votes = sum((cl[m] == cl[k]) for m in range(len(views))) * (cl[k] > 0)
+        votes = np.zeros(cl[0].shape, dtype=vote_type)
+        for m in range(len(views)):
+            votes += cl[m] == cl[k]
+        votes[cl[k] == 0] = 0
         better = votes > best_votes
         best[better] = cl[k][better]
         best_votes[better] = votes[better]
-    thr = np.where(n_views[best] == 1, 1 if allow_one_view else len(views) + 1, pixel_vote_thr)
-    keep = (best > 0) & (best_votes >= thr)
-    out = np.where(keep, best, 0)
-    out = _split_weak_clusters(out, views, cl, cluster, offsets, mean_iou, cluster_iou_thr)
+    one_view = 1 if allow_one_view else len(views) + 1
+    thr = np.where(n_views == 1, one_view, pixel_vote_thr).astype(vote_type)  # per cluster
+    kept = np.where((best > 0) & (best_votes >= thr[best]), best, 0)
+    out = np.zeros(shape, dtype=np.uint32 if id_type == np.int32 else np.int64)
+    out[fg] = kept
+    _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr)
     return filter_objects(out, min_size, min_extent)
 
 
-def _split_weak_clusters(out, views, cl, cluster, offsets, mean_iou, cluster_iou_thr):
-    """Split weakly linked clusters along the view that separates them most."""
-    ids = np.unique(out[out > 0])
+def _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr):
+    """Split weakly linked clusters along the view that separates them most, in place.
+
+    ``kept`` holds the cluster ids of the voxels selected by ``fg`` (0 = dropped). New ids
+    start above every cluster id, so a voxel relabelled here never matches a later cluster.
+    """
+    ids = np.unique(kept[kept > 0])
     weak = ids[mean_iou[ids] < cluster_iou_thr]
     if weak.size == 0:
-        return out
-    result = out.copy()
+        return
     next_id = int(cluster.max()) + 1
-    boxes = ndi.find_objects(np.where(np.isin(out, weak), out, 0))
-    for cid in weak:  # only weak clusters (few), each inside its bounding box
-        box = boxes[cid - 1]
-        if box is None:
-            continue
+    # Bounding boxes of the weak clusters, from the coordinates of their voxels.
+    in_weak = np.isin(kept, weak)
+    coords = np.unravel_index(np.flatnonzero(fg)[in_weak], out.shape)
+    which = np.searchsorted(weak, kept[in_weak])
+    lo = [np.full(weak.size, np.iinfo(np.int64).max) for _ in out.shape]
+    hi = [np.full(weak.size, -1) for _ in out.shape]
+    for axis, coord in enumerate(coords):
+        np.minimum.at(lo[axis], which, coord)
+        np.maximum.at(hi[axis], which, coord)
+    for j, cid in enumerate(weak):  # only weak clusters (few), each inside its bounding box
+        box = tuple(slice(int(lo[a][j]), int(hi[a][j]) + 1) for a in range(out.ndim))
         member = out[box] == cid
+        in_cluster = [(lut[v[box]] == cid) & member for lut, v in zip(luts, views, strict=True)]
         # The view with the most objects in this cluster.
-        counts = [len(np.unique(v[box][(cl[k][box] == cid) & member])) for k, v in enumerate(views)]
+        counts = [len(np.unique(v[box][m])) for v, m in zip(views, in_cluster, strict=True)]
         k = int(np.argmax(counts))
         if counts[k] < 2:
             continue
-        seeds = np.where(member & (cl[k][box] == cid), views[k][box], 0)
+        seeds = np.where(in_cluster[k], views[k][box], 0)
         if not seeds.any():
             continue
         _, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True)
@@ -129,9 +159,8 @@ def _split_weak_clusters(out, views, cl, cluster, offsets, mean_iou, cluster_iou
         uniq, inverse = np.unique(nearest[member], return_inverse=True)
         new_ids = np.arange(next_id, next_id + len(uniq))
         next_id += len(uniq)
-        region = result[box]
+        region = out[box]
         region[member] = new_ids[inverse]
-    return result
 
 
 def segment_ortho(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import InputError, ModelError, ModelFileError
+from .optimize import prepare_for_inference
 
 if TYPE_CHECKING:
     import torch
@@ -223,6 +224,7 @@ def load_model(
         module = _jit_load(path, dev)
         if not quantized:
             _channels_last(module)
+            module = prepare_for_inference(module, dev)
         padding = config.get("padding_factor") or getattr(module, "padding_factor", 16)
         norms = config.get("norms") or dict(MITONET_NORMS)
         loaded = LoadedModel(
