@@ -56,15 +56,17 @@ def dock(widget: Container, main: list[Any], advanced: list[Any], jobs: JobPanel
     inner = Container(widgets=[*main, jobs])
     widget.advanced_section = collapsible("Advanced options", advanced)
     layout = inner.native.layout()
-    index = layout.indexOf(jobs.native)
+    index = layout.count() - 1  # the job panel is the last row (wrapped in a labelled row)
     for offset, item in enumerate([widget.advanced_section, *extra]):
         layout.insertWidget(index + offset, item)
     layout.addStretch(1)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setWidget(inner.native)
-    scroll.setMinimumWidth(inner.native.minimumSizeHint().width() + 20)
+    # Wide enough for the controls plus a vertical scroll bar: nothing cut on the right.
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    scroll.setMinimumWidth(min(420, inner.native.sizeHint().width() + bar + 4))
     widget.native.layout().addWidget(scroll)
     widget.native.layout().setContentsMargins(0, 0, 0, 0)
     widget.controls, widget.scroll_area = inner, scroll
@@ -134,6 +136,9 @@ class LivePlot:
         ax, vax = self.loss_ax, self.val_ax
         ax.clear()
         vax.clear()
+        # clear() moves a twin axis to the left: put it back on the right.
+        vax.yaxis.tick_right()
+        vax.yaxis.set_label_position("right")
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         vax.set_ylabel("validation", fontsize=8)
