@@ -115,6 +115,12 @@ class LivePlot:
 
     def add(self, info: dict) -> None:
         """One iteration's record (``iteration``, ``total``, optional ``val_*``, ``eta_s``)."""
+        try:
+            self._add(info)
+        except RuntimeError:  # the dock was closed while its job ran: nothing to draw on
+            pass
+
+    def _add(self, info: dict) -> None:
         if "iteration" not in info or "total" not in info:
             return
         self.its.append(int(info["iteration"]))
