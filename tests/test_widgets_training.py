@@ -24,7 +24,7 @@ def open_widget(viewer, name):
     return widget
 
 
-def wait_done(qtbot, widget, timeout=300_000):
+def wait_done(qtbot, widget, timeout=1_800_000):  # generous: CI machines may be loaded
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=timeout)
 
 

@@ -22,6 +22,11 @@ def crop():
     return tifffile.imread(DATA / "lucchi_crop_raw.tif")[:4]
 
 
+def shown(widget) -> bool:
+    """Not hidden (magicgui's ``visible`` is False for any widget of an unshown window)."""
+    return not widget.native.isHidden()
+
+
 def open_widget(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget
@@ -57,9 +62,9 @@ def test_reason_run_is_disabled_is_visible_and_follows_the_viewer(make_napari_vi
     viewer = make_napari_viewer()
     widget = open_widget(viewer, "2D Inference (Parameter Testing)")
     assert not widget.jobs.run_button.enabled
-    assert widget.jobs.reason.visible and "Image layer" in widget.jobs.reason.value
+    assert shown(widget.jobs.reason) and "Image layer" in widget.jobs.reason.value
     viewer.add_image(crop, name="raw")
-    assert widget.jobs.run_button.enabled and not widget.jobs.reason.visible
+    assert widget.jobs.run_button.enabled and not shown(widget.jobs.reason)
     # The viewer's display changes: 3D view, then back, with no control touched.
     viewer.dims.ndisplay = 3
     assert not widget.jobs.run_button.enabled and "2D" in widget.jobs.reason.value

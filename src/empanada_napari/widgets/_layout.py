@@ -13,7 +13,7 @@ from typing import Any
 from magicgui.widgets import Container
 
 #: Widest a dock asks to be (pixels); the form's labels and fields share it.
-MAX_MIN_WIDTH = 360
+MAX_MIN_WIDTH = 400
 
 
 def collapsible(title: str, widgets: list[Any]) -> Any:
@@ -46,7 +46,7 @@ def dock(
     inner = Container(widgets=[*main, jobs])
     parts = [inner]
     layout = inner.native.layout()
-    index = layout.indexOf(jobs.native)
+    index = layout.count() - 1  # the job panel is the last row (wrapped in a labelled row)
     items = list(extra)
     widget.advanced_section = None
     if advanced:
@@ -59,9 +59,12 @@ def dock(
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setWidget(inner.native)
-    scroll.setMinimumWidth(min(MAX_MIN_WIDTH, inner.native.minimumSizeHint().width() + 20))
+    # Wide enough for the controls plus a vertical scroll bar (nothing cut on the right), up
+    # to MAX_MIN_WIDTH; beyond that a horizontal bar appears rather than a squeezed canvas.
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    scroll.setMinimumWidth(min(MAX_MIN_WIDTH, inner.native.sizeHint().width() + bar + 4))
     widget.native.layout().addWidget(scroll)
     widget.native.layout().setContentsMargins(0, 0, 0, 0)
     widget.form, widget.scroll_area = inner, scroll

@@ -66,6 +66,12 @@ class LivePlot:
 
     def add(self, info: dict) -> None:
         """One iteration's record (``iteration``, ``total``, optional ``val_*``, ``eta_s``)."""
+        try:
+            self._add(info)
+        except RuntimeError:  # the dock was closed while its job ran: nothing to draw on
+            pass
+
+    def _add(self, info: dict) -> None:
         if "iteration" not in info or "total" not in info:
             return
         self.its.append(int(info["iteration"]))
@@ -87,6 +93,9 @@ class LivePlot:
         ax, vax = self.loss_ax, self.val_ax
         ax.clear()
         vax.clear()
+        # clear() moves a twin axis to the left: put it back on the right.
+        vax.yaxis.tick_right()
+        vax.yaxis.set_label_position("right")
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         vax.set_ylabel("validation", fontsize=8)
