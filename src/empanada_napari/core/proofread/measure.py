@@ -192,7 +192,7 @@ def column_titles(
         elif c.startswith("bbox-min-"):
             titles[c] = f"{name} start (voxel)"
         elif c.startswith("bbox-max-"):
-            titles[c] = f"{name} stop (voxel, excl.)"
+            titles[c] = f"{name} stop (voxel; exclusive)"
         elif c.startswith("centroid-"):
             titles[c] = f"centroid {name} (voxel)"
         elif c.startswith("index-"):

@@ -9,7 +9,7 @@ import numpy as np
 
 from empanada_napari.core.errors import InputError
 
-from ._boxes import read
+from ._boxes import Box, as_ids, check_fixed, full_box, read
 from .index import LabelIndex
 
 
@@ -52,11 +52,28 @@ def path_coordinates(vertices: np.ndarray | Sequence[Sequence[float]]) -> np.nda
 
 
 def label_location(
-    labels: Any, label_id: int, *, index: LabelIndex, fixed: Mapping[int, int] | None = None
+    labels: Any,
+    label_id: int,
+    *,
+    index: LabelIndex | None = None,
+    fixed: Mapping[int, int] | None = None,
+    box: Box | None = None,
 ) -> tuple[int, ...]:
-    """A voxel of ``label_id`` nearest its centroid (data coordinates), to jump to it."""
-    box = index.union_box([label_id], fixed)
-    mask = read(labels, box) == int(label_id)
+    """A voxel of ``label_id`` nearest its centroid (data coordinates), to jump to it.
+
+    The label is looked for in its box from ``index``, or in ``box`` (e.g. a measured
+    bounding box) when there is no index.
+    """
+    if index is not None:
+        box = index.union_box([label_id], fixed)
+    elif box is None:
+        raise InputError("label_location needs an index or a box to look in")
+    else:
+        box = list(full_box(labels.shape))[: len(labels.shape) - len(box)] + list(box)
+        for axis, at in check_fixed(labels.shape, fixed).items():
+            box[axis] = slice(at, at + 1)
+        box = tuple(box)
+    mask = read(labels, box) == int(as_ids([label_id])[0])
     coords = np.argwhere(mask)
     if len(coords) == 0:
         raise InputError(f"label {label_id} has no voxel here")

@@ -37,11 +37,14 @@ def split_label(
 
     In 3D the seeds come from one plane: ``plane`` (``{axis: index}``, the plane the user
     looks at; by default the plane across the first free axis where the label is largest).
-    That plane is split first by a 2D watershed, and its pieces then grow through the rest
-    of the label. Seeding in the whole volume instead finds maxima where the volume's border
-    cuts the label (the distance grows towards it) and stacks the pieces along that axis,
-    which shows as interleaved stripes in the plane on screen. Markers that all lie in one
-    plane are grown the same way; markers in several planes seed the 3D watershed directly.
+    That plane is split first by a 2D watershed; its pieces then seed the same 2D watershed
+    in every other plane (where they overlap the label), and a 3D watershed fills what is
+    left, so the cut seen on screen runs straight through the object. Seeding in the whole
+    volume instead finds maxima where the volume's border cuts the label (the distance grows
+    towards it) and stacks the pieces along that axis, which shows as interleaved stripes in
+    the plane on screen. Markers that all lie in one plane are grown the same way; markers in
+    several planes seed the 3D watershed directly. Parts of the label that no seed reaches
+    (disconnected fragments) join the nearest piece: a split never removes voxels.
     ``spacing`` (voxel size per axis, the layer scale) makes distances physical, so an
     anisotropic stack is split where the object is thin, not where it has fewer voxels.
     """
@@ -69,15 +72,11 @@ def split_label(
         seeds[tuple(points.T)] = np.arange(1, len(points) + 1)
     else:
         seeds = _distance_seeds(mask, sampling, min_distance, seed_plane, label_id)
-    if seed_plane is not None:
-        # Split the seed plane in 2D first: its pieces are then whole regions of that plane.
-        axis, at = seed_plane
-        cut = (slice(None),) * axis + (at,)
-        in_plane = [s for a, s in enumerate(sampling) if a != axis]
-        plane_dist = ndi.distance_transform_edt(mask[cut], sampling=in_plane)
-        seeds[cut] = watershed(-plane_dist, seeds[cut], mask=mask[cut])
-    dist = ndi.distance_transform_edt(mask, sampling=sampling)
-    pieces = watershed(-dist, seeds, mask=mask)
+    if seed_plane is None:
+        pieces = watershed(-ndi.distance_transform_edt(mask, sampling=sampling), seeds, mask=mask)
+    else:
+        pieces = _grow_from_plane(mask, seeds, seed_plane, sampling)
+    pieces = _assign_unreached(pieces, mask, sampling)
     sizes = np.bincount(pieces.ravel())
     order = [int(k) for k in np.argsort(-sizes[1:], kind="stable") + 1 if sizes[k] > 0]
     if len(order) < 2:
@@ -204,3 +203,41 @@ def _distance_seeds(
     plane_seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     seeds[cut] = plane_seeds
     return seeds
+
+
+def _grow_from_plane(
+    mask: np.ndarray, seeds: np.ndarray, seed_plane: tuple[int, int], sampling: list[float]
+) -> np.ndarray:
+    """Pieces grown from the seeds of one plane: that plane first, then plane by plane."""
+    from skimage.segmentation import watershed
+
+    axis, at = seed_plane
+    in_plane = [s for a, s in enumerate(sampling) if a != axis]
+    planes, plane_seeds = np.moveaxis(mask, axis, 0), np.moveaxis(seeds, axis, 0)
+
+    def split_plane(k: int, markers: np.ndarray) -> np.ndarray:
+        dist = ndi.distance_transform_edt(planes[k], sampling=in_plane)
+        return watershed(-dist, markers, mask=planes[k])
+
+    first = split_plane(at, plane_seeds[at])
+    pieces = np.zeros(planes.shape, np.int32)
+    for k in range(len(planes)):
+        markers = first if k == at else np.where(planes[k], first, 0)
+        if markers.any():
+            pieces[k] = split_plane(k, markers)
+    pieces = np.moveaxis(pieces, 0, axis)
+    if (mask & (pieces == 0)).any():
+        # Parts of planes that the seed plane's pieces do not overlap: grow into them in 3D.
+        dist = ndi.distance_transform_edt(mask, sampling=sampling)
+        pieces = watershed(-dist, pieces, mask=mask)
+    return pieces
+
+
+def _assign_unreached(pieces: np.ndarray, mask: np.ndarray, sampling: list[float]) -> np.ndarray:
+    """Voxels of the label that the watershed did not reach, given to the nearest piece."""
+    left = mask & (pieces == 0)
+    if left.any() and pieces.any():
+        _, nearest = ndi.distance_transform_edt(pieces == 0, sampling=sampling, return_indices=True)
+        pieces = pieces.copy()
+        pieces[left] = pieces[tuple(i[left] for i in nearest)]
+    return pieces
