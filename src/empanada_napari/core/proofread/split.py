@@ -67,15 +67,16 @@ def split_label(
     origin = np.array([box[a].start for a in free])
     points = _marker_points(markers, ndim, free, origin, mask, label_id)
     seed_plane = _seed_plane(plane, points, mask, free, origin, label_id)
+    compactness = 0.0
     if points is not None:
-        seeds = np.zeros(mask.shape, np.int32)
-        seeds[tuple(points.T)] = np.arange(1, len(points) + 1)
+        seeds, compactness = _marker_seeds(points, mask, sampling, seed_plane)
     else:
         seeds = _distance_seeds(mask, sampling, min_distance, seed_plane, label_id)
     if seed_plane is None:
-        pieces = watershed(-ndi.distance_transform_edt(mask, sampling=sampling), seeds, mask=mask)
+        dist = ndi.distance_transform_edt(mask, sampling=sampling)
+        pieces = watershed(-dist, seeds, mask=mask, compactness=compactness)
     else:
-        pieces = _grow_from_plane(mask, seeds, seed_plane, sampling)
+        pieces = _grow_from_plane(mask, seeds, seed_plane, sampling, compactness)
     pieces = _assign_unreached(pieces, mask, sampling)
     sizes = np.bincount(pieces.ravel())
     order = [int(k) for k in np.argsort(-sizes[1:], kind="stable") + 1 if sizes[k] > 0]
@@ -162,6 +163,54 @@ def _seed_plane(
     return axis, at
 
 
+def _marker_seeds(
+    points: np.ndarray,
+    mask: np.ndarray,
+    sampling: list[float],
+    seed_plane: tuple[int, int] | None,
+) -> tuple[np.ndarray, float]:
+    """Seeds for the user's markers, and the watershed compactness to grow them with.
+
+    A marker is rarely clicked on its piece's centre, and a watershed of the distance
+    transform grown from a marker near the edge loses everything deeper than the marker to the
+    other seeds (a split of 29 voxels against 4,700). So each marker moves to the deepest
+    voxel of the part of the label nearest to it (its Voronoi cell). When every such voxel is
+    a local maximum of the distance (one blob per marker: the pieces meet at the neck between
+    them), they seed the plain watershed. Otherwise (markers on one blob: no neck to find)
+    the markers stay where they were clicked and grow as a compact watershed, each voxel
+    going to the nearest marker.
+    """
+    area, area_sampling, cut, pts = mask, sampling, (), points
+    if seed_plane is not None:
+        axis, at = seed_plane
+        cut = (slice(None),) * axis + (at,)
+        area = mask[cut]
+        area_sampling = [s for a, s in enumerate(sampling) if a != axis]
+        pts = np.delete(points, axis, axis=1)
+    clicked = np.zeros(area.shape, np.int32)
+    clicked[tuple(pts.T)] = np.arange(1, len(pts) + 1)
+    dist = ndi.distance_transform_edt(area, sampling=area_sampling)
+    _, nearest = ndi.distance_transform_edt(
+        clicked == 0, sampling=area_sampling, return_indices=True
+    )
+    owner = clicked[tuple(nearest)]
+    peaks = dist >= ndi.maximum_filter(dist, size=3)
+    deepest = []
+    for k in range(1, len(pts) + 1):
+        deepest.append(
+            np.unravel_index(np.argmax(np.where(area & (owner == k), dist, -1)), area.shape)
+        )
+    seeds = np.zeros(mask.shape, np.int32)
+    if all(peaks[p] for p in deepest):
+        snapped = np.zeros(area.shape, np.int32)
+        for k, p in enumerate(deepest, start=1):
+            snapped[p] = k
+        seeds[cut] = snapped
+        return seeds, 0.0
+    seeds[cut] = clicked
+    return seeds, 1.0
+
+
 def _distance_seeds(
     mask: np.ndarray,
     sampling: list[float],
@@ -206,7 +255,11 @@ def _distance_seeds(
 
 
 def _grow_from_plane(
-    mask: np.ndarray, seeds: np.ndarray, seed_plane: tuple[int, int], sampling: list[float]
+    mask: np.ndarray,
+    seeds: np.ndarray,
+    seed_plane: tuple[int, int],
+    sampling: list[float],
+    compactness: float = 0.0,
 ) -> np.ndarray:
     """Pieces grown from the seeds of one plane: that plane first, then plane by plane."""
     from skimage.segmentation import watershed
@@ -215,11 +268,11 @@ def _grow_from_plane(
     in_plane = [s for a, s in enumerate(sampling) if a != axis]
     planes, plane_seeds = np.moveaxis(mask, axis, 0), np.moveaxis(seeds, axis, 0)
 
-    def split_plane(k: int, markers: np.ndarray) -> np.ndarray:
+    def split_plane(k: int, markers: np.ndarray, compact: float = 0.0) -> np.ndarray:
         dist = ndi.distance_transform_edt(planes[k], sampling=in_plane)
-        return watershed(-dist, markers, mask=planes[k])
+        return watershed(-dist, markers, mask=planes[k], compactness=compact)
 
-    first = split_plane(at, plane_seeds[at])
+    first = split_plane(at, plane_seeds[at], compactness)
     pieces = np.zeros(planes.shape, np.int32)
     for k in range(len(planes)):
         markers = first if k == at else np.where(planes[k], first, 0)

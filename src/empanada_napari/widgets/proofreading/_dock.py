@@ -212,7 +212,9 @@ class ProofreadDock(Container):
         def job(progress: jobs.Progress, cancel: jobs.CancelFlag) -> Any:
             try:
                 index = session.index(progress, cancel) if use_index else None
-                return work(index, progress, cancel)
+                result = work(index, progress, cancel)
+                progress(1, 1)  # a full bar when done, also for work too short to report
+                return result
             finally:
                 # Here, not on the worker's finished signal: that is queued to the GUI thread
                 # after JobPanel's own, so a next run could come first and find the layer busy.
