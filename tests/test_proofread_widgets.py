@@ -485,7 +485,8 @@ def _blocking_build(monkeypatch, release=None):
     return started
 
 
-def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages, monkeypatch):
+def _merge_while_the_index_builds(make_napari_viewer, qtbot, crop, monkeypatch):
+    """A Merge started on a fresh layer, its worker held in the index build."""
     import threading
 
     release = threading.Event()
@@ -497,6 +498,13 @@ def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages
     w.labels_layer.value, w.points.value = layer, points
     w()
     qtbot.waitUntil(started.is_set, timeout=30_000)
+    return layer, points, w, release
+
+
+def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages, monkeypatch):
+    layer, points, w, release = _merge_while_the_index_builds(
+        make_napari_viewer, qtbot, crop, monkeypatch
+    )
     qtbot.waitUntil(lambda: w.jobs.progress.max == 4, timeout=5_000)  # 1 of 4 shown
     assert w.jobs.busy and w.jobs.cancel_button.enabled and not w.jobs.run_button.enabled
     w.jobs.cancel_button.clicked.emit()
@@ -512,17 +520,9 @@ def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages
 def test_an_edit_is_refused_when_the_labels_changed_meanwhile(
     make_napari_viewer, qtbot, crop, messages, monkeypatch
 ):
-    import threading
-
-    release = threading.Event()
-    started = _blocking_build(monkeypatch, release)
-    viewer = make_napari_viewer()
-    layer = viewer.add_labels(crop.copy())
-    points = viewer.add_points([_point_on(crop, 37), _point_on(crop, 30)])
-    w = _dock(viewer, "Merge Labels")
-    w.labels_layer.value, w.points.value = layer, points
-    w()
-    qtbot.waitUntil(started.is_set, timeout=30_000)
+    layer, _, w, release = _merge_while_the_index_builds(
+        make_napari_viewer, qtbot, crop, monkeypatch
+    )
     layer.paint((1, 92, 184), 44, refresh=False)  # the user paints while the job runs
     painted = np.asarray(layer.data).copy()
     assert (painted != crop).any()

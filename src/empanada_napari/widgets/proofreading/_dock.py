@@ -118,6 +118,24 @@ def consume_picks(points: Any = None, shapes: Any = None) -> None:
             shapes.remove_selected()
 
 
+def edit_finish(
+    describe: Callable[[pr.Edit], str],
+    points: Any = None,
+    shapes: Any = None,
+    nothing: str = "nothing changed",
+) -> Finish:
+    """The finish of an edit: write it as one undo step, clear the picks it used, and say
+    what it did (``nothing`` when it changed nothing: no undo step, the picks stay)."""
+
+    def finish(session: LayerJob, edit: pr.Edit) -> str:
+        if not session.write(edit):
+            return nothing
+        consume_picks(points, shapes)
+        return describe(edit)
+
+    return finish
+
+
 # --------------------------------------------------------------------------- the dock
 class ProofreadDock(Container):
     """Labels picker, picks (a Points layer, with how-to and a "New points layer" button)

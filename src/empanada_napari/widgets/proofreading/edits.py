@@ -17,7 +17,7 @@ from ._dock import (
     NO_DIVISOR_TIP,
     VOLUME,
     ProofreadDock,
-    consume_picks,
+    edit_finish,
     fixed_axes,
     picked_ids,
     view_plane,
@@ -60,13 +60,11 @@ class MergeLabels(ProofreadDock):
         def work(index, _progress, _cancel):
             return pr.merge_labels(layer.data, ids, index=index, target=target, fixed=fixed)
 
-        def finish(session, edit: pr.Edit) -> str:
-            session.write(edit)
-            consume_picks(points, shapes)
+        def merged(edit: pr.Edit) -> str:
             layer.selected_label = edit.target
             return f"merged {edit.removed_ids} into {edit.target}"
 
-        return work, finish
+        return work, edit_finish(merged, points, shapes)
 
 
 class SplitLabels(ProofreadDock):
@@ -114,12 +112,7 @@ class SplitLabels(ProofreadDock):
         def work(index, _progress, _cancel):
             return pr.split_label(layer.data, label_id, index=index, markers=markers, **kwargs)
 
-        def finish(session, edit: pr.Edit) -> str:
-            session.write(edit)
-            consume_picks(points)
-            return f"split {label_id}: new labels {edit.new_ids}"
-
-        return work, finish
+        return work, edit_finish(lambda e: f"split {label_id}: new labels {e.new_ids}", points)
 
 
 class DeleteLabels(ProofreadDock):
@@ -144,12 +137,7 @@ class DeleteLabels(ProofreadDock):
         def work(index, _progress, _cancel):
             return pr.delete_labels(layer.data, ids, index=index, fixed=fixed)
 
-        def finish(session, edit: pr.Edit) -> str:
-            session.write(edit)
-            consume_picks(points)
-            return f"deleted {edit.removed_ids}"
-
-        return work, finish
+        return work, edit_finish(lambda e: f"deleted {e.removed_ids}", points)
 
 
 class MorphLabels(ProofreadDock):
@@ -190,10 +178,7 @@ class MorphLabels(ProofreadDock):
                 cancel=cancel,
             )
 
-        def finish(session, edit: pr.Edit) -> str:
-            if not session.write(edit):
-                return f"{operation}: nothing changed"
-            consume_picks(points)
+        def changed(edit: pr.Edit) -> str:
             return f"{operation}: {edit.n_changed} voxels changed"
 
-        return work, finish
+        return work, edit_finish(changed, points, nothing=f"{operation}: nothing changed")
