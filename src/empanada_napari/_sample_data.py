@@ -31,4 +31,5 @@ def load_sample() -> np.ndarray:
 
 def make_sample_data() -> list[tuple]:
     """napari sample-data contribution: one image layer with its physical scale (nm)."""
-    return [(load_sample(), {"name": SAMPLE_NAME, "scale": SAMPLE_SCALE_NM}, "image")]
+    meta = {"name": SAMPLE_NAME, "scale": SAMPLE_SCALE_NM, "units": ("nanometer",) * 3}
+    return [(load_sample(), meta, "image")]
