@@ -584,13 +584,17 @@ def leading_index(viewer: napari.viewer.Viewer, layer: Any, keep: int) -> tuple[
 
 
 def place_like(layer: Any, ndim: int, offset: tuple[int, ...] = ()) -> dict[str, Any]:
-    """``scale``/``translate`` so that an array of the last ``ndim`` dims of ``layer``
-    (shifted by ``offset`` pixels in its last dims) overlays it."""
+    """``scale``/``translate`` (and ``units``) so that an array of the last ``ndim`` dims of
+    ``layer`` (shifted by ``offset`` pixels in its last dims) overlays it."""
     scale = np.asarray(layer.scale)[-ndim:]
     translate = np.asarray(layer.translate, dtype=float)[-ndim:].copy()
     if offset:
         translate[-len(offset) :] += np.asarray(offset) * scale[-len(offset) :]
-    return {"scale": tuple(scale), "translate": tuple(translate)}
+    placed: dict[str, Any] = {"scale": tuple(scale), "translate": tuple(translate)}
+    units = tuple(str(u) for u in getattr(layer, "units", ()))[-ndim:]
+    if len(units) == ndim and any(u != "pixel" for u in units):
+        placed["units"] = units
+    return placed
 
 
 def write_into_labels(labels_layer: Any, index: tuple, values: np.ndarray) -> None:
