@@ -102,7 +102,7 @@ def test_bad_picks_give_clear_messages(make_napari_viewer, qtbot, crop, messages
     layer = viewer.add_labels(crop.copy())
     w = _dock(viewer, "Merge Labels")
     w.labels_layer.value, w.shapes.value = layer, None
-    assert "No Points layer" in w.jobs.status.value and not w.jobs.run_button.enabled
+    assert "No Points layer" in w.jobs.reason.value and not w.jobs.run_button.enabled
     _run(qtbot, w)
     assert "no Points layer" in messages["error"][-1]
     points = viewer.add_points([[5, 5, 5], _point_on(crop, 30)])
@@ -361,14 +361,14 @@ def test_each_picking_dock_explains_and_makes_a_points_layer(make_napari_viewer,
     w.labels_layer.value = layer
     texts = [getattr(c, "value", "") for c in w if type(c).__name__ == "Label"]
     assert any("Points layer" in str(t) and "click" in str(t) for t in texts)
-    assert not w.jobs.run_button.enabled and "New points layer" in w.jobs.status.value
+    assert not w.jobs.run_button.enabled and "New points layer" in w.jobs.reason.value
     w.new_points_button.clicked.emit()
     points = viewer.layers[-1]
     assert type(points).__name__ == "Points" and w.points.value is points
     assert viewer.layers.selection.active is points and points.mode == "add"
     assert points.ndim == 3 and tuple(points.scale) == (2, 1, 1)
     assert tuple(points.translate) == (0, 5, 5)
-    assert w.jobs.run_button.enabled and w.jobs.status.value == ""
+    assert w.jobs.run_button.enabled and w.jobs.reason.value == ""
 
 
 def test_defaults_are_the_same_in_every_dock(make_napari_viewer):

@@ -13,6 +13,7 @@ from ...core import jobs
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
 from .._common import JobPanel, LayerPicker, notify_error, notify_info, watch_inputs
+from .._layout import dock
 from ._tracking import LayerJob
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class ProofreadDock(Container):
             self.new_points_button.changed.connect(lambda *_: self.new_points_layer())
             head += [help_text, self.points, self.new_points_button]
         self.jobs = JobPanel(self.run_text, self.run)
-        super().__init__(widgets=[*head, *self.controls(), self.jobs])
+        dock(self, [*head, *self.controls()], [], self.jobs)  # the plugin's one dock layout
         watch_inputs(self, viewer)
 
     def controls(self) -> list[Any]:
