@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -30,8 +31,6 @@ from ..core.errors import Cancelled, EmpanadaError
 from ..core.settings import SETTINGS_CLASSES, setting_fields, tooltip, widget_label
 
 if TYPE_CHECKING:
-    import napari
-
     from ..core.models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -376,7 +375,7 @@ def watch_inputs(widget: Container, viewer: napari.viewer.Viewer) -> None:
 
     def follow_shapes(*_: Any) -> None:
         for layer in viewer.layers:
-            if type(layer).__name__ == "Shapes" and layer not in followed:
+            if isinstance(layer, napari.layers.Shapes) and layer not in followed:
                 layer.events.data.connect(update)
                 followed.add(layer)
 
@@ -511,7 +510,9 @@ class LayerPicker(ComboBox):
         **kwargs: Any,
     ) -> None:
         self._viewer = viewer
-        self._kinds = kinds
+        # napari's layer classes, not their names: subclasses (and layers of other plugins
+        # that derive from them) count too.
+        self._classes = tuple(getattr(napari.layers, kind.capitalize()) for kind in kinds)
         self._extra = extra
         super().__init__(choices=self._choices, **kwargs)
         # napari holds bound methods weakly: no need to disconnect when the widget goes.
@@ -523,7 +524,7 @@ class LayerPicker(ComboBox):
         layers = [
             (layer.name, layer)
             for layer in self._viewer.layers
-            if type(layer).__name__.lower() in self._kinds
+            if isinstance(layer, self._classes)
         ]
         return [*self._extra, *layers]
 
@@ -546,7 +547,7 @@ def image_problem(layer: Any, ndim: tuple[int, ...] = (2, 3, 4)) -> str | None:
     """Why an Image layer cannot be segmented, or None. Reads no pixels."""
     if layer is None:
         return "Open or choose an Image layer (EM, greyscale)."
-    if type(layer).__name__ != "Image":
+    if not isinstance(layer, napari.layers.Image):
         return f"Layer '{layer.name}' is a {type(layer).__name__} layer; choose an Image layer."
     if getattr(layer, "rgb", False):
         return (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
+from napari.layers import Image, Labels
 
 from ..core.io import _slices, export_array
 from ._common import JobPanel, layer_array, notify_error
@@ -56,8 +57,8 @@ class ExportWidget(Container):
         self._refresh()
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        kinds = {"Labels", "Image"} if self.include_images.value else {"Labels"}
-        return [(ly.name, ly) for ly in self.viewer.layers if type(ly).__name__ in kinds]
+        kinds = (Labels, Image) if self.include_images.value else (Labels,)
+        return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, kinds)]
 
     def _refresh(self, *_: Any) -> None:
         try:
@@ -65,7 +66,7 @@ class ExportWidget(Container):
             self.layers.reset_choices()
             # Select every Labels layer by default; keep an explicit choice otherwise.
             keep = [ly for ly in before if ly in self.layers.choices]
-            labels = [ly for ly in self.layers.choices if type(ly).__name__ == "Labels"]
+            labels = [ly for ly in self.layers.choices if isinstance(ly, Labels)]
             self.layers.value = keep or labels
         except RuntimeError:  # Qt widget already deleted
             return
@@ -112,7 +113,7 @@ class ExportWidget(Container):
             (
                 layer_array(ly),
                 path,
-                "labels" if type(ly).__name__ == "Labels" else "image",
+                "labels" if isinstance(ly, Labels) else "image",
                 ly.name,
                 {
                     "scale": list(ly.scale),

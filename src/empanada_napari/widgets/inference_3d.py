@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
 
@@ -34,9 +35,6 @@ from ._common import (
     watch_inputs,
 )
 from ._layout import dock
-
-if TYPE_CHECKING:
-    import napari
 
 MODES = ("stack", "ortho")
 
@@ -165,7 +163,7 @@ class Inference3DWidget(Container):
         layer = self.image.value
         problem = image_problem(layer, ndim=(3, 4, 5))
         if problem:
-            if layer is not None and type(layer).__name__ == "Image":
+            if isinstance(layer, napari.layers.Image):
                 if layer_array(layer).ndim == 2:
                     return f"Layer '{layer.name}' is 2D: use 2D Inference for single images."
             return problem
