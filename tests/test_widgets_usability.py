@@ -127,3 +127,27 @@ def test_cancel_of_a_single_slice_with_flip_averaging_adds_no_layer(make_napari_
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=120_000)
     assert widget.jobs.status.value == "Cancelled."
     assert [layer.name for layer in viewer.layers] == ["raw"]
+
+
+def test_opening_a_dock_does_not_wait_for_torch(make_napari_viewer, qtbot, monkeypatch):
+    """Finding the devices needs torch (seconds to import): it runs in a worker, the dock
+    opens at once with auto/cpu and lists the GPUs when they are known."""
+    import threading
+
+    from empanada_napari.core import device
+    from empanada_napari.widgets import _common
+
+    release = threading.Event()
+
+    def slow_devices():
+        release.wait(30)
+        return ["cuda:0", "cpu"]
+
+    monkeypatch.setattr(device, "available_devices", slow_devices)
+    monkeypatch.setattr(_common, "_DEVICES", [])
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "3D Inference")  # returns while the devices are unknown
+    assert list(widget.device.choices) == ["auto", "cpu"]
+    release.set()
+    qtbot.waitUntil(lambda: "cuda:0" in widget.device.choices, timeout=10_000)
+    assert widget.device.value == "auto"

@@ -491,11 +491,38 @@ class ModelPicker(ComboBox):
             self.tooltip = ""
 
 
+_DEVICES: list[str] = []  # every device torch can use here, found once per session
+
+
 def device_picker() -> ComboBox:
-    """Device choice: auto plus every device torch can use here."""
+    """Device choice: auto plus every device torch can use here.
+
+    Finding the GPUs needs torch, whose import takes seconds: it runs in a worker thread the
+    first time, so opening a dock never freezes the window; "auto" and "cpu" are there from
+    the start, the GPUs join the list when found.
+    """
+    picker = ComboBox(choices=["auto", *(_DEVICES or ["cpu"])], value="auto", label="device")
+    picker.tooltip = "Where the model runs: auto picks a CUDA GPU, then Apple MPS, then the CPU."
+    if _DEVICES:
+        return picker
+    from napari.qt.threading import create_worker
+
     from ..core.device import available_devices
 
-    return ComboBox(choices=["auto", *available_devices()], value="auto", label="device")
+    def found(devices: list[str]) -> None:
+        _DEVICES[:] = devices
+        try:
+            value = picker.value
+            picker.choices = ["auto", *devices]
+            picker.value = value if value in picker.choices else "auto"
+        except RuntimeError:  # the dock was closed meanwhile
+            pass
+
+    worker = create_worker(available_devices, _start_thread=False)
+    worker.returned.connect(found)
+    picker._device_worker = worker  # keep it alive until it reports
+    worker.start()
+    return picker
 
 
 class LayerPicker(ComboBox):
