@@ -66,7 +66,7 @@ def run_one(args) -> dict:
         out=out,
         overwrite=True,
         downsample=args.downsample,
-        progress=lambda d, t: blocks.append((d, t)),
+        progress=lambda d, t, info=None: blocks.append(info["blocks"] if info else 0),
     )
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -75,7 +75,7 @@ def run_one(args) -> dict:
         "shape": list(volume.shape),
         "voxels": voxels,
         "gigavoxels": round(voxels / 1e9, 3),
-        "blocks": blocks[-1][1] if blocks else 0,
+        "blocks": blocks[-1] if blocks else 0,
         "objects": int(labels.attrs["empanada"]["objects"]),
         "seconds": round(seconds, 1),
         "voxels_per_s": round(voxels / seconds),

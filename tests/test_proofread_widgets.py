@@ -359,7 +359,7 @@ def test_each_picking_dock_explains_and_makes_a_points_layer(make_napari_viewer,
     layer = viewer.add_labels(crop.copy(), scale=(2, 1, 1), translate=(0, 5, 5))
     w = _dock(viewer, name)
     w.labels_layer.value = layer
-    texts = [getattr(c, "value", "") for c in w if type(c).__name__ == "Label"]
+    texts = [getattr(c, "value", "") for c in w.form if type(c).__name__ == "Label"]
     assert any("Points layer" in str(t) and "click" in str(t) for t in texts)
     assert not w.jobs.run_button.enabled and "New points layer" in w.jobs.reason.value
     w.new_points_button.clicked.emit()

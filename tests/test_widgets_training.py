@@ -111,6 +111,8 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     w2d.jobs.run_button.clicked()
     wait_done(qtbot, w2d)
     new_labels = viewer.layers[-1].data
+    assert new_labels.shape == (1, *raw.shape[1:])  # the 2D result sits on its slice
+    new_labels = new_labels[0]
     np.testing.assert_array_equal(new_labels, Engine2D("tuned", "cpu").segment(raw[1]))
     old_labels = Engine2D(old, "cpu").segment(raw[1])
     assert not np.array_equal(new_labels > 0, old_labels > 0)
@@ -159,7 +161,7 @@ def test_bad_dataset_is_explained_in_the_dock(make_napari_viewer, qtbot, tmp_pat
     tune.run_controls.dataset.value = tmp_path / "one"
     tune.jobs.run_button.clicked()
     wait_done(qtbot, tune)
-    assert "needs at least 2" in tune.jobs.reason.value
+    assert "needs at least 2" in tune.jobs.status.value  # the failure, kept beside Run
     assert errors and "needs at least 2" in errors[-1]
 
 

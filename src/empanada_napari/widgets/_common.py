@@ -441,7 +441,9 @@ class ModelPicker(ComboBox):
 
         self.registry = registry or get_registry()
         super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
-        self._watcher = _RegistryWatcher()
+        # Parented to the combo box: Qt deletes it with the widget, which drops its
+        # connections, so a closed dock's picker is never asked to select or refresh.
+        self._watcher = _RegistryWatcher(self.native)
         self._watcher.changed.connect(self.refresh)
         # The registry holds bound methods weakly, so a closed widget's picker drops out by
         # itself (no ``destroyed`` hook: PySide6 may call it on a half-deleted object).
@@ -478,10 +480,13 @@ class ModelPicker(ComboBox):
 
     def select(self, name: str) -> None:
         """Choose ``name`` (re-reading the registry first if it is new here)."""
-        if name not in self.choices:
-            self.refresh()
-        if name in self.choices:
-            self.value = name
+        try:
+            if name not in self.choices:
+                self.refresh()
+            if name in self.choices:
+                self.value = name
+        except RuntimeError:  # the dock was closed while the signal was on its way
+            pass
 
     def _update_tooltip(self, *_: Any) -> None:
         name = self.value
@@ -549,9 +554,7 @@ class LayerPicker(ComboBox):
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         layers = [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, self._classes)
+            (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, self._classes)
         ]
         return [*self._extra, *layers]
 
