@@ -23,18 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
 from ..errors import Cancelled, InputError, ModelError
 from ..jobs import Progress, is_cancelled
-from ..models.loading import MITONET_NORMS, LoadedModel
+from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
+from ..models.encoder_weights import load_encoder_weights
+from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
 from .loss import LossWeights, PanopticLoss
 
 ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-CEM_URL = (
-    "https://zenodo.org/record/6453160/files/"
-    "cem1.5m_swav_resnet50_200ep_balanced.pth.tar?download=1"
-)
 
 
 @dataclass
@@ -164,17 +161,8 @@ def validate_model(
 
     was_training = module.training
     module.eval()
-    loaded = LoadedModel(
-        name="validation",
-        module=module,
-        device=device,
-        path=Path("<in-memory>"),
-        padding_factor=int(config.get("padding_factor", 16)),
-        norms=dict(config.get("norms", MITONET_NORMS)),
-        thing_list=list(config.get("thing_list", [1])),
-        labels=list(config.get("labels", [1])),
-        config=config,
-        _supports_batch=True,
+    loaded = LoadedModel.from_config(
+        "validation", module, device, Path("<in-memory>"), config, supports_batch=True
     )
     try:
         engine = Engine2D(loaded, **engine_params)
@@ -310,8 +298,13 @@ def _export(
     config = dict(config)
     config["model"] = model_path.name
     config.pop("model_quantized", None)
-    config.pop("model_sha256", None)
-    config.pop("model_quantized_sha256", None)
+    for key in (
+        "model_sha256",
+        "model_quantized_sha256",
+        "model_size_mb",
+        "model_quantized_size_mb",
+    ):
+        config.pop(key, None)  # they described the original model's files
     config.pop("default_model", None)
     with open(config_path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
@@ -429,7 +422,6 @@ def finetune(
     as ``name``.
     """
     from ..device import resolve_device
-    from ..models.loading import _jit_load, _resolve
 
     settings = _resolve_settings(settings, overrides)
     device = resolve_device(settings.device)
@@ -440,8 +432,8 @@ def finetune(
         if isinstance(model, LoadedModel):
             path, config, base = model.path, dict(model.config), model.name
         else:
-            base, path, config = _resolve(model, registry, False)
-        module = _jit_load(Path(path), device)
+            base, path, config = resolve_model(model, registry)
+        module = load_torchscript(path, device)
     config = _complete_config(config, module)
     history, validation, seconds = _train_and_time(
         module, dataset, settings, device, config, name, output_dir, val, progress, cancel
@@ -477,62 +469,6 @@ def _complete_config(config: dict, module) -> dict:
     if isinstance(arch, str):
         config.setdefault("architecture", arch)
     return config
-
-
-def load_encoder_weights(module: nn.Module, source: str | Path) -> dict[str, float]:
-    """Load CEM1.5M-style ResNet weights into ``module.encoder``; return their norms.
-
-    ``source`` is a checkpoint path, a URL (downloaded with pooch into the model cache) or
-    ``"cem1.5m"``. Keys are plain ResNet names (``module.`` prefixes stripped, ``fc.*``
-    dropped); a single-channel first conv is required.
-    """
-    src = str(source)
-    if src == "cem1.5m":
-        src = CEM_URL
-    if src.startswith(("http://", "https://")):
-        import pooch
-
-        from ..models.registry import get_registry
-
-        try:
-            src = pooch.retrieve(
-                src,
-                known_hash=None,
-                path=get_registry().models_dir,
-                fname="cem1.5m_swav_resnet50_200ep_balanced.pth.tar",
-                progressbar=True,
-            )
-        except Exception as err:
-            from ..errors import DownloadError
-
-            raise DownloadError(f"Could not download encoder weights from {source}: {err}") from err
-    try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ModelError(f"Could not read encoder weights {source}: {err}") from err
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    cleaned = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("encoder.")
-        if key.startswith("fc."):
-            continue
-        cleaned[key] = value
-    try:
-        missing, unexpected = module.encoder.load_state_dict(cleaned, strict=False)
-    except RuntimeError as err:  # tensor size mismatches
-        raise ModelError(
-            f"Encoder weights {source} do not fit this encoder (different widths or depth): "
-            f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}"
-        ) from err
-    if unexpected or len(missing) > 0:
-        raise ModelError(
-            f"Encoder weights do not fit this encoder: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}."
-        )
-    norms = ckpt.get("norms") if isinstance(ckpt, dict) else None
-    if isinstance(norms, dict) and "mean" in norms:
-        return {"mean": float(norms["mean"]), "std": float(norms["std"])}
-    return dict(MITONET_NORMS)
 
 
 def train(
