@@ -173,3 +173,19 @@ def test_download_button_fetches_with_progress(make_napari_viewer, qtbot, server
     status = manager.jobs.status.value
     assert "no connection" in status and "about 221 MB" in status
     assert str(manager.registry.models_dir) in status and "\n" not in status
+
+
+def test_download_can_be_cancelled(make_napari_viewer, qtbot, server):
+    viewer = make_napari_viewer()
+    _, manager = viewer.window.add_plugin_dock_widget(PLUGIN, "Model Manager")
+    # 1000 bytes sent one at a time every 50 ms: still running when Cancel is pressed.
+    config = {"model": server.url("drip"), "norms": {"mean": 0.5, "std": 0.1}}
+    manager.registry.register("Slow", config)
+    manager.selected.value = "Slow"
+    manager.download_button.clicked()
+    qtbot.waitUntil(lambda: server.gets["drip"] == 1, timeout=30_000)
+    manager.jobs.cancel_button.clicked()
+    wait_done(qtbot, manager)
+    assert manager.jobs.status.value == "Cancelled."
+    assert not [p for p in manager.registry.models_dir.glob("*") if p.is_file()]
+    assert manager.registry.file_status("Slow") == "download"

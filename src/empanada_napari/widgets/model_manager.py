@@ -166,9 +166,8 @@ class ModelManagerWidget(Container):
         self.remove_button.tooltip = "built-in models cannot be removed" if entry.builtin else ""
         needs = status.startswith("download")
         self.download_button.enabled = needs
-        self.download_button.text = (
-            f"Download ({status.split(', ')[1]})" if ", " in status else ("Download")
-        )
+        size = entry.size_mb()
+        self.download_button.text = f"Download (~{size:.0f} MB)" if needs and size else "Download"
         self.download_button.tooltip = (
             f"download {entry.model_source} into {self.registry.models_dir}"
             if needs

@@ -508,7 +508,7 @@ def train(
     encoder = str(getattr(module, "encoder_name", encoder))
     norms = dict(MITONET_NORMS)
     if pretrained is not None:
-        norms = load_encoder_weights(module, pretrained)
+        norms = load_encoder_weights(module, pretrained, registry=registry)
     module = module.to(device)
     config = _complete_config({"norms": norms}, module)
     config["architecture"] = architecture
