@@ -86,7 +86,7 @@ class ModelManagerWidget(Container):
         self.refresh()
 
     def _setup_table(self) -> None:
-        from qtpy.QtWidgets import QAbstractItemView
+        from qtpy.QtWidgets import QAbstractItemView, QSizePolicy
 
         native = self.table.native
         native.setMinimumHeight(120)
@@ -96,9 +96,11 @@ class ModelManagerWidget(Container):
         native.itemSelectionChanged.connect(self._row_selected)
         self.table.read_only = True
         # Word-wrapped labels would otherwise ask for the width of their whole text (a long
-        # description or error message made the dock 600 px wide and squeezed the canvas).
+        # description or error message made the dock 600 px wide and squeezed the canvas);
+        # Expanding makes them take the dock's width instead of wrapping into a tall column.
         for label in (self.details, self.jobs.status):
             label.native.setMinimumWidth(1)
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     # -- display ---------------------------------------------------------------------------
 
@@ -160,8 +162,9 @@ class ModelManagerWidget(Container):
             self.remove_button.enabled, self.download_button.enabled = True, False
             return
         kind = "built-in (cannot be removed)" if entry.builtin else "user model"
-        self.details.value = f"{kind}; file: {status}\n{entry.description}"
-        self.details.tooltip = str(where)
+        # The first sentence only: the whole description would make a narrow dock very tall.
+        self.details.value = f"{kind}; file: {status}\n{entry.summary}"
+        self.details.tooltip = f"{entry.description}\n\nfile: {where}"
         self.remove_button.enabled = not entry.builtin
         self.remove_button.tooltip = "built-in models cannot be removed" if entry.builtin else ""
         needs = status.startswith("download")
