@@ -52,7 +52,7 @@ def patches(data: Path | None, n: int, size: int) -> tuple[list, list]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from empanada_napari.core.models.loading import _jit_load, _resolve
+    from empanada_napari.core.models.loading import load_torchscript, resolve_model
     from empanada_napari.core.training import PatchDataset
     from empanada_napari.core.training.loss import PanopticLoss
     from empanada_napari.core.training.runner import _param_groups, set_trainable
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     images, masks = patches(args.data, 16, args.patch_size)
     ds = PatchDataset(images, masks, patch_size=args.patch_size, samples_per_epoch=64)
-    name, path, config = _resolve("default", None, False)
-    module = _jit_load(path, torch.device("cpu"))
+    name, path, config = resolve_model("default")
+    module = load_torchscript(path, torch.device("cpu"))
     if args.mode == "eager":
         from empanada_napari.core.models.architectures import build_model
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .https_server import certificate, server  # noqa: F401 - fixtures for download tests
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -306,3 +306,20 @@ def test_point_sample_convention() -> None:
     torch.testing.assert_close(point_sample(img, near.clamp(0, 1), mode="nearest")[0], out[0])
     mid = torch.tensor([[[1.0 / 5, 0.5 / 4]]])  # halfway between pixels (0, 0) and (0, 1)
     torch.testing.assert_close(point_sample(img[:1], mid)[0, 0], torch.tensor([0.5]))
+
+
+def test_one_record_per_architecture_feeds_builder_and_cli() -> None:
+    from empanada_napari.cli import build_parser
+    from empanada_napari.core.models.architectures import compact, list_encoders, resnet
+    from empanada_napari.core.models.catalog import ARCHITECTURES as RECORDS
+
+    assert RECORDS["panoptic_deeplab_pr"].encoders == resnet.ENCODERS
+    assert RECORDS["panoptic_lite"].encoders == compact.LITE_ENCODERS
+    for name, record in RECORDS.items():
+        assert list_encoders(name) == list(record.encoders)
+        assert record.default_encoder in record.encoders
+        assert issubclass(record.model_class(), nn.Module)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: a.choices for a in train._actions}
+    assert list(choices["architecture"]) == list(RECORDS)
+    assert set(choices["encoder"]) == {e for r in RECORDS.values() for e in r.encoders}

@@ -21,7 +21,7 @@ from tests.conftest import DATA, build_toy_model
 def both():
     """The bundled model as load_model prepares it, and the same file as loaded before."""
     frozen = loading.load_model("default", "cpu")
-    raw = loading._jit_load(frozen.path, frozen.device)
+    raw = loading.load_torchscript(frozen.path, frozen.device)
     loading._channels_last(raw)
     return frozen, dataclasses.replace(frozen, module=raw, _supports_batch=None)
 

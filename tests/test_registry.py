@@ -1,6 +1,5 @@
 """Tests of the model registry: built-ins, user models, downloads over a local server, archives."""
 
-import functools
 import hashlib
 import json
 import os
@@ -12,8 +11,6 @@ import textwrap
 import threading
 import time
 import zipfile
-from collections import Counter
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -84,45 +81,6 @@ def home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def registry(home) -> ModelRegistry:
     return ModelRegistry(home)
-
-
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.gets: Counter = Counter()
-        gets = self.gets
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                gets[self.path.split("?")[0].lstrip("/")] += 1
-                super().do_GET()
-
-            def log_message(self, *args) -> None:  # keep the test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
-        )
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        # A query string like Zenodo's, to check it does not leak into cache file names.
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}?download=1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "srv"
-    root.mkdir()
-    srv = _Server(root)
-    yield srv
-    srv.close()
 
 
 def _config(model, **extra) -> dict:
@@ -457,7 +415,7 @@ def test_fetch_network_failures(registry, server):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
-    registry.register("offline", _config(f"http://127.0.0.1:{closed_port}/m.pth"))
+    registry.register("offline", _config(f"https://127.0.0.1:{closed_port}/m.pth"))
     registry.register("missing", _config(server.url("missing.pth")))
     start = time.monotonic()
     with pytest.raises(DownloadError, match=f"127.0.0.1:{closed_port}"):

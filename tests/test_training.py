@@ -335,3 +335,21 @@ def test_finetune_accepts_the_default_model_name(fixed_dataset):
     )
     assert result.config["padding_factor"] == 32
     assert "Lucchi_Lite_v1 finetuned" in result.config["description"]
+
+
+def test_cli_train_refuses_a_pickle_payload_as_pretrained(crop, tmp_path, capsys):
+    from empanada_napari.cli import main
+
+    from .test_model_files import _Payload
+
+    raw, inst = crop
+    write_dataset(tmp_path / "ds", list(raw[:2]), list(inst[:2]), source="lucchi")
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {}, "extra": _Payload(marker)}, payload)
+    args = ["--data", str(tmp_path / "ds"), "--name", "evil", "--iterations", "1"]
+    code = main(["train", *args, "--pretrained", str(payload), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    assert "not a plain checkpoint of tensors" in err and len(err.strip().splitlines()) == 1
+    assert "evil" not in get_registry().names()

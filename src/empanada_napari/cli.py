@@ -77,7 +77,7 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="labels output (.tif/.tiff/.zarr)")
     p.add_argument("--key", help="array inside a zarr group (default: level 0 / the only one)")
-    p.add_argument("--model", default="default", help="registry name or model file (.pth/.yaml)")
+    p.add_argument("--model", default="default", help=_MODEL_HELP)
     p.add_argument(
         "--mode",
         choices=["2d", "stack", "ortho"],
@@ -130,30 +130,34 @@ def _int_triple(text: str) -> tuple[int, int, int] | int:
     return tuple(parts)  # type: ignore[return-value]
 
 
+_MODEL_HELP = "registry name ('default': the default model), model file (.pth) or config (.yaml)"
+
+
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list, inspect, register, import or export models")
     msub = p.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("list", help="list registered models")
-    q = msub.add_parser("info", help="show one model's config")
-    q.add_argument("name")
+    msub.add_parser("list", help="list registered models (a table; details with 'models info')")
+    q = msub.add_parser("info", help="show one model's config and where its file is")
+    q.add_argument("name", help="model name ('default': the default model)")
     q = msub.add_parser("register", help="register a model from a config YAML")
-    q.add_argument("name")
+    q.add_argument("name", help="name to register the model under")
     q.add_argument("config", help="model config YAML (original empanada-napari format)")
-    q.add_argument("--file", help="TorchScript file or URL (overrides the YAML's 'model')")
-    q.add_argument("--quantized-file", help="quantized TorchScript file or URL")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--file", help="TorchScript file or https URL (overrides the YAML's 'model')")
+    q.add_argument("--quantized-file", help="quantized TorchScript file or https URL")
+    q.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
     q = msub.add_parser("import", help="import a .empanada archive")
     q.add_argument("archive")
-    q.add_argument("--name", help="register under this name")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--name", help="register under this name (default: the archive's)")
+    q.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
     q = msub.add_parser("export", help="export a model as a .empanada archive")
-    q.add_argument("name")
-    q.add_argument("path")
+    q.add_argument("name", help="model name ('default': the default model)")
+    q.add_argument("path", help="archive file, or a folder to write NAME.empanada into")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing archive")
     q = msub.add_parser("remove", help="remove a user model")
     q.add_argument("name")
     q = msub.add_parser("fetch", help="download a model into the cache now")
-    q.add_argument("name")
-    q.add_argument("--quantized", action="store_true")
+    q.add_argument("name", help="model name ('default': the default model)")
+    q.add_argument("--quantized", action="store_true", help="the quantized (CPU) variant")
 
 
 def _add_evaluate(sub) -> None:
@@ -203,7 +207,7 @@ def _add_finetune(sub) -> None:
         description="Train a TorchScript model in place on DATA (encoder frozen by default), "
         "save it and register it as NAME.",
     )
-    p.add_argument("--model", default="default", help="registry name or model file")
+    p.add_argument("--model", default="default", help=_MODEL_HELP)
     p.add_argument(
         "--unfreeze",
         default="",
@@ -220,13 +224,26 @@ def _add_train(sub) -> None:
         description="Train one of the package's architectures from scratch on DATA, save it "
         "and register it as NAME.",
     )
+    from .core.models.catalog import ARCHITECTURES, all_encoders
+
     p.add_argument(
         "--architecture",
         default="panoptic_lite",
-        help="panoptic_lite (CPU-friendly), panoptic_deeplab_pr or panoptic_bifpn_pr",
+        choices=list(ARCHITECTURES),
+        help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()),
     )
-    p.add_argument("--encoder", help="resnet18, resnet34 or resnet50 (default per architecture)")
-    p.add_argument("--pretrained", help="encoder weights: 'cem1.5m', a file or a URL")
+    p.add_argument(
+        "--encoder",
+        choices=all_encoders(),
+        help="ResNet layout of the encoder (default per architecture: "
+        + ", ".join(f"{a.name} {a.default_encoder}" for a in ARCHITECTURES.values())
+        + ")",
+    )
+    p.add_argument(
+        "--pretrained",
+        help="encoder weights: 'cem1.5m', a checkpoint file or an https URL (read as tensors "
+        "only: files that need arbitrary unpickling are refused)",
+    )
     _add_training_args(p)
 
 
@@ -386,24 +403,49 @@ def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
     return 0
 
 
+_TABLE_WIDTH = 100
+
+
+def _models_table(registry) -> list[str]:
+    """``models list``: one line per model, at most 100 columns (details: ``models info``)."""
+    default = registry.default_name()
+    rows = [
+        (
+            entry.name + (" *" if entry.name == default else ""),
+            "built-in" if entry.builtin else "user",
+            registry.file_status(entry),
+            entry.summary,
+        )
+        for entry in registry.entries()
+    ]
+    head = ("NAME", "KIND", "FILE", "DESCRIPTION")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    room = max(10, _TABLE_WIDTH - sum(widths) - 2 * len(widths))
+    lines = []
+    for row in [head, *rows]:
+        text = row[3] if len(row[3]) <= room else row[3][: room - 3].rstrip() + "..."
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + text
+        )
+    lines.append("* the default model ('default'); details: empanada-napari models info NAME")
+    return [line.rstrip() for line in lines]
+
+
 def _models(args) -> int:
     from .core.models.registry import get_registry
 
     registry = get_registry()
     cmd = args.models_cmd
     if cmd == "list":
-        from .core.models.loading import default_model_name
-
-        default = default_model_name(registry)
-        for entry in registry.entries():
-            kind = "built-in" if entry.builtin else "user"
-            star = " (default)" if entry.name == default else ""
-            first = (entry.description or "").strip().splitlines()
-            print(f"{entry.name}{star}\t{kind}\t{first[0] if first else ''}")
+        print("\n".join(_models_table(registry)))
     elif cmd == "info":
         import yaml
 
         entry = registry.get(args.name)
+        kind = "built-in" if entry.builtin else "user"
+        star = ", the default model" if entry.name == registry.default_name() else ""
+        where = registry.local_file(entry) or registry.cache_path(entry)
+        print(f"# {entry.name} ({kind}{star}); file: {registry.file_status(entry)} ({where})")
         print(yaml.safe_dump(entry.to_yaml_dict(), sort_keys=False).rstrip())
     elif cmd == "register":
         entry = registry.register(
@@ -418,10 +460,11 @@ def _models(args) -> int:
         entry = registry.import_archive(args.archive, name=args.name, overwrite=args.overwrite)
         print(f"imported {entry.name}")
     elif cmd == "export":
-        print(registry.export_archive(args.name, args.path))
+        print(registry.export_archive(args.name, args.path, overwrite=args.overwrite))
     elif cmd == "remove":
-        registry.remove(args.name)
-        print(f"removed {args.name}")
+        entry = registry.get(args.name)
+        registry.remove(entry.name)
+        print(f"removed {entry.name}")
     elif cmd == "fetch":
         print(registry.fetch(args.name, quantized=args.quantized))
     return 0

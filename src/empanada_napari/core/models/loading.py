@@ -1,8 +1,12 @@
-"""Loading TorchScript models that follow the MitoNet contract, cached per (file, device).
+"""One path from a model file to a loaded model, cached per (file, device).
 
-A :class:`LoadedModel` bundles the scripted module with what inference needs from its
-config (padding factor, norms, thing classes). Loading the same model on the same device
-twice returns the cached object, so widgets and repeated CLI/API calls never reload it.
+:func:`resolve_model` turns a registry name, entry, ``.pth`` file (with its sidecar YAML) or
+config YAML into (name, local file, validated config); :func:`load_model` loads that file,
+checks the model contract with a probe forward (:func:`.contract.probe_model`, which also
+tells whether batches are safe) and builds the :class:`LoadedModel` with
+:meth:`LoadedModel.from_config`, the one place where config fallbacks live. Loading the same
+model on the same device twice returns the cached object, so widgets and repeated CLI/API
+calls never reload it.
 """
 
 from __future__ import annotations
@@ -12,18 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ..errors import InputError, ModelError, ModelFileError
+from .config import DEFAULT_PADDING_FACTOR, MITONET_NORMS, ModelEntry, sidecar_config
+from .contract import load_torchscript, probe_model
 from .optimize import prepare_for_inference
 
 if TYPE_CHECKING:
     import torch
 
-    from .registry import ModelEntry, ModelRegistry
+    from .store import ModelRegistry
 
-#: Norms of MitoNet (and of the bundled model), used when a bare .pth has no config.
-MITONET_NORMS = {"mean": 0.57571, "std": 0.12765}
+__all__ = [
+    "MITONET_NORMS",
+    "LoadedModel",
+    "ModelSpec",
+    "cached_models",
+    "clear_model_cache",
+    "default_model_name",
+    "load_model",
+    "load_torchscript",
+    "resolve_model",
+]
 
 _CACHE: dict[tuple[str, float, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
@@ -51,7 +64,7 @@ class LoadedModel:
     module: Any  # torch.jit.ScriptModule
     device: torch.device
     path: Path
-    padding_factor: int = 16
+    padding_factor: int = DEFAULT_PADDING_FACTOR
     norms: dict[str, float] = field(default_factory=lambda: dict(MITONET_NORMS))
     thing_list: list[int] = field(default_factory=lambda: [1])
     labels: list[int] = field(default_factory=lambda: [1])
@@ -59,6 +72,46 @@ class LoadedModel:
     quantized: bool = False
     _supports_batch: bool | None = field(default=None, repr=False)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        module: Any,
+        device: torch.device,
+        path: Path,
+        config: dict,
+        *,
+        quantized: bool = False,
+        supports_batch: bool | None = None,
+    ) -> LoadedModel:
+        """Bundle ``module`` with what inference needs from its (validated) ``config``.
+
+        Fallbacks: the padding factor comes from the config, else the module's
+        ``padding_factor`` attribute, else 16; norms from the config, else MitoNet's; labels
+        ``[1]``; thing classes: the labels.
+        """
+        padding = config.get("padding_factor") or getattr(module, "padding_factor", None)
+        padding = int(padding or DEFAULT_PADDING_FACTOR)
+        if padding <= 0 or padding % 4:
+            raise ModelError(
+                f"Model {name} has padding_factor {padding}; it must be a positive multiple of 4."
+            )
+        norms = config.get("norms") or MITONET_NORMS
+        labels = [int(v) for v in config.get("labels") or [1]]
+        return cls(
+            name=name,
+            module=module,
+            device=device,
+            path=Path(path),
+            padding_factor=padding,
+            norms={"mean": float(norms["mean"]), "std": float(norms["std"])},
+            thing_list=[int(t) for t in config.get("thing_list") or labels],
+            labels=labels,
+            config=dict(config),
+            quantized=quantized,
+            _supports_batch=supports_batch,
+        )
 
     @property
     def mean(self) -> float:
@@ -77,91 +130,51 @@ class LoadedModel:
         """Whether the model gives the same per-image outputs for a batch of N > 1.
 
         Published MitoNet models were only ever called with N = 1 and their PointRend step may
-        not be batch-safe, so this is measured once per loaded model: two different inputs are
-        run together and one at a time, and the outputs compared.
+        not be batch-safe. :func:`load_model` measures it with the contract probe; a model
+        built another way is probed on first use.
         """
         if self._supports_batch is None:
-            self._supports_batch = _detect_batch_support(self)
+            with self.lock:
+                self._supports_batch = self.probe()
         return self._supports_batch
 
-
-def _detect_batch_support(model: LoadedModel) -> bool:
-    import torch
-
-    size = max(64, model.padding_factor)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 1, size, size, generator=gen).to(model.device)
-    with model.lock, torch.inference_mode():
-        try:
-            both = model.module(x, 2, True)
-            singles = [model.module(x[i : i + 1], 2, True) for i in range(2)]
-        except Exception:  # noqa: BLE001 - any failure on N = 2 means "run N = 1"
-            return False
-        for key in ("sem_logits", "ctr_hmp", "offsets"):
-            batch_out = both[key]
-            if batch_out.shape[0] != 2:
-                return False
-            for i in range(2):
-                ref = singles[i][key][0]
-                tol = 1e-3 * (1.0 + float(ref.abs().max()))
-                if batch_out[i].shape != ref.shape or (batch_out[i] - ref).abs().max() > tol:
-                    return False
-    return True
+    def probe(self) -> bool:
+        """Check the model contract (ModelError names a breach); return batch support."""
+        return probe_model(
+            self.module, self.padding_factor, self.labels, device=self.device, name=self.name
+        )
 
 
-def _read_sidecar_config(path: Path) -> dict:
-    """Config YAML next to a bare model file (``name.yaml`` beside ``name.pth``), if any."""
-    for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
-        if candidate.is_file():
-            with open(candidate) as fh:
-                return yaml.safe_load(fh) or {}
-    return {}
+def resolve_model(
+    model: str | Path | ModelEntry | ModelSpec,
+    registry: ModelRegistry | None = None,
+    quantized: bool = False,
+) -> tuple[str, Path, dict]:
+    """(name, local file, validated config) of a registry name, entry, file or YAML.
 
-
-def _jit_load(path: Path, device: torch.device):
-    import torch
-
-    if not path.is_file():
-        raise ModelFileError(f"Model file {path} does not exist.")
-    try:
-        module = torch.jit.load(str(path), map_location=device)
-    except Exception as err:  # RuntimeError, zip errors, pickle errors...
-        raise ModelFileError(
-            f"Could not load {path} as a TorchScript model: the file is corrupt, truncated, "
-            f"or not a TorchScript export ({type(err).__name__}: {str(err).splitlines()[0]})."
-        ) from err
-    module.eval()
-    return module
-
-
-def _resolve(model, registry: ModelRegistry | None, quantized: bool) -> tuple[str, Path, dict]:
-    """Find (name, local file, config) for a registry name, entry, file path or YAML path."""
-    from .registry import ModelEntry, get_registry
+    ``"default"`` is the default model; a ``.yaml`` is read like a registry entry (so its
+    ``model`` may be a relative path or an https URL, downloaded on first use); a bare model
+    file takes its config from a YAML of the same name beside it, if there is one.
+    """
+    from .store import get_registry
 
     if isinstance(model, ModelSpec):
         return model.name, Path(model.path), dict(model.config)
-    if not isinstance(model, ModelEntry) and str(model) == "default":
-        model = default_model_name(registry)
-    if isinstance(model, ModelEntry):
-        entry = model
-        registry = registry or get_registry()
-    else:
-        text = str(model)
-        path = Path(text).expanduser()
-        if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
-            with open(path) as fh:
-                config = yaml.safe_load(fh) or {}
-            source = config.get("model_quantized" if quantized else "model")
-            if not source:
-                raise ModelError(f"{path} has no 'model' entry.")
-            model_path = Path(source) if Path(source).is_absolute() else path.parent / source
-            return path.stem, model_path, config
-        if path.suffix.lower() in (".pth", ".pt", ".torchscript") or path.is_file():
-            return path.stem, path, _read_sidecar_config(path)
-        registry = registry or get_registry()
-        entry = registry.get(text)
-    file = registry.fetch(entry, quantized=quantized)
-    return entry.name, Path(file), dict(entry.config)
+    if not isinstance(model, ModelEntry):
+        path = Path(str(model)).expanduser()
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise ModelFileError(f"Model config {path} does not exist.")
+            model = ModelEntry.from_file(path)
+        elif suffix in (".pth", ".pt", ".torchscript") or path.is_file():
+            return path.stem, path, sidecar_config(path) if path.is_file() else {}
+        else:
+            registry = registry or get_registry()
+            model = registry.get(str(model))
+    registry = registry or get_registry()
+    file = registry.fetch(model, quantized=quantized)
+    return model.name, Path(file), dict(model.config)
 
 
 def default_model_name(registry: ModelRegistry | None = None) -> str:
@@ -169,13 +182,9 @@ def default_model_name(registry: ModelRegistry | None = None) -> str:
 
     That is the bundled offline model once it ships; MitoNet_v1 (a download) otherwise.
     """
-    from .registry import get_registry
+    from .store import get_registry
 
-    registry = registry or get_registry()
-    for entry in registry.entries():
-        if entry.builtin and entry.config.get("default_model"):
-            return entry.name
-    return "MitoNet_v1"
+    return (registry or get_registry()).default_name()
 
 
 def _channels_last(module) -> None:
@@ -201,7 +210,9 @@ def load_model(
 
     ``model`` is a registry name (``"default"`` is the bundled offline model), a registry
     entry, a ``.pth`` TorchScript file (a ``.yaml`` of the same name beside it supplies its
-    config) or a model config YAML. Results are cached per (file, modification time, device).
+    config) or a model config YAML. The model contract is checked with a short probe
+    forward; a breach raises ModelError naming it. Results are cached per (file,
+    modification time, device).
     """
     from ..device import resolve_device
 
@@ -210,7 +221,7 @@ def load_model(
         quantized = model.quantized
     if quantized and dev.type != "cpu":
         raise InputError("Quantized models run on the CPU only; choose device 'cpu'.")
-    name, path, config = _resolve(model, registry, quantized)
+    name, path, config = resolve_model(model, registry, quantized)
     path = path.resolve()
     try:
         mtime = path.stat().st_mtime
@@ -221,29 +232,12 @@ def load_model(
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        module = _jit_load(path, dev)
+        module = load_torchscript(path, dev)
         if not quantized:
             _channels_last(module)
             module = prepare_for_inference(module, dev)
-        padding = config.get("padding_factor") or getattr(module, "padding_factor", 16)
-        norms = config.get("norms") or dict(MITONET_NORMS)
-        loaded = LoadedModel(
-            name=name,
-            module=module,
-            device=dev,
-            path=path,
-            padding_factor=int(padding),
-            norms={"mean": float(norms["mean"]), "std": float(norms["std"])},
-            thing_list=[int(t) for t in config.get("thing_list", [1])],
-            labels=[int(v) for v in config.get("labels", [1])],
-            config=config,
-            quantized=quantized,
-        )
-        if loaded.padding_factor <= 0 or loaded.padding_factor % 4:
-            raise ModelError(
-                f"Model {name} has padding_factor {loaded.padding_factor}; it must be a "
-                "positive multiple of 4."
-            )
+        loaded = LoadedModel.from_config(name, module, dev, path, config, quantized=quantized)
+        loaded.supports_batch  # noqa: B018 - the contract probe, once per load
         _CACHE[key] = loaded
         return loaded
 

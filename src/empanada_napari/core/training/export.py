@@ -62,7 +62,15 @@ def export_model(
         raise ModelError(f"Could not save the trained model to {model_path}: {err}") from err
     config = dict(config)
     config["model"] = model_path.name
-    for key in ("model_quantized", "model_sha256", "model_quantized_sha256", "default_model"):
+    # These described the original model's files (or made it the default).
+    for key in (
+        "model_quantized",
+        "model_sha256",
+        "model_quantized_sha256",
+        "model_size_mb",
+        "model_quantized_size_mb",
+        "default_model",
+    ):
         config.pop(key, None)
     with open(config_path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)

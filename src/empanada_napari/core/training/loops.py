@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..errors import Cancelled, InputError, ModelError
+from ..errors import Cancelled, InputError
 from ..jobs import Progress
-from ..models.loading import MITONET_NORMS, LoadedModel
+from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
+from ..models.encoder_weights import load_encoder_weights
+from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
 from .export import TrainResult, complete_config, finetune_block, finish
 from .runner import (
     ENCODER_STAGES,
@@ -39,10 +40,6 @@ from .runner import (
     validate_model,
 )
 
-CEM_URL = (
-    "https://zenodo.org/record/6453160/files/"
-    "cem1.5m_swav_resnet50_200ep_balanced.pth.tar?download=1"
-)
 __all__ = [
     "CEM_URL",
     "ENCODER_STAGES",
@@ -177,7 +174,6 @@ def finetune(
     saves the best weights so far and raises :class:`TrainingCancelled` with the result.
     """
     from ..device import resolve_device
-    from ..models.loading import _jit_load, _resolve
 
     settings = _resolve_settings(settings, overrides)
     dataset, val = _as_dataset(dataset, val, settings, patch_size, None)
@@ -189,8 +185,8 @@ def finetune(
         if isinstance(model, LoadedModel):
             path, config, base = model.path, dict(model.config), model.name
         else:
-            base, path, config = _resolve(model, registry, False)
-        module = _jit_load(Path(path), device)
+            base, path, config = resolve_model(model, registry)
+        module = load_torchscript(path, device)
     config = complete_config(config, module)
     job = _Job(name, output_dir, register, registry, val, progress, cancel)
     n = len(getattr(dataset, "records", dataset))
@@ -210,62 +206,6 @@ def finetune(
             + (f" {old}" if old else "")
         ),
     )
-
-
-def load_encoder_weights(module: nn.Module, source: str | Path) -> dict[str, float]:
-    """Load CEM1.5M-style ResNet weights into ``module.encoder``; return their norms.
-
-    ``source`` is a checkpoint path, a URL (downloaded with pooch into the model cache) or
-    ``"cem1.5m"``. Keys are plain ResNet names (``module.`` prefixes stripped, ``fc.*``
-    dropped); a single-channel first conv is required.
-    """
-    src = str(source)
-    if src == "cem1.5m":
-        src = CEM_URL
-    if src.startswith(("http://", "https://")):
-        import pooch
-
-        from ..models.registry import get_registry
-
-        try:
-            src = pooch.retrieve(
-                src,
-                known_hash=None,
-                path=get_registry().models_dir,
-                fname="cem1.5m_swav_resnet50_200ep_balanced.pth.tar",
-                progressbar=True,
-            )
-        except Exception as err:
-            from ..errors import DownloadError
-
-            raise DownloadError(f"Could not download encoder weights from {source}: {err}") from err
-    try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ModelError(f"Could not read encoder weights {source}: {err}") from err
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    cleaned = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("encoder.")
-        if key.startswith("fc."):
-            continue
-        cleaned[key] = value
-    try:
-        missing, unexpected = module.encoder.load_state_dict(cleaned, strict=False)
-    except RuntimeError as err:  # tensor size mismatches
-        raise ModelError(
-            f"Encoder weights {source} do not fit this encoder (different widths or depth): "
-            f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}"
-        ) from err
-    if unexpected or len(missing) > 0:
-        raise ModelError(
-            f"Encoder weights do not fit this encoder: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}."
-        )
-    norms = ckpt.get("norms") if isinstance(ckpt, dict) else None
-    if isinstance(norms, dict) and "mean" in norms:
-        return {"mean": float(norms["mean"]), "std": float(norms["std"])}
-    return dict(MITONET_NORMS)
 
 
 def _class_config(classes: Mapping[str, str] | None) -> tuple[dict, list[int], list[int], int]:
@@ -330,7 +270,7 @@ def train(
     encoder = str(getattr(module, "encoder_name", encoder))
     norms = dict(MITONET_NORMS)
     if pretrained is not None:
-        norms = load_encoder_weights(module, pretrained)
+        norms = load_encoder_weights(module, pretrained, registry=registry)
     module = module.to(device)
     config = complete_config(
         {"norms": norms, "class_names": class_names, "labels": labels, "thing_list": things},

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import Cancelled, InputError, ModelError
 from ..jobs import Progress, is_cancelled, report
-from ..models.loading import MITONET_NORMS, LoadedModel
+from ..models.loading import LoadedModel
 from .loss import LossWeights, PanopticLoss
 
 ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -160,17 +160,8 @@ def validate_model(
         raise InputError("No validation images.")
     was_training = module.training
     module.eval()
-    loaded = LoadedModel(
-        name="validation",
-        module=module,
-        device=device,
-        path=Path("<in-memory>"),
-        padding_factor=int(config.get("padding_factor", 16)),
-        norms=dict(config.get("norms", MITONET_NORMS)),
-        thing_list=list(config.get("thing_list", [1])),
-        labels=list(config.get("labels", [1])),
-        config=config,
-        _supports_batch=True,
+    loaded = LoadedModel.from_config(
+        "validation", module, device, Path("<in-memory>"), config, supports_batch=True
     )
     try:
         engine = Engine2D(loaded, **engine_params)

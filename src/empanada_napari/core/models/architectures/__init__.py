@@ -6,11 +6,10 @@ inputs whose H and W are multiples of ``model.padding_factor``, and compiles wit
 ``torch.jit.script``. Build one by name with :func:`build_model`.
 """
 
-from collections.abc import Callable
-
 from torch import nn
 
-from .compact import LITE_ENCODERS, PanopticLite
+from ..catalog import ARCHITECTURES, Architecture
+from .compact import PanopticLite
 from .panoptic_bifpn import PanopticBiFPNPR
 from .panoptic_deeplab import PanopticDeepLabPR, PanopticModel
 from .pointrend import point_sample
@@ -25,8 +24,8 @@ from .resnet import (
 
 __all__ = [
     "ARCHITECTURES",
-    "DEFAULT_ENCODERS",
     "ENCODERS",
+    "Architecture",
     "PanopticBiFPNPR",
     "PanopticDeepLabPR",
     "PanopticLite",
@@ -42,25 +41,6 @@ __all__ = [
     "set_encoder_trainable",
 ]
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "panoptic_deeplab_pr": PanopticDeepLabPR,
-    "panoptic_bifpn_pr": PanopticBiFPNPR,
-    "panoptic_lite": PanopticLite,
-}
-
-# encoder used when build_model() is not given one
-DEFAULT_ENCODERS: dict[str, str] = {
-    "panoptic_deeplab_pr": "resnet50",
-    "panoptic_bifpn_pr": "resnet50",
-    "panoptic_lite": "resnet18",
-}
-
-_VALID_ENCODERS: dict[str, tuple[str, ...]] = {
-    "panoptic_deeplab_pr": ENCODERS,
-    "panoptic_bifpn_pr": ENCODERS,
-    "panoptic_lite": LITE_ENCODERS,
-}
-
 
 def list_architectures() -> list[str]:
     """Names accepted by :func:`build_model`."""
@@ -69,16 +49,16 @@ def list_architectures() -> list[str]:
 
 def list_encoders(architecture: str) -> list[str]:
     """Encoder names accepted by ``architecture``."""
-    _check_architecture(architecture)
-    return list(_VALID_ENCODERS[architecture])
+    return list(_record(architecture).encoders)
 
 
-def _check_architecture(architecture: str) -> None:
+def _record(architecture: str) -> Architecture:
     if architecture not in ARCHITECTURES:
         raise ValueError(
             f"Unknown architecture {architecture!r}; valid architectures: "
             f"{', '.join(list_architectures())}"
         )
+    return ARCHITECTURES[architecture]
 
 
 def build_model(
@@ -86,17 +66,16 @@ def build_model(
 ) -> nn.Module:
     """Build an untrained model by architecture name.
 
-    ``encoder`` defaults to ``resnet50`` for the MitoNet architectures and ``resnet18`` for
-    ``panoptic_lite``. Other keyword arguments go to the architecture (``pointrend``,
-    ``train_num_points``, ``subdivision_num_points``, ``output_stride``, ``fpn_channels``,
-    ``width`` ...). Unknown architecture or encoder names raise ``ValueError``.
+    ``encoder`` defaults to the architecture's (``resnet50`` for the MitoNet architectures,
+    ``resnet18`` for ``panoptic_lite``). Other keyword arguments go to the architecture
+    (``pointrend``, ``train_num_points``, ``subdivision_num_points``, ``output_stride``,
+    ``fpn_channels``, ``width`` ...). Unknown architecture or encoder names raise ``ValueError``.
     """
-    _check_architecture(architecture)
-    if encoder is None:
-        encoder = DEFAULT_ENCODERS[architecture]
-    valid = _VALID_ENCODERS[architecture]
-    if encoder not in valid:
+    record = _record(architecture)
+    encoder = encoder or record.default_encoder
+    if encoder not in record.encoders:
         raise ValueError(
-            f"Unknown encoder {encoder!r} for {architecture}; valid encoders: {', '.join(valid)}"
+            f"Unknown encoder {encoder!r} for {architecture}; valid encoders: "
+            f"{', '.join(record.encoders)}"
         )
-    return ARCHITECTURES[architecture](encoder=encoder, num_classes=num_classes, **kwargs)
+    return record.model_class()(encoder=encoder, num_classes=num_classes, **kwargs)

@@ -15,13 +15,12 @@ Design, with the cost of a 1024 x 1024 slice in mind:
 
 from torch import Tensor, nn
 
+from ..catalog import LITE_ENCODERS
 from .panoptic_deeplab import PanopticModel, SeparableConvBNReLU, conv_bn_relu, resize
 from .pointrend import PointRend
 from .resnet import build_resnet
 
 __all__ = ["LITE_ENCODERS", "PanopticLite"]
-
-LITE_ENCODERS: tuple[str, ...] = ("resnet18", "resnet34")
 
 
 class PanopticLite(PanopticModel):
