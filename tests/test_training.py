@@ -351,5 +351,7 @@ def test_cli_train_refuses_a_pickle_payload_as_pretrained(crop, tmp_path, capsys
     code = main(["train", *args, "--pretrained", str(payload), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and not marker.exists()
-    assert "not a plain checkpoint of tensors" in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()  # the dataset summary, then a one-line error
+    assert lines[-1].startswith("error:") and "not a plain checkpoint of tensors" in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1
     assert "evil" not in get_registry().names()
