@@ -92,13 +92,17 @@ def main(argv: list[str] | None = None) -> None:
     shot(viewer, "1_before", args.out, args.width)
     viewer.layers.remove(viewer.layers[-1])
 
-    pick = viewer.window.add_plugin_dock_widget(PLUGIN, "Pick Training Patches")[1]
+    pick = viewer.window.add_plugin_dock_widget(PLUGIN, "Pick Training Patches", tabify=True)[1]
     pick.image.value = image
     pick.number.value = args.patches
     pick.patch_size.value = args.patch_size
     pick.run()
     wait(pick)
     patches, labels = viewer.layers[-2], viewer.layers[-1]
+    image.visible = False  # the patches alone, as a user corrects them
+    size = args.patch_size
+    viewer.camera.center = (size / 2, size / 2)
+    viewer.camera.zoom = 0.9 * min(getattr(viewer, "_canvas_size", (600, 600))) / size
     shot(viewer, "2_picked", args.out, args.width)
 
     # The correction a user makes by hand: here, the expert's labels of the same places.
@@ -107,26 +111,29 @@ def main(argv: list[str] | None = None) -> None:
         box = tuple(slice(a, b) for a, b in zip(info["start"], info["stop"], strict=True))
         corrected[i] = label(truth[box][0] > 0).astype(np.int32)
     labels.data = corrected
-    save = viewer.window.add_plugin_dock_widget(PLUGIN, "Save Training Patches")[1]
+    save = viewer.window.add_plugin_dock_widget(PLUGIN, "Save Training Patches", tabify=True)[1]
     save.folder.value = work / "dataset"
     save.run()
     wait(save)
     shot(viewer, "3_saved", args.out, args.width)
 
-    tune = viewer.window.add_plugin_dock_widget(PLUGIN, "Finetune Model")[1]
+    tune = viewer.window.add_plugin_dock_widget(PLUGIN, "Finetune Model", tabify=True)[1]
     rc = tune.run_controls
     rc.dataset.value = work / "dataset"
     rc.name.value = "Lucchi_Lite_v1_CDeep3M"
     rc.iterations.value = args.iterations
     rc.patch_size.value = args.patch_size
     rc.val_every.value = max(1, args.iterations // 4)
-    tune.advanced_section.expand(animate=False)
     tune.run()
     wait(tune, timeout=3600)
+    bar = tune.scroll_area.verticalScrollBar()
+    bar.setValue(bar.maximum())  # down to the live plot
     shot(viewer, "4_finetuned", args.out, args.width)
 
     for layer in (patches, labels):
         viewer.layers.remove(layer)
+    image.visible = True
+    viewer.reset_view()
     for dock in (pick, save, tune):
         viewer.window.remove_dock_widget(dock.native)
     # The 2D dock opened at the start now has the new model selected.
