@@ -57,6 +57,24 @@ def test_every_setting_control_has_a_tooltip_with_its_default(make_napari_viewer
             assert "Default:" in (control.tooltip or ""), name
 
 
+@pytest.mark.parametrize(
+    "name", ["2D Inference (Parameter Testing)", "3D Inference", "Model Manager", "Merge Labels"]
+)
+def test_help_button_explains_the_dock_and_every_setting(make_napari_viewer, qtbot, name):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, name)
+    widget.help_button.click()
+    box = widget.help_box
+    text = box.text()
+    intro = getattr(widget, "user_help", None) or type(widget).__doc__
+    assert intro.split(":")[0].split(".")[0] in text  # what the dock does
+    if name == "3D Inference":  # every setting, advanced ones too, with its default
+        for control in widget.stack_controls.values():
+            assert control.tooltip.split(".")[0] in text
+        assert text.count("Default:") >= len(widget.stack_controls)
+    box.close()
+
+
 def test_reason_run_is_disabled_is_visible_and_follows_the_viewer(make_napari_viewer, qtbot,
                                                                     crop):  # fmt: skip
     viewer = make_napari_viewer()

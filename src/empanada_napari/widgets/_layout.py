@@ -8,6 +8,8 @@ a scroll area inside the widget, folds the rarely changed ones into a collapsibl
 
 from __future__ import annotations
 
+import html
+import inspect
 from typing import Any
 
 from magicgui.widgets import Container
@@ -46,6 +48,8 @@ def dock(
     inner = Container(widgets=[*main, jobs])
     parts = [inner]
     layout = inner.native.layout()
+    widget.help_button = _help_button(widget, [*main, *advanced])
+    layout.insertWidget(0, widget.help_button, 0, Qt.AlignmentFlag.AlignRight)
     index = layout.count() - 1  # the job panel is the last row (wrapped in a labelled row)
     items = list(extra)
     widget.advanced_section = None
@@ -70,3 +74,58 @@ def dock(
     widget.form, widget.scroll_area = inner, scroll
     for part in parts:
         part.changed.connect(lambda *_: widget.changed.emit(widget))
+
+
+def _controls(widgets: list[Any]) -> list[Any]:
+    """The magicgui controls in ``widgets``, nested containers flattened."""
+    found: list[Any] = []
+    for w in widgets:
+        if isinstance(w, Container):
+            found += _controls(list(w))
+        elif hasattr(w, "tooltip"):
+            found.append(w)
+    return found
+
+
+def help_text(widget: Any, widgets: list[Any]) -> str:
+    """What a dock does (its ``user_help``, else its docstring) and every control with its
+    tooltip, as HTML.
+
+    Built from the tooltips, which come from the settings' help and defaults
+    (:mod:`~empanada_napari.core.settings`), so the help cannot drift from the controls."""
+    doc = getattr(widget, "user_help", None) or inspect.getdoc(type(widget)) or ""
+    intro = doc.split("\n\n")[0].replace("\n", " ")
+    rows = []
+    for c in _controls(widgets):
+        tip = (c.tooltip or "").strip()
+        label = str(getattr(c, "label", "") or getattr(c, "text", "") or "").strip()
+        if tip and label:
+            label, tip = html.escape(label, quote=False), html.escape(tip, quote=False)
+            rows.append(f"<li><b>{label}</b>: {tip}</li>")
+    page = (
+        "More in the user guide: docs/widgets/ and docs/*.md of the empanada-napari source "
+        "(README, Widgets section)."
+    )
+    return f"<p>{html.escape(intro, quote=False)}</p><ul>{''.join(rows)}</ul><p><i>{page}</i></p>"
+
+
+def _help_button(widget: Any, widgets: list[Any]) -> Any:
+    """A small "?" button (top right) that shows :func:`help_text` in a message box."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QMessageBox, QToolButton
+
+    button = QToolButton()
+    button.setText("?")
+    button.setToolTip("What this dock does and what every setting means, with defaults")
+
+    def show() -> None:
+        box = QMessageBox(widget.native)
+        box.setWindowTitle("Help")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(help_text(widget, widgets))
+        box.setStandardButtons(QMessageBox.StandardButton.Close)
+        widget.help_box = box
+        box.open()  # not modal to the application: the viewer stays usable
+
+    button.clicked.connect(show)
+    return button

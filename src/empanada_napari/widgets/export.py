@@ -15,6 +15,7 @@ from napari.layers import Image, Labels
 from ..core.io import _slices, export_array
 from ._common import JobPanel, layer_array, notify_error
 from ._io import _safe
+from ._layout import dock
 
 if TYPE_CHECKING:
     import napari
@@ -30,6 +31,12 @@ FORMATS = {
 class ExportWidget(Container):
     """Dock widget: write the chosen layers into a folder, one file (or folder) per layer."""
 
+    user_help = (
+        "Write the chosen layers to files for other tools: labels keep their integer "
+        "type; TIFF stacks, one TIFF per slice, or OME-Zarr with the layer's scale and "
+        "units."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.include_images = CheckBox(value=False, text="also list image layers")
@@ -38,15 +45,18 @@ class ExportWidget(Container):
         self.folder = FileEdit(mode="d", value="", label="folder")
         self.overwrite = CheckBox(value=False, text="overwrite existing files")
         self.jobs = JobPanel("Export", self.run)
-        super().__init__(
-            widgets=[
-                self.include_images,
-                self.layers,
-                self.format,
-                self.folder,
-                self.overwrite,
-                self.jobs,
-            ]
+        self.layers.tooltip = "The layers to write, one file (or folder) per layer."
+        self.format.tooltip = (
+            "tiff stack: one multi-page TIFF; tiff per slice: a folder of one TIFF per slice; "
+            "zarr: OME-Zarr with scale and units, for large volumes and other OME-Zarr readers."
+        )
+        self.folder.tooltip = "Where to write; files are named after the layers."
+        self.overwrite.tooltip = "Replace files of the same name (off: refuse, nothing is lost)."
+        dock(
+            self,
+            [self.include_images, self.layers, self.format, self.folder, self.overwrite],
+            [],
+            self.jobs,
         )
         self.layers.native.setMinimumHeight(90)
         events = napari_viewer.layers.events

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 class FinetuneWidget(Container):
     """Dock widget over :func:`~empanada_napari.core.training.loops.finetune`."""
 
+    user_help = (
+        "Finetune a model on patches you corrected (a dataset folder made by Save "
+        "Training Patches): the new model is saved, registered and selected in every "
+        "inference dock. Watch the loss and validation curves; Cancel keeps the best "
+        "model so far."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         self.viewer = napari_viewer
         self.model = ModelPicker(label="start from")

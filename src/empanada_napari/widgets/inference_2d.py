@@ -54,6 +54,12 @@ class _Request:
 class Inference2DWidget(Container):
     """Dock widget: 2D panoptic inference with every setting of ``InferenceSettings``."""
 
+    user_help = (
+        "Segment mitochondria in the current slice, the visible part, a Shapes region or "
+        "every slice, to try settings quickly: the model stays loaded between runs. The "
+        "result is a new Labels layer (or goes into an existing one, with undo)."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.image = LayerPicker(napari_viewer, ("image",), label="image")

@@ -55,6 +55,13 @@ class _Request:
 class Inference3DWidget(Container):
     """Dock widget: 3D instance segmentation with every stack / ortho-plane parameter."""
 
+    user_help = (
+        "Segment a whole 3D volume into 3D objects: slice by slice along one axis (stack) "
+        "or along all three axes with a vote (ortho-plane, slower, better at boundaries). "
+        "Large volumes run block by block, optionally into an OME-Zarr on disk that can "
+        "be resumed."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.image = LayerPicker(napari_viewer, ("image",), label="image")

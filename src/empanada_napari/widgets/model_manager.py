@@ -32,6 +32,12 @@ def _buttons(*buttons: PushButton) -> Container:
 class ModelManagerWidget(Container):
     """Dock widget over :class:`~empanada_napari.core.models.store.ModelRegistry`."""
 
+    user_help = (
+        "The models this plugin knows: which are on disk, download one, register your own "
+        "(a YAML config and a model file), import or export .empanada archives of the "
+        "original plugin, remove user models."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         self.viewer = napari_viewer
         self.table = Table(value=[], label="models")

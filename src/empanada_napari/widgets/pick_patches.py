@@ -45,6 +45,13 @@ META = "empanada_patches"
 class PickPatchesWidget(Container):
     """Dock widget over :func:`~empanada_napari.core.training.patches.pick_patches`."""
 
+    user_help = (
+        "Pick patches to correct from an image: at random, around the points of a Points "
+        "layer, or where the model is least sure. Adds the patches as an image layer and "
+        "a labels layer prefilled with the model's prediction, ready to fix with napari's "
+        "brush, eraser and fill."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.image = LayerPicker(napari_viewer, ("image",), label="image")

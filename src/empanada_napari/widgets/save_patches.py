@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 class SavePatchesWidget(Container):
     """Dock widget over :func:`~empanada_napari.core.training.store.save_patches`."""
 
+    user_help = (
+        "Save corrected patches as a training dataset folder (images/ and masks/ with a "
+        "manifest); saving again appends, never overwrites."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.patches = LayerPicker(napari_viewer, ("image",), label="patches")

@@ -40,6 +40,12 @@ def parse_classes(text: str) -> dict[str, str]:
 class TrainWidget(Container):
     """Dock widget over :func:`~empanada_napari.core.training.loops.train`."""
 
+    user_help = (
+        "Train a new model from scratch (optionally from pretrained encoder weights), for "
+        "mitochondria or other organelles and several classes; the result is registered "
+        "and selected in every inference dock."
+    )
+
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         from ..core.models.architectures import list_architectures
 
