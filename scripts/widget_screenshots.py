@@ -3,7 +3,7 @@
 Runs the real widgets (opened through the plugin manifest, as from napari's Plugins menu) on
 the bundled Lucchi FIB-SEM crop with the bundled model, and saves small palette PNGs:
 
-    xvfb-run -a -s "-screen 0 1400x1000x24" python scripts/widget_screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" python scripts/widget_screenshots.py
 
 Writes ``docs/widgets/images/<widget>.png``. Takes about a minute on 2 CPU cores.
 """
@@ -58,7 +58,7 @@ def save(viewer, name: str, out: Path, width: int) -> Path:
     return path
 
 
-def open_viewer(size=(1300, 860)):
+def open_viewer(size=(1366, 740)):  # a laptop screen less the taskbar
     import napari
 
     from empanada_napari._sample_data import make_sample_data
