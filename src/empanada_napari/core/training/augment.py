@@ -24,7 +24,18 @@ brightness             always when ``brightness > 0``: a shift uniform in
                        ``shift / norm_std`` in normalised units
 contrast               always when ``contrast > 0``: a factor uniform in
                        [1 - contrast, 1 + contrast] applied around the patch mean
+blur                   0.5 when ``blur`` is a range (off by default): a Gaussian of sigma
+                       uniform in it (pixels), for softer instruments / thicker sections
+gamma                  0.5 when ``gamma`` is a range (off by default): ``u ** g`` on [0, 1]
+                       intensities, g log-uniform in it (g > 1 darkens the mid-greys)
+noise                  0.5 when ``noise > 0`` (off by default): Gaussian noise of std uniform
+                       in [0, noise] in [0, 1] intensity units
 =====================  ====================================================================
+
+The optional transforms (``blur``, ``gamma``, ``noise``) imitate other microscopes and
+preparations (issue 18): they are applied after the geometry in that order, blur first so the
+noise stays sharp, and they draw from ``rng`` only when enabled, so the default draws (and hence
+earlier results) are unchanged.
 
 The intensity changes apply to the whole output patch, padding included (padding then looks
 like a slightly brighter or darker mean grey, which is harmless).
@@ -52,6 +63,10 @@ P_SCALE = 0.5
 MAX_FREE_ANGLE = 45.0
 #: The std of MitoNet's normalisation, the default for converting brightness to normalised units.
 DEFAULT_NORM_STD = 0.12765
+#: The mean of MitoNet's normalisation (gamma works on [0, 1] intensities).
+DEFAULT_NORM_MEAN = 0.57571
+#: Probability of each optional appearance transform (blur, gamma, noise) when enabled.
+P_OPTIONAL = 0.5
 
 
 def region_size(
@@ -103,12 +118,17 @@ def random_augment(
     contrast: float = 0.1,
     out_size: int | None = None,
     norm_std: float = DEFAULT_NORM_STD,
+    blur: tuple[float, float] | None = None,
+    gamma: tuple[float, float] | None = None,
+    noise: float = 0.0,
+    norm_mean: float = DEFAULT_NORM_MEAN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Randomly transform a normalised 2D ``image`` and its ``mask`` together.
 
     Returns ``(image float32, mask of the input mask dtype)`` of shape ``(out_size, out_size)``
     (default: the input shape), centred on the input centre. See the module docstring for the
-    probabilities; ``norm_std`` converts ``brightness`` from [0, 1] units to normalised units.
+    probabilities; ``norm_std`` converts ``brightness`` from [0, 1] units to normalised units
+    and, with ``norm_mean``, maps the image back to [0, 1] intensities for ``gamma``.
     """
     image = np.asarray(image)
     mask = np.asarray(mask)
@@ -124,6 +144,9 @@ def random_augment(
         raise InputError(f"scale must be (low, high) with 0 < low <= high, got {scale}.")
     if brightness < 0 or not 0 <= contrast < 1 or norm_std <= 0:
         raise InputError("brightness must be >= 0, contrast in [0, 1) and norm_std > 0.")
+    blur, gamma = _check_range(blur, "blur", 0.0), _check_range(gamma, "gamma", 0.0, True)
+    if noise < 0:
+        raise InputError(f"noise must be >= 0, got {noise}.")
     out_shape = image.shape if out_size is None else (int(out_size), int(out_size))
     if min(out_shape) < 1:
         raise InputError(f"out_size must be a positive integer, got {out_size}.")
@@ -166,6 +189,8 @@ def random_augment(
             np.ascontiguousarray(mask), order=0, cval=0, output=mask.dtype, **common
         )
 
+    out_image = _appearance(out_image, rng, blur, gamma, norm_mean, norm_std)
+
     if brightness > 0 or contrast > 0:
         shift_value = rng.uniform(-brightness, brightness) / norm_std if brightness > 0 else 0.0
         factor = rng.uniform(1.0 - contrast, 1.0 + contrast) if contrast > 0 else 1.0
@@ -174,4 +199,42 @@ def random_augment(
             mean + shift_value
         )
 
+    if noise > 0 and rng.random() < P_OPTIONAL:
+        sigma = rng.uniform(0.0, noise) / norm_std
+        out_image = out_image + rng.normal(0.0, sigma, out_image.shape).astype(np.float32)
+
     return np.ascontiguousarray(out_image, dtype=np.float32), np.ascontiguousarray(out_mask)
+
+
+def _check_range(
+    value: tuple[float, float] | None, what: str, low: float, exclusive: bool = False
+) -> tuple[float, float] | None:
+    """``None`` or a validated ``(lo, hi)`` with ``low <(=) lo <= hi``."""
+    if value is None:
+        return None
+    lo, hi = (float(v) for v in value)
+    if not (lo <= hi and (lo > low if exclusive else lo >= low)):
+        sign = ">" if exclusive else ">="
+        raise InputError(f"{what} must be (low, high) with {sign} {low} low <= high, got {value}.")
+    return lo, hi
+
+
+def _appearance(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    blur: tuple[float, float] | None,
+    gamma: tuple[float, float] | None,
+    norm_mean: float,
+    norm_std: float,
+) -> np.ndarray:
+    """The optional blur and gamma of :func:`random_augment` on a normalised image."""
+    if blur is not None and rng.random() < P_OPTIONAL:
+        sigma = rng.uniform(*blur)
+        if sigma > 0:
+            image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    if gamma is not None and rng.random() < P_OPTIONAL:
+        g = math.exp(rng.uniform(math.log(gamma[0]), math.log(gamma[1])))
+        # Gamma is defined on [0, 1] intensities, so undo the normalisation around it.
+        unit = np.clip(image * np.float32(norm_std) + np.float32(norm_mean), 0.0, 1.0)
+        image = (unit ** np.float32(g) - np.float32(norm_mean)) / np.float32(norm_std)
+    return image.astype(np.float32, copy=False)
