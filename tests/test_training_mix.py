@@ -151,3 +151,33 @@ def test_mixed_dataset_refuses_bad_settings(lucchi, kw):
         MixedDataset(sources, **kw)
     with pytest.raises(InputError):
         MixedDataset([], samples_per_epoch=4)
+
+
+def test_tone_curve_is_monotonic_and_keeps_black_and_white():
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None].repeat(4, 0)
+    image, mask = (ramp - MEAN) / STD, np.zeros(ramp.shape, np.int32)
+    curves = []
+    for seed in range(12):
+        out, _ = random_augment(image, mask, np.random.default_rng(seed), tone=3, **STILL)
+        unit = out[0] * STD + MEAN
+        assert np.all(np.diff(unit) >= -1e-5)  # the grey-level order of structures is kept
+        assert unit[0] == pytest.approx(0.0, abs=1e-5) and unit[-1] == pytest.approx(1.0, abs=1e-5)
+        curves.append(unit)
+    changed = [not np.allclose(c, ramp[0], atol=1e-4) for c in curves]
+    assert 3 <= sum(changed) < 12  # drawn half the time
+    drawn = [tuple(np.round(c, 3)) for c, ch in zip(curves, changed, strict=True) if ch]
+    assert len(set(drawn)) == len(drawn)  # a new curve every time
+
+
+def test_contrast_range_draws_factors_beyond_the_symmetric_option():
+    image = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
+    mask = np.zeros((32, 32), np.int32)
+    kw = dict(STILL, contrast=(0.5, 2.0))
+    factors = []
+    for seed in range(30):
+        out, _ = random_augment(image, mask, np.random.default_rng(seed), **kw)
+        factors.append(float(out.std() / image.std()))
+    assert 0.5 - 1e-4 <= min(factors) and max(factors) <= 2.0 + 1e-4
+    assert max(factors) > 1.5 and min(factors) < 0.7
+    with pytest.raises(InputError):
+        random_augment(image, mask, np.random.default_rng(0), contrast=1.5)

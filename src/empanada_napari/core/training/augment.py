@@ -23,16 +23,23 @@ brightness             always when ``brightness > 0``: a shift uniform in
                        [-brightness, brightness] in [0, 1] intensity units, i.e.
                        ``shift / norm_std`` in normalised units
 contrast               always when ``contrast > 0``: a factor uniform in
-                       [1 - contrast, 1 + contrast] applied around the patch mean
+                       [1 - contrast, 1 + contrast] applied around the patch mean; a
+                       ``(low, high)`` range instead draws the factor log-uniform in it
+                       (e.g. (0.5, 2) for instruments with much stronger or weaker contrast)
 blur                   0.5 when ``blur`` is a range (off by default): a Gaussian of sigma
                        uniform in it (pixels), for softer instruments / thicker sections
 gamma                  0.5 when ``gamma`` is a range (off by default): ``u ** g`` on [0, 1]
                        intensities, g log-uniform in it (g > 1 darkens the mid-greys)
+tone curve             0.5 when ``tone > 0`` (off by default): a random monotonic curve on
+                       [0, 1] intensities through ``tone`` inner control points, each drawn
+                       between its neighbours (MONAI's RandHistogramShift): stains and
+                       detectors change the relative greys of membranes, mitochondria and
+                       cytoplasm, not only the overall contrast
 noise                  0.5 when ``noise > 0`` (off by default): Gaussian noise of std uniform
                        in [0, noise] in [0, 1] intensity units
 =====================  ====================================================================
 
-The optional transforms (``blur``, ``gamma``, ``noise``) imitate other microscopes and
+The optional transforms (``blur``, ``gamma``, ``tone``, ``noise``) imitate other microscopes and
 preparations (issue 18): they are applied after the geometry in that order, blur first so the
 noise stays sharp, and they draw from ``rng`` only when enabled, so the default draws (and hence
 earlier results) are unchanged.
@@ -115,12 +122,13 @@ def random_augment(
     rotate: bool = True,
     flips: bool = True,
     brightness: float = 0.1,
-    contrast: float = 0.1,
+    contrast: float | tuple[float, float] = 0.1,
     out_size: int | None = None,
     norm_std: float = DEFAULT_NORM_STD,
     blur: tuple[float, float] | None = None,
     gamma: tuple[float, float] | None = None,
     noise: float = 0.0,
+    tone: int = 0,
     norm_mean: float = DEFAULT_NORM_MEAN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Randomly transform a normalised 2D ``image`` and its ``mask`` together.
@@ -142,11 +150,19 @@ def random_augment(
     lo_scale, hi_scale = (float(v) for v in scale)
     if not (0 < lo_scale <= hi_scale):
         raise InputError(f"scale must be (low, high) with 0 < low <= high, got {scale}.")
-    if brightness < 0 or not 0 <= contrast < 1 or norm_std <= 0:
-        raise InputError("brightness must be >= 0, contrast in [0, 1) and norm_std > 0.")
+    if isinstance(contrast, (tuple, list)):
+        contrast_range = _check_range(contrast, "contrast", 0.0, True)
+    else:
+        contrast_range = None if contrast == 0 else (1.0 - contrast, 1.0 + contrast)
+        if not 0 <= contrast < 1:
+            raise InputError(f"contrast must be in [0, 1) or a (low, high) range, got {contrast}.")
+    if brightness < 0 or norm_std <= 0:
+        raise InputError("brightness must be >= 0 and norm_std > 0.")
     blur, gamma = _check_range(blur, "blur", 0.0), _check_range(gamma, "gamma", 0.0, True)
     if noise < 0:
         raise InputError(f"noise must be >= 0, got {noise}.")
+    if int(tone) != tone or tone < 0:
+        raise InputError(f"tone must be a non-negative integer, got {tone}.")
     out_shape = image.shape if out_size is None else (int(out_size), int(out_size))
     if min(out_shape) < 1:
         raise InputError(f"out_size must be a positive integer, got {out_size}.")
@@ -189,11 +205,15 @@ def random_augment(
             np.ascontiguousarray(mask), order=0, cval=0, output=mask.dtype, **common
         )
 
-    out_image = _appearance(out_image, rng, blur, gamma, norm_mean, norm_std)
+    out_image = _appearance(out_image, rng, blur, gamma, int(tone), norm_mean, norm_std)
 
-    if brightness > 0 or contrast > 0:
+    if brightness > 0 or contrast_range is not None:
         shift_value = rng.uniform(-brightness, brightness) / norm_std if brightness > 0 else 0.0
-        factor = rng.uniform(1.0 - contrast, 1.0 + contrast) if contrast > 0 else 1.0
+        factor = 1.0
+        if isinstance(contrast, (tuple, list)):
+            factor = math.exp(rng.uniform(*(math.log(v) for v in contrast_range)))
+        elif contrast_range is not None:
+            factor = rng.uniform(*contrast_range)
         mean = float(out_image.mean())
         out_image = (out_image - np.float32(mean)) * np.float32(factor) + np.float32(
             mean + shift_value
@@ -224,17 +244,28 @@ def _appearance(
     rng: np.random.Generator,
     blur: tuple[float, float] | None,
     gamma: tuple[float, float] | None,
+    tone: int,
     norm_mean: float,
     norm_std: float,
 ) -> np.ndarray:
-    """The optional blur and gamma of :func:`random_augment` on a normalised image."""
+    """The optional blur, gamma and tone curve of :func:`random_augment` (normalised image)."""
     if blur is not None and rng.random() < P_OPTIONAL:
         sigma = rng.uniform(*blur)
         if sigma > 0:
             image = ndimage.gaussian_filter(image, sigma, mode="nearest")
-    if gamma is not None and rng.random() < P_OPTIONAL:
+    use_gamma = gamma is not None and rng.random() < P_OPTIONAL
+    use_tone = tone > 0 and rng.random() < P_OPTIONAL
+    if not (use_gamma or use_tone):
+        return image.astype(np.float32, copy=False)
+    # Both are defined on [0, 1] intensities, so undo the normalisation around them.
+    unit = np.clip(image * np.float32(norm_std) + np.float32(norm_mean), 0.0, 1.0)
+    if use_gamma:
         g = math.exp(rng.uniform(math.log(gamma[0]), math.log(gamma[1])))
-        # Gamma is defined on [0, 1] intensities, so undo the normalisation around it.
-        unit = np.clip(image * np.float32(norm_std) + np.float32(norm_mean), 0.0, 1.0)
-        image = (unit ** np.float32(g) - np.float32(norm_mean)) / np.float32(norm_std)
-    return image.astype(np.float32, copy=False)
+        unit = unit ** np.float32(g)
+    if use_tone:
+        knots = np.linspace(0.0, 1.0, tone + 2)
+        values = knots.copy()
+        for i in range(1, tone + 1):
+            values[i] = rng.uniform(values[i - 1], values[i + 1])
+        unit = np.interp(unit, knots, values).astype(np.float32)
+    return ((unit - np.float32(norm_mean)) / np.float32(norm_std)).astype(np.float32, copy=False)

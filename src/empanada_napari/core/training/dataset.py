@@ -42,7 +42,7 @@ _INT32_MAX = np.iinfo(np.int32).max
 #: Keyword arguments of random_augment that PatchDataset(augment={...}) passes on.
 _AUGMENT_KEYS = frozenset(
     {"scale", "rotate", "flips", "brightness", "contrast", "norm_std"}
-    | {"blur", "gamma", "noise", "norm_mean"}
+    | {"blur", "gamma", "noise", "tone", "norm_mean"}
 )
 
 
