@@ -5,7 +5,8 @@
 
 Random weights (speed does not depend on them), scripted with torch.jit.script as shipped,
 eval mode, ``render_steps=2``; the first call is a warm-up and not counted. On CUDA also
-float16 autocast and batch sizes 1/4/8. Also times the bundled model as loaded from disk.
+float16 autocast and batch sizes 1/4/8. Also times every bundled model as loaded from disk
+(the default first), so they are compared in one run.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def selected(name: str, archs: str | None) -> bool:
     return name in wanted or name.split("(")[0] in wanted
 
 
+def bundled_models() -> list[str]:
+    """Names of the built-in models whose file ships in the package (no download)."""
+    from empanada_napari.core.models.registry import get_registry
+
+    return [
+        e.name
+        for e in get_registry().entries()
+        if e.builtin and not str(e.model_source).startswith(("http://", "https://"))
+    ]
+
+
 def markdown(result: dict) -> str:
     """The docs/benchmarks.md table of a ``--json`` result (CUDA: batch and fp16 columns)."""
     rows = result["rows"]
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from empanada_napari.core.device import resolve_device
     from empanada_napari.core.models.architectures import build_model
     from empanada_napari.core.models.architectures.resnet import count_parameters
-    from empanada_napari.core.models.loading import load_model
+    from empanada_napari.core.models.loading import default_model_name, load_model
 
     device = resolve_device(args.device)
     rows = []
@@ -102,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         torch.manual_seed(0)
         models.append((name, note, torch.jit.script(build_model(arch, **kwargs).eval()).to(device)))
-    try:
-        if selected("bundled", args.archs):
-            bundled = load_model("default", device)
-            models.append((bundled.name, "bundled, loaded from disk", bundled.module))
-    except Exception as err:  # noqa: BLE001 - the table is still useful without it
-        print(f"(bundled model not timed: {err})", file=sys.stderr)
+    if selected("bundled", args.archs):
+        # Every model that ships in the package, side by side in one run (the default first).
+        default = default_model_name()
+        for name in sorted(bundled_models(), key=lambda n: n != default):
+            try:
+                loaded = load_model(name, device)
+            except Exception as err:  # noqa: BLE001 - the table is still useful without it
+                print(f"(bundled model {name} not timed: {err})", file=sys.stderr)
+                continue
+            note = "bundled, default" if name == default else "bundled"
+            models.append((loaded.name, note + ", loaded from disk", loaded.module))
     batches = (1, 4, 8) if device.type == "cuda" else (1,)
     for name, note, module in models:
         for batch in batches:

@@ -23,8 +23,26 @@ brightness             always when ``brightness > 0``: a shift uniform in
                        [-brightness, brightness] in [0, 1] intensity units, i.e.
                        ``shift / norm_std`` in normalised units
 contrast               always when ``contrast > 0``: a factor uniform in
-                       [1 - contrast, 1 + contrast] applied around the patch mean
+                       [1 - contrast, 1 + contrast] applied around the patch mean; a
+                       ``(low, high)`` range instead draws the factor log-uniform in it
+                       (e.g. (0.5, 2) for instruments with much stronger or weaker contrast)
+blur                   0.5 when ``blur`` is a range (off by default): a Gaussian of sigma
+                       uniform in it (pixels), for softer instruments / thicker sections
+gamma                  0.5 when ``gamma`` is a range (off by default): ``u ** g`` on [0, 1]
+                       intensities, g log-uniform in it (g > 1 darkens the mid-greys)
+tone curve             0.5 when ``tone > 0`` (off by default): a random monotonic curve on
+                       [0, 1] intensities through ``tone`` inner control points, each drawn
+                       between its neighbours (MONAI's RandHistogramShift): stains and
+                       detectors change the relative greys of membranes, mitochondria and
+                       cytoplasm, not only the overall contrast
+noise                  0.5 when ``noise > 0`` (off by default): Gaussian noise of std uniform
+                       in [0, noise] in [0, 1] intensity units
 =====================  ====================================================================
+
+The optional transforms (``blur``, ``gamma``, ``tone``, ``noise``) imitate other microscopes and
+preparations (issue 18): they are applied after the geometry in that order, blur first so the
+noise stays sharp, and they draw from ``rng`` only when enabled, so the default draws (and hence
+earlier results) are unchanged.
 
 The intensity changes apply to the whole output patch, padding included (padding then looks
 like a slightly brighter or darker mean grey, which is harmless).
@@ -52,6 +70,10 @@ P_SCALE = 0.5
 MAX_FREE_ANGLE = 45.0
 #: The std of MitoNet's normalisation, the default for converting brightness to normalised units.
 DEFAULT_NORM_STD = 0.12765
+#: The mean of MitoNet's normalisation (gamma works on [0, 1] intensities).
+DEFAULT_NORM_MEAN = 0.57571
+#: Probability of each optional appearance transform (blur, gamma, noise) when enabled.
+P_OPTIONAL = 0.5
 
 
 def region_size(
@@ -100,15 +122,21 @@ def random_augment(
     rotate: bool = True,
     flips: bool = True,
     brightness: float = 0.1,
-    contrast: float = 0.1,
+    contrast: float | tuple[float, float] = 0.1,
     out_size: int | None = None,
     norm_std: float = DEFAULT_NORM_STD,
+    blur: tuple[float, float] | None = None,
+    gamma: tuple[float, float] | None = None,
+    noise: float = 0.0,
+    tone: int = 0,
+    norm_mean: float = DEFAULT_NORM_MEAN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Randomly transform a normalised 2D ``image`` and its ``mask`` together.
 
     Returns ``(image float32, mask of the input mask dtype)`` of shape ``(out_size, out_size)``
     (default: the input shape), centred on the input centre. See the module docstring for the
-    probabilities; ``norm_std`` converts ``brightness`` from [0, 1] units to normalised units.
+    probabilities; ``norm_std`` converts ``brightness`` from [0, 1] units to normalised units
+    and, with ``norm_mean``, maps the image back to [0, 1] intensities for ``gamma``.
     """
     image = np.asarray(image)
     mask = np.asarray(mask)
@@ -122,8 +150,19 @@ def random_augment(
     lo_scale, hi_scale = (float(v) for v in scale)
     if not (0 < lo_scale <= hi_scale):
         raise InputError(f"scale must be (low, high) with 0 < low <= high, got {scale}.")
-    if brightness < 0 or not 0 <= contrast < 1 or norm_std <= 0:
-        raise InputError("brightness must be >= 0, contrast in [0, 1) and norm_std > 0.")
+    if isinstance(contrast, (tuple, list)):
+        contrast_range = _check_range(contrast, "contrast", 0.0, True)
+    else:
+        contrast_range = None if contrast == 0 else (1.0 - contrast, 1.0 + contrast)
+        if not 0 <= contrast < 1:
+            raise InputError(f"contrast must be in [0, 1) or a (low, high) range, got {contrast}.")
+    if brightness < 0 or norm_std <= 0:
+        raise InputError("brightness must be >= 0 and norm_std > 0.")
+    blur, gamma = _check_range(blur, "blur", 0.0), _check_range(gamma, "gamma", 0.0, True)
+    if noise < 0:
+        raise InputError(f"noise must be >= 0, got {noise}.")
+    if int(tone) != tone or tone < 0:
+        raise InputError(f"tone must be a non-negative integer, got {tone}.")
     out_shape = image.shape if out_size is None else (int(out_size), int(out_size))
     if min(out_shape) < 1:
         raise InputError(f"out_size must be a positive integer, got {out_size}.")
@@ -166,12 +205,67 @@ def random_augment(
             np.ascontiguousarray(mask), order=0, cval=0, output=mask.dtype, **common
         )
 
-    if brightness > 0 or contrast > 0:
+    out_image = _appearance(out_image, rng, blur, gamma, int(tone), norm_mean, norm_std)
+
+    if brightness > 0 or contrast_range is not None:
         shift_value = rng.uniform(-brightness, brightness) / norm_std if brightness > 0 else 0.0
-        factor = rng.uniform(1.0 - contrast, 1.0 + contrast) if contrast > 0 else 1.0
+        factor = 1.0
+        if isinstance(contrast, (tuple, list)):
+            factor = math.exp(rng.uniform(*(math.log(v) for v in contrast_range)))
+        elif contrast_range is not None:
+            factor = rng.uniform(*contrast_range)
         mean = float(out_image.mean())
         out_image = (out_image - np.float32(mean)) * np.float32(factor) + np.float32(
             mean + shift_value
         )
 
+    if noise > 0 and rng.random() < P_OPTIONAL:
+        sigma = rng.uniform(0.0, noise) / norm_std
+        out_image = out_image + rng.normal(0.0, sigma, out_image.shape).astype(np.float32)
+
     return np.ascontiguousarray(out_image, dtype=np.float32), np.ascontiguousarray(out_mask)
+
+
+def _check_range(
+    value: tuple[float, float] | None, what: str, low: float, exclusive: bool = False
+) -> tuple[float, float] | None:
+    """``None`` or a validated ``(lo, hi)`` with ``low <(=) lo <= hi``."""
+    if value is None:
+        return None
+    lo, hi = (float(v) for v in value)
+    if not (lo <= hi and (lo > low if exclusive else lo >= low)):
+        sign = ">" if exclusive else ">="
+        raise InputError(f"{what} must be (low, high) with {sign} {low} low <= high, got {value}.")
+    return lo, hi
+
+
+def _appearance(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    blur: tuple[float, float] | None,
+    gamma: tuple[float, float] | None,
+    tone: int,
+    norm_mean: float,
+    norm_std: float,
+) -> np.ndarray:
+    """The optional blur, gamma and tone curve of :func:`random_augment` (normalised image)."""
+    if blur is not None and rng.random() < P_OPTIONAL:
+        sigma = rng.uniform(*blur)
+        if sigma > 0:
+            image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    use_gamma = gamma is not None and rng.random() < P_OPTIONAL
+    use_tone = tone > 0 and rng.random() < P_OPTIONAL
+    if not (use_gamma or use_tone):
+        return image.astype(np.float32, copy=False)
+    # Both are defined on [0, 1] intensities, so undo the normalisation around them.
+    unit = np.clip(image * np.float32(norm_std) + np.float32(norm_mean), 0.0, 1.0)
+    if use_gamma:
+        g = math.exp(rng.uniform(math.log(gamma[0]), math.log(gamma[1])))
+        unit = unit ** np.float32(g)
+    if use_tone:
+        knots = np.linspace(0.0, 1.0, tone + 2)
+        values = knots.copy()
+        for i in range(1, tone + 1):
+            values[i] = rng.uniform(values[i - 1], values[i + 1])
+        unit = np.interp(unit, knots, values).astype(np.float32)
+    return ((unit - np.float32(norm_mean)) / np.float32(norm_std)).astype(np.float32, copy=False)

@@ -40,7 +40,10 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 MITONET_NORMS = (0.57571, 0.12765)
 _INT32_MAX = np.iinfo(np.int32).max
 #: Keyword arguments of random_augment that PatchDataset(augment={...}) passes on.
-_AUGMENT_KEYS = frozenset({"scale", "rotate", "flips", "brightness", "contrast", "norm_std"})
+_AUGMENT_KEYS = frozenset(
+    {"scale", "rotate", "flips", "brightness", "contrast", "norm_std"}
+    | {"blur", "gamma", "noise", "tone", "norm_mean"}
+)
 
 
 # --------------------------------------------------------------------------- reading & checks
@@ -403,6 +406,7 @@ class PatchDataset(Dataset):
                     f"expected some of {sorted(_AUGMENT_KEYS)}."
                 )
             self.augment_kwargs.setdefault("norm_std", self.norms[1])
+            self.augment_kwargs.setdefault("norm_mean", self.norms[0])
 
         self.records: list[ImageRecord] = []
         for name, image, mask in zip(names, images, masks, strict=True):
@@ -510,3 +514,66 @@ class PatchDataset(Dataset):
             "weight": torch.ones(mask.shape, dtype=torch.float32),
         }
         return torch.from_numpy(np.ascontiguousarray(image)[None]), sample
+
+
+class MixedDataset(Dataset):
+    """Samples drawn from several datasets (e.g. one :class:`PatchDataset` per microscope)
+    in fixed proportions, whatever their sizes.
+
+    Sample ``index`` picks source ``s`` with probability ``weights[s]`` (default: equal, so a
+    small dataset is seen as often as a large one) and then a uniform sample of that source,
+    both from a generator seeded with ``(seed, epoch, index)``: reproducible, and different
+    after :meth:`set_epoch`, which is passed on to the sources.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Dataset],
+        weights: Sequence[float] | None = None,
+        *,
+        samples_per_epoch: int,
+        seed: int = 0,
+    ) -> None:
+        sources = list(sources)
+        if not sources or any(len(s) < 1 for s in sources):
+            raise InputError("MixedDataset needs at least one source, none of them empty.")
+        w = np.ones(len(sources)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(sources),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise InputError(
+                f"weights must be {len(sources)} non-negative numbers with a positive sum, "
+                f"got {weights}."
+            )
+        if int(samples_per_epoch) != samples_per_epoch or samples_per_epoch < 1:
+            raise InputError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}.")
+        if int(seed) != seed or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed}.")
+        self.sources = sources
+        self.weights = w / w.sum()
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch here and in every source that has epochs."""
+        if int(epoch) != epoch or epoch < 0:
+            raise InputError(f"epoch must be a non-negative integer, got {epoch}.")
+        self.epoch = int(epoch)
+        for source in self.sources:
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+
+    def source_of(self, index: int) -> tuple[int, int]:
+        """``(source number, index within it)`` that sample ``index`` reads."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        # A stream distinct from the sources' own (seed, epoch, index) generators.
+        rng = np.random.default_rng((self.seed, self.epoch, int(index), 1))
+        s = int(rng.choice(len(self.sources), p=self.weights))
+        return s, int(rng.integers(len(self.sources[s])))
+
+    def __getitem__(self, index: int):
+        s, inner = self.source_of(index)
+        return self.sources[s][inner]
