@@ -55,19 +55,32 @@ def test_patches_keep_their_coordinates_and_model_prefill(cdeep3m, strategy):
 
 def test_uncertain_patches_are_where_the_model_hesitates_most(cdeep3m):
     from empanada_napari.core.inference.engine import Engine2D
-    from empanada_napari.core.training.patches import _predict, _tiles
+    from empanada_napari.core.training.patches import _predict, _tiles, tile_score
 
     raw, _ = cdeep3m
     best = pick_patches(raw[:1], 1, 64, strategy="uncertain", device="cpu", prefill="none")[0]
     engine = Engine2D("default", "cpu")
     labels, prob, ctr = _predict(engine, raw[0], (0, 255))
     maps = doubt_maps(labels, prob, ctr)
+    boxes = [np.s_[y : y + 64, x : x + 64] for y, x in _tiles(raw.shape[1:], (64, 64))]
     totals = [
-        sum(float(m[y : y + 64, x : x + 64].mean()) for m in maps.values())
-        for y, x in _tiles(raw.shape[1:], (64, 64))
+        tile_score({k: float(m[box].mean()) for k, m in maps.items()}, labels[box]) for box in boxes
     ]
     assert best.score == pytest.approx(max(totals), rel=1e-5)
     assert best.score > np.median(totals)
+
+
+def test_tile_score_weights_doubt_by_predicted_foreground():
+    from empanada_napari.core.training.patches import EMPTY_WEIGHT, tile_score
+
+    empty = np.zeros((10, 10), np.int32)
+    full = np.ones((10, 10), np.int32)
+    parts = {"semantic": 0.4, "centres": 0.2}
+    assert tile_score(parts, empty) == pytest.approx(0.6 * EMPTY_WEIGHT)
+    assert tile_score(parts, full) == pytest.approx(0.6)
+    some = empty.copy()
+    some[0, :5] = 1  # 5 % foreground: half-way up the weight
+    assert tile_score(parts, empty) < tile_score(parts, some) < tile_score(parts, full)
 
 
 def test_doubt_maps_flag_threshold_pixels_weak_centres_and_unlinked_objects():

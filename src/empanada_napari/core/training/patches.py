@@ -12,7 +12,8 @@ Strategies (``strategy=``):
   space (a napari Points layer's data converted to the image's data coordinates); the plane
   is the point's coordinate along ``axis``.
 * ``"uncertain"``: the model segments candidate planes; every non-overlapping tile is scored by
-  the model's own doubt and the most doubtful tiles win (see :func:`doubt_maps`).
+  the model's own doubt, weighted by how much of it the model calls mitochondria, and the
+  highest-scoring tiles win (see :func:`doubt_maps` and :func:`tile_score`).
 
 Labels are prefilled (``prefill=``) with the model's prediction (``"model"``), cut from an
 existing label array (``"labels"``) or left empty (``"none"``), so correcting a patch means
@@ -43,6 +44,14 @@ SEMANTIC_MARGIN = 0.25
 WEAK_CENTRE = 0.5
 #: Objects of neighbouring planes link at this IoU (the 3D stack mode's own threshold).
 LINK_IOU = StackSettings().slice_link_iou
+#: A tile the model finds (almost) empty teaches little however doubtful it is: a tile's doubt
+#: is weighted by its predicted foreground, EMPTY_WEIGHT at none, 1 from FOREGROUND_FULL up
+#: (docs/benchmarks.md, adaptation loop: without it the picks held half the objects of random
+#: patches and finetuned worse).
+FOREGROUND_FULL = 0.1
+EMPTY_WEIGHT = 0.25
+#: Two picks at the same place lie more than this many planes apart (neighbours look alike).
+PLANE_GAP = 3
 
 
 @dataclass
@@ -199,6 +208,15 @@ def doubt_maps(
     return maps
 
 
+def tile_score(parts: Mapping[str, float], labels: np.ndarray) -> float:
+    """Rank of a candidate tile for the "uncertain" strategy: the sum of its mean doubt maps
+    (``parts``), weighted by the fraction of the tile the model labels (``labels``):
+    :data:`EMPTY_WEIGHT` for none, 1 from :data:`FOREGROUND_FULL` up."""
+    fg = float((np.asarray(labels) > 0).mean()) if np.size(labels) else 0.0
+    weight = EMPTY_WEIGHT + (1.0 - EMPTY_WEIGHT) * min(1.0, fg / FOREGROUND_FULL)
+    return float(sum(parts.values())) * weight
+
+
 def _tiles(shape: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int]]:
     """Top-left corners of non-overlapping ``size`` tiles covering the middle of ``shape``."""
     starts = []
@@ -323,14 +341,17 @@ def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, ca
         for y0, x0 in _tiles(src.plane_shape, src.size):
             box = (slice(y0, y0 + src.size[0]), slice(x0, x0 + src.size[1]))
             parts = {k: float(m[box].mean()) for k, m in maps.items()}
-            plans.append(_Plan(z, y0, x0, sum(parts.values()), parts, labels[box]))
+            plans.append(_Plan(z, y0, x0, tile_score(parts, labels[box]), parts, labels[box]))
     plans.sort(key=lambda p: -p.score)
     picked: list[_Plan] = []
     for plan in plans:
         if len(picked) == n:
             break
-        # The same place in the next plane looks almost the same: one of them is enough.
-        if any(abs(p.z - plan.z) <= 1 and (p.y0, p.x0) == (plan.y0, plan.x0) for p in picked):
+        # The same place a few planes away looks almost the same: one of them is enough.
+        same_place = (
+            (p.y0, p.x0) == (plan.y0, plan.x0) for p in picked if abs(p.z - plan.z) <= PLANE_GAP
+        )
+        if any(same_place):
             continue
         picked.append(plan)
     return picked
