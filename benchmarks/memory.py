@@ -57,7 +57,12 @@ def run_one(args) -> dict:
 
     volume = zarr.open_array(args.one, mode="r")
     out = Path(args.one).with_suffix(".labels.zarr")
-    blocks = []
+    blocks = [0]  # the block count, from the chunked driver's progress info
+
+    def count_blocks(done: int, total: int, info: dict | None = None) -> None:
+        if info:
+            blocks[0] = info["blocks"]
+
     start = time.perf_counter()
     labels = segment_volume(
         volume,
@@ -66,7 +71,7 @@ def run_one(args) -> dict:
         out=out,
         overwrite=True,
         downsample=args.downsample,
-        progress=lambda d, t, info=None: blocks.append(info["blocks"] if info else 0),
+        progress=count_blocks,
     )
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -75,7 +80,7 @@ def run_one(args) -> dict:
         "shape": list(volume.shape),
         "voxels": voxels,
         "gigavoxels": round(voxels / 1e9, 3),
-        "blocks": blocks[-1] if blocks else 0,
+        "blocks": blocks[0],
         "objects": int(labels.attrs["empanada"]["objects"]),
         "seconds": round(seconds, 1),
         "voxels_per_s": round(voxels / seconds),

@@ -480,13 +480,10 @@ class ModelPicker(ComboBox):
 
     def select(self, name: str) -> None:
         """Choose ``name`` (re-reading the registry first if it is new here)."""
-        try:
-            if name not in self.choices:
-                self.refresh()
-            if name in self.choices:
-                self.value = name
-        except RuntimeError:  # the dock was closed while the signal was on its way
-            pass
+        if name not in self.choices:
+            self.refresh()
+        if name in self.choices:
+            self.value = name
 
     def _update_tooltip(self, *_: Any) -> None:
         name = self.value
