@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import markdown_table, write_result
+from empanada_napari.core.settings import LINKING
 
 KEYS = ("semantic_iou", "f1@0.5", "f1@0.75", "pq", "ap@0.5", "n_pred", "n_gt")
 HEADERS = ("semantic IoU", "F1@0.5", "F1@0.75", "PQ", "AP@0.5", "n_pred", "n_gt")  # of KEYS
@@ -49,8 +50,13 @@ def run(
     device: str = "auto",
     engine_params: dict | None = None,
     stack_params: dict | None = None,
+    save_labels: Path | None = None,
 ) -> dict:
-    """Scores per mode: {'2d': {...}, 'stack': {...}} with timings."""
+    """Scores per mode: {'2d': {...}, 'stack': {...}} with timings and, for 3D modes, the
+    diagnostics of :func:`diagnose_3d`. ``save_labels``: a folder for each 3D mode's labels."""
+    from empanada_napari.core.settings import StackSettings
+
+    filters = StackSettings().updated(**(stack_params or {})).to_dict()
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.inference.stack import segment_stack_3d
     from empanada_napari.core.metrics import as_instances, evaluate
@@ -62,6 +68,7 @@ def run(
         "engine": engine.settings.to_dict(),
     }
     truth = binary > 0
+    pred2d = None
     if "2d" in modes:
         t0 = time.perf_counter()
         pred2d = engine.segment_slices(raw)
@@ -85,11 +92,53 @@ def run(
             gt3d = as_instances(truth.astype(np.uint8)).astype(np.int64)
         scores = evaluate(pred3d.astype(np.int64), gt3d)
         results[mode] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
+        results[mode] |= diagnose_3d(
+            pred3d, gt3d, pred2d, filters["min_size"], filters["min_extent"]
+        )
+        if save_labels is not None:
+            save_labels.mkdir(parents=True, exist_ok=True)
+            np.save(save_labels / f"{mode}.npy", pred3d)
     results["stack_params"] = stack_params or {}
     return results
 
 
+def diagnose_3d(
+    pred: np.ndarray, gt: np.ndarray, pred2d: np.ndarray | None, min_size: int, min_extent: int
+) -> dict:
+    """Why a 3D score is what it is: merges and splits (>= 0.5 of an object's voxels), the
+    merged pairs the per-slice 2D result keeps apart in some slice (the 3D stage's fault), and
+    the scores without the true objects the volume's border cuts ("whole") and without those
+    the border-aware size filters remove by design ("sized")."""
+    from empanada_napari.core.metrics import evaluate
+    from empanada_napari.core.metrics_3d import (
+        border_cut,
+        merges_and_splits,
+        separated_in_2d,
+        size_filtered,
+        without,
+    )
+
+    ms = merges_and_splits(pred, gt)
+    out: dict = {"merges": ms.n_merges, "splits": ms.n_splits, "merged": ms.merges}
+    if pred2d is not None:
+        pairs = [(a, b) for gs in ms.merges.values() for a in gs for b in gs if a < b]
+        seen = {f"{a}+{b}": separated_in_2d(gt, a, b, pred2d) for a, b in pairs}
+        out["merged_pairs_2d"] = seen  # pair -> (slices with both, slices 2D separates)
+        out["merges_2d_separates"] = sum(1 for _, apart in seen.values() if apart > 0)
+    for name, drop in (
+        ("whole", border_cut(gt)),
+        ("sized", size_filtered(gt, min_size, min_extent)),
+    ):
+        scores = evaluate(*(a.astype(np.int64) for a in without(pred, gt, drop)))
+        out[name] = {k: scores[k] for k in ("f1@0.5", "f1@0.75", "pq", "n_pred", "n_gt")}
+        if scores["n_pred"] == scores["n_gt"] == 0:  # nothing left to score
+            out[name] |= {"f1@0.5": None, "f1@0.75": None, "pq": None}
+    return out
+
+
 def _cell(value, digits: int) -> str:
+    if value is None:
+        return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
@@ -101,6 +150,19 @@ def format_table(results: dict) -> str:
             r = results[mode]
             cells = "".join(f"{_cell(r[k], 4):>14}" for k in KEYS)
             rows.append(f"{mode:<8}{cells}{r['seconds']:>10.1f}")
+    for mode in ("stack", "ortho"):
+        r = results.get(mode)
+        if r and "merges" in r:
+            rows.append(
+                f"{mode}: merges {r['merges']} (2D separates {r.get('merges_2d_separates', '?')})"
+                f", splits {r['splits']}"
+            )
+            for name in ("whole", "sized"):
+                part = {k: _cell(v, 4) for k, v in r[name].items()}
+                rows.append(
+                    f"  {name} objects: F1@0.5 {part['f1@0.5']} F1@0.75 {part['f1@0.75']} "
+                    f"PQ {part['pq']} n_pred {part['n_pred']} n_gt {part['n_gt']}"
+                )
     return "\n".join(rows)
 
 
@@ -116,6 +178,9 @@ def settings_label(result: dict) -> str:
             f"median {stack['median_slices']}, min_size {stack['min_size']}, "
             f"min_extent {stack['min_extent']}"
         )
+        if "linking" in stack:
+            border = "border-aware" if stack.get("border_aware", True) else "not border-aware"
+            words.append(f"{stack['linking']} linking, {border}")
     return "; ".join(words)
 
 
@@ -151,8 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--median-slices", type=int, default=3)
     p.add_argument("--min-size", type=int, default=500)
     p.add_argument("--min-extent", type=int, default=5)
+    p.add_argument("--linking", choices=LINKING, default=LINKING[0], help="stack slice linking")
+    p.add_argument(
+        "--border-aware",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="judge objects cut by the volume border by what is seen of them",
+    )
     p.add_argument("--quick", action="store_true", help="tiny real crop from tests/data")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--save-labels", type=Path, help="folder for the 3D labels (<mode>.npy)")
     args = p.parse_args(argv)
 
     import tifffile
@@ -187,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             "median_slices": args.median_slices,
             "min_size": args.min_size,
             "min_extent": args.min_extent,
+            "linking": args.linking,
+            "border_aware": args.border_aware,
         },
+        save_labels=args.save_labels,
     )
     results["data"] = {"raw": str(args.raw), "gt": str(args.gt), "z": args.z}
     print(format_table(results))

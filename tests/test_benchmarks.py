@@ -11,7 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import _common, accuracy, model_speed, proofread, report
+import tifffile
+from benchmarks import _common, accuracy, linking, model_speed, proofread, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,24 @@ def test_accuracy_harness_quick(tmp_path, capsys):
     # The bundled model on its held-out crop (see tests/test_bundled_model.py).
     assert results["2d"]["semantic_iou"] > 0.85 and results["stack"]["semantic_iou"] > 0.85
     assert results["stack"]["n_gt"] == 4 and results["model"] == "Lucchi_Lite_v1"
+    # 3D diagnostics (issue 17): merges and splits, and scores without border-cut objects
+    # (all 4 touch this small crop's border) or objects the size filter removes by design.
+    stack = results["stack"]
+    assert stack["merges"] == 0 and stack["merges_2d_separates"] == 0
+    assert stack["whole"]["n_gt"] == 0 and stack["whole"]["f1@0.5"] is None
+    assert 0 < stack["sized"]["n_gt"] <= 4 and stack["sized"]["f1@0.5"] >= stack["f1@0.5"]
+    assert "merges 0" in table and "sized objects" in table
+
+
+def test_linking_benchmark_times_both_rule_sets(tmp_path, capsys):
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, tifffile.imread(ROOT / "tests" / "data" / "lucchi_crop_raw.tif")[:8])
+    out = tmp_path / "linking.json"
+    assert linking.main(["--raw", str(raw), "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for name in ("separate", "legacy"):
+        assert result[name]["pipeline_s"] > 0 and result[name]["linking_s"] > 0
+    assert result["ratio_pipeline"] > 0 and "separate / legacy" in capsys.readouterr().out
 
 
 def _blocks(text: str) -> dict[str, str]:

@@ -61,13 +61,19 @@ def test_link_slices_low_iou_does_not_link_but_ioa_joins_a_branch():
     assert len(np.unique(link_slices(b)[link_slices(b) > 0])) == 1
 
 
-def test_backward_pass_joins_an_object_that_ends_inside_another():
+def test_legacy_backward_pass_joins_an_object_that_ends_inside_another():
     s = np.zeros((3, 20, 40), np.int32)
     s[0, 2:12, 2:10] = 1
     s[1, 2:12, 2:30] = 1  # grows: IoU 8/28 links forward already
     s[0, 2:12, 20:28] = 2  # a second object that ends in slice 0 and lies inside slice 1's
-    out = link_slices(s)
+    out = link_slices(s, linking="legacy")
     assert out[0, 5, 5] == out[0, 5, 25] == out[1, 5, 15]
+    # The default keeps the object that ends apart: two mitochondria side by side, one
+    # ending against the other, are two objects (issue 17).
+    out = link_slices(s)
+    assert out[0, 5, 5] == out[1, 5, 15] != out[0, 5, 25] > 0
+    with pytest.raises(InputError, match="linking"):
+        link_slices(s, linking="tracks")
 
 
 def test_matched_pairs_is_optimal_per_component():

@@ -44,7 +44,8 @@ def _add_settings(parser, name: str, title: str) -> None:
         kind = str(f.type)
         kwargs: dict = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
         if kind == "bool":
-            kwargs["action"] = "store_true"
+            # A setting on by default is turned off with --no-<flag>.
+            kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
             if "tuple" in kind:
                 kwargs["type"], kwargs["metavar"] = _int_triple, "Z,Y,X"

@@ -31,6 +31,7 @@ from .errors import InputError
 
 __all__ = [
     "AXES",
+    "LINKING",
     "BlockSettings",
     "InferenceSettings",
     "OrthoSettings",
@@ -43,6 +44,8 @@ __all__ = [
 #: Stack axis name -> transpose order that brings that axis first (volume axes are z, y, x).
 AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
 DOWNSAMPLE = (1, 2, 4, 8, 16, 32, 64)
+#: Slice-linking rules of stack mode (see :class:`StackSettings`); the first is the default.
+LINKING = ("separate", "legacy")
 
 T = TypeVar("T")
 
@@ -295,6 +298,23 @@ class StackSettings(_Settings):
         minimum=0,
         maximum=10**6,
     )
+    border_aware: bool = setting(
+        True,
+        "Judge objects cut by the volume's border by the part that could be seen: min extent "
+        "does not apply across the cut and min size shrinks with the share of min extent "
+        "they show there. Off: they must pass both filters like whole objects.",
+        label="keep objects cut by the border",
+    )
+    linking: str = setting(
+        "separate",
+        "How 2D objects become 3D objects. separate: an object that ends is not joined to "
+        "the object it touches in the next slice, so touching mitochondria stay two objects. "
+        "legacy: also join it (the rule of earlier releases and of empanada-napari 1.2.4; "
+        "gives earlier releases' labels exactly).",
+        choices=LINKING,
+        label="slice linking",
+        advanced=True,
+    )
     slice_link_iou: float = setting(
         0.25,
         "Objects on neighbouring slices are the same object when they overlap at least this "
@@ -321,6 +341,8 @@ class StackSettings(_Settings):
         _integer(self, "min_extent", 0)
         _fraction(self, "slice_link_iou", low_open=True)
         _fraction(self, "slice_link_ioa", low_open=True)
+        _check(self.linking in LINKING, f"linking must be one of {LINKING}, got {self.linking!r}")
+        _check(isinstance(self.border_aware, bool), "border_aware must be True or False")
 
 
 @dataclass(frozen=True)

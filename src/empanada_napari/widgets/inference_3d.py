@@ -75,7 +75,8 @@ class Inference3DWidget(Container):
             "xz and yz, then a vote (needs a volume thick in every direction)."
         )
         self.stack_controls = settings_controls(
-            StackSettings, ("axis", "median_slices", "min_size", "min_extent")
+            StackSettings,
+            ("axis", "median_slices", "min_size", "min_extent", "border_aware", "linking"),
         )
         self.controls = engine_controls(per_slice=False)
         self.ortho_controls = settings_controls(
@@ -107,19 +108,21 @@ class Inference3DWidget(Container):
         self.overwrite.tooltip = "Replace an existing output (kept until the new one is done)."
         self.jobs = JobPanel("Run 3D inference", self.run)
         engine_main, engine_advanced = split_advanced(self.controls)
+        stack_main, stack_advanced = split_advanced(self.stack_controls)
         dock(
             self,
             [
                 self.image,
                 self.model,
                 self.mode,
-                *self.stack_controls.values(),
+                *stack_main,
                 *engine_main,
                 *self.ortho_controls.values(),
                 self.out_dir,
             ],
             [
                 self.device,
+                *stack_advanced,
                 *engine_advanced,
                 self.chunks,
                 self.halo,

@@ -231,7 +231,13 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
         stop_requested, linked,
     )  # fmt: skip
     luts, n_objects = resolve_blocks(
-        plan, counts, links, job.work, job.stack.min_size, job.stack.min_extent
+        plan,
+        counts,
+        links,
+        job.work,
+        job.stack.min_size,
+        job.stack.min_extent,
+        image.shape if job.stack.border_aware else None,
     )
     if store is None:
         result = np.zeros(image.shape, np.uint32)

@@ -10,6 +10,7 @@ the kept objects are numbered 1..K in order of their first node.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -27,12 +28,14 @@ def resolve_objects(
     piece_hi: np.ndarray,
     min_size: int = 0,
     min_extent: int = 0,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Final object id of every node (0: removed) and the number of objects.
 
     ``links`` are two arrays of node indices joined pairwise. Pieces (one node may have
     several, e.g. one per slice) carry a voxel count and a bounding box ``[lo, hi)`` (K, 3);
-    a node's object sums the pieces of every node linked to it.
+    a node's object sums the pieces of every node linked to it. With the volume's ``shape``,
+    objects cut by its border are judged by what could be seen of them (:func:`keep_objects`).
     """
     rows, cols = (np.asarray(a, dtype=np.int64) for a in links)
     graph = coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(n_nodes, n_nodes))
@@ -44,9 +47,7 @@ def resolve_objects(
     np.add.at(size, at, piece_size)
     np.minimum.at(lo, at, piece_lo)
     np.maximum.at(hi, at, piece_hi)
-    keep = (size > 0) & (size >= min_size)
-    if min_extent > 0:
-        keep &= (hi - lo).min(axis=1) >= min_extent
+    keep = keep_objects(size, lo, hi, min_size, min_extent, shape)
     # Number the kept objects in order of their smallest node.
     root = np.full(n_comp, n_nodes, dtype=np.int64)
     np.minimum.at(root, comp, np.arange(n_nodes))
@@ -57,3 +58,47 @@ def resolve_objects(
     final = np.zeros(n_comp, dtype=np.uint32)
     final[kept] = np.arange(1, kept.size + 1, dtype=np.uint32)
     return final[comp], int(kept.size)
+
+
+def sizes_and_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel count (n,) and bounding box ``[lo, hi)`` (n, ndim) of ids 1..n of ``labels``
+    (non-negative integers); an absent id has size 0 and an empty box at the origin."""
+    size = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
+    lo = np.zeros((n, labels.ndim), np.int64)
+    hi = np.zeros((n, labels.ndim), np.int64)
+    for k, box in enumerate(ndi.find_objects(labels, max_label=n)):
+        if box is not None:
+            lo[k], hi[k] = [b.start for b in box], [b.stop for b in box]
+    return size, lo, hi
+
+
+def keep_objects(
+    size: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    min_size: int = 0,
+    min_extent: int = 0,
+    shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Which objects pass the size filters, from their voxel counts ``size`` (n,) and
+    bounding boxes ``[lo, hi)`` (n, d).
+
+    An object needs ``min_size`` voxels and every box side >= ``min_extent``. Given the
+    volume's ``shape`` (border-aware filtering), an object whose box touches the volume border
+    along an axis was cut there, so only what could be seen of it is judged: ``min_extent``
+    does not apply along that axis, and ``min_size`` is scaled by the fraction of
+    ``min_extent`` it shows there, ``min(1, side / min_extent)`` per cut axis (an object seen
+    in 2 of the 8 slices a minimal object spans needs a quarter of ``min_size``). Without
+    ``min_extent`` there is no reference length and ``min_size`` applies unchanged.
+    """
+    side = hi - lo
+    keep = size > 0
+    if shape is None:
+        keep &= size >= min_size
+        return keep & (side.min(axis=1) >= min_extent) if min_extent > 0 else keep
+    cut = (lo <= 0) | (hi >= np.asarray(shape, dtype=np.int64))
+    seen = np.ones(size.shape)
+    if min_extent > 0:
+        keep &= ((side >= min_extent) | cut).all(axis=1)
+        seen = np.where(cut, np.minimum(1.0, side / min_extent), 1.0).prod(axis=1)
+    return keep & (size >= min_size * seen)

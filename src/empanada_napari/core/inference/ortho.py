@@ -8,7 +8,8 @@
 4. A cluster whose links are weak (mean IoU below ``cluster_iou_thr``, 0.75) while one view
    split it into several objects (touching mitochondria merged by another view) is split
    along that view's objects; voxels that view did not cover go to its nearest object.
-5. ``min_size`` / ``min_extent`` filters, ids relabelled 1..K.
+5. ``min_size`` / ``min_extent`` filters (border-aware: objects cut by the volume border are
+   judged by what could be seen of them), ids relabelled 1..K.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def ortho_consensus(
     *,
     min_size: int = 0,
     min_extent: int = 0,
+    border_aware: bool = False,
     **params,
 ) -> np.ndarray:
     """Merge three (or more) 3D label volumes of the same shape into one; uint32 1..K.
@@ -119,7 +121,7 @@ def ortho_consensus(
     out = np.zeros(shape, dtype=np.uint32 if id_type == np.int32 else np.int64)
     out[fg] = kept
     _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr)
-    return filter_objects(out, min_size, min_extent)
+    return filter_objects(out, min_size, min_extent, border_aware)
 
 
 def _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr):
@@ -201,5 +203,9 @@ def segment_ortho(
         )
         done += n
     return ortho_consensus(
-        results, ortho, min_size=settings.min_size, min_extent=settings.min_extent
+        results,
+        ortho,
+        min_size=settings.min_size,
+        min_extent=settings.min_extent,
+        border_aware=settings.border_aware,
     )

@@ -7,11 +7,16 @@
 3. 2D instances are linked slice to slice: a forward pass matches each slice's objects to the
    previous slice's by IoU with optimal assignment (IoU >= ``slice_link_iou`` links); an
    unmatched object whose intersection with one previous object covers >= ``slice_link_ioa``
-   of its own area
-   joins that object. A backward pass applies the same intersection rule to objects that end
-   in a slice, joining them to the object they overlap in the next slice.
+   of its own area joins that object. With ``linking="legacy"`` (earlier releases, and
+   empanada-napari 1.2.4) a backward pass also joins an object that ends in a slice to the
+   object of the next slice that covers >= ``slice_link_ioa`` of it. That rule caused the 3D
+   merges of issue 17: a mitochondrion that ends against a neighbour, end to end or side by
+   side, became one object with it, even where every 2D slice separates the two (whole
+   lucchi_train, 47 objects: 5 merged pairs with it, 3 without, none of them separated by
+   the 2D result; docs/models.md). The default ``"separate"`` has no backward pass.
 4. Objects smaller than ``min_size`` voxels or with a bounding-box side shorter than
-   ``min_extent`` are removed; ids are relabelled 1..K.
+   ``min_extent`` are removed (``border_aware``: objects cut by the volume's border are judged
+   by what could be seen of them, :func:`.objects.keep_objects`); ids are relabelled 1..K.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..preprocess import check_image, intensity_range
-from ..settings import AXES, StackSettings, resolve
+from ..settings import AXES, LINKING, StackSettings, resolve
 from .engine import Engine2D
-from .objects import resolve_objects
+from .objects import keep_objects, resolve_objects, sizes_and_boxes
 
 
 def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +126,12 @@ class SliceLinker:
         iou_thr: float = 0.25,
         ioa_thr: float = 0.25,
         out: np.ndarray | None = None,
+        linking: str = "separate",
     ) -> None:
+        if linking not in LINKING:
+            raise InputError(f"linking must be one of {LINKING}, got {linking!r}")
         self.iou_thr, self.ioa_thr = iou_thr, ioa_thr
+        self.backward = linking == "legacy"
         self.dense = np.zeros(shape, dtype=np.uint32) if out is None else out
         self.fids: list[np.ndarray] = []  # per slice: dense index - 1 -> forward id
         self.next_id = 1
@@ -153,7 +162,7 @@ class SliceLinker:
         fd_lut[1:] = fd.astype(np.uint32) + 1
         self.dense[z] = fd_lut[cur]
         self.fids.append(fids)
-        if z > 0 and nc and self.fids[-2].size:
+        if self.backward and z > 0 and nc and self.fids[-2].size:
             self._link_backward(pi, fd_lut[ci + 1].astype(np.int64) - 1, inter, area_prev)
         self._measure(z)
 
@@ -202,9 +211,12 @@ class SliceLinker:
         hi = np.array([[z + 1, b[0].stop, b[1].stop] for b in boxes], dtype=np.int64)
         self._stats.append((area, lo.reshape(-1, 3), hi.reshape(-1, 3)))
 
-    def finish(self, min_size: int = 0, min_extent: int = 0) -> np.ndarray:
+    def finish(
+        self, min_size: int = 0, min_extent: int = 0, border_aware: bool = False
+    ) -> np.ndarray:
         """The 3D labels (uint32, ids 1..K in order of each object's first forward id), in
-        place of the stored slices, with the backward joins and the size filters applied."""
+        place of the stored slices, with the backward joins and the size filters applied
+        (border-aware: see :func:`.objects.keep_objects`)."""
         joins = np.concatenate(self._joins, axis=1) if self._joins else np.zeros((2, 0), int)
         stats = self._stats or [(np.zeros(0, np.int64),) + (np.zeros((0, 3), np.int64),) * 2]
         by_fid, _ = resolve_objects(
@@ -216,6 +228,7 @@ class SliceLinker:
             np.concatenate([st[2] for st in stats]),
             min_size,
             min_extent,
+            self.dense.shape if border_aware else None,
         )
         for z, fids in enumerate(self.fids):
             lut = np.zeros(fids.size + 1, dtype=np.uint32)
@@ -224,27 +237,29 @@ class SliceLinker:
         return self.dense
 
 
-def link_slices(slices: np.ndarray, iou_thr: float = 0.25, ioa_thr: float = 0.25) -> np.ndarray:
+def link_slices(
+    slices: np.ndarray, iou_thr: float = 0.25, ioa_thr: float = 0.25, linking: str = "separate"
+) -> np.ndarray:
     """Link per-slice 2D instances (Z, H, W) into 3D objects; returns new uint32 labels 1..K.
 
     See the module docstring for the rules; :class:`SliceLinker` does the work slice by slice.
     """
     slices = np.asarray(slices)
-    linker = SliceLinker(slices.shape, iou_thr, ioa_thr)
+    linker = SliceLinker(slices.shape, iou_thr, ioa_thr, linking=linking)
     for plane in slices:
         linker.add(plane)
     return linker.finish()
 
 
-def filter_objects(labels: np.ndarray, min_size: int = 0, min_extent: int = 0) -> np.ndarray:
-    """Drop objects below ``min_size`` voxels or with any bounding-box side < ``min_extent``
-    and relabel the rest 1..K (uint32, in increasing order of their old ids)."""
+def filter_objects(
+    labels: np.ndarray, min_size: int = 0, min_extent: int = 0, border_aware: bool = False
+) -> np.ndarray:
+    """Drop objects below ``min_size`` voxels or with a bounding-box side < ``min_extent``
+    (border-aware: see :func:`.objects.keep_objects`) and relabel the rest 1..K (uint32, in
+    increasing order of their old ids)."""
     ids, dense = _dense_ids(np.asarray(labels))
-    keep = np.bincount(dense.reshape(-1), minlength=ids.size + 1)[1:] >= min_size
-    if min_extent > 0:
-        boxes = ndi.find_objects(dense, max_label=ids.size)
-        short = [b is not None and min(s.stop - s.start for s in b) < min_extent for b in boxes]
-        keep &= ~np.asarray(short, dtype=bool)
+    size, lo, hi = sizes_and_boxes(dense, ids.size)
+    keep = keep_objects(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)
     new = np.zeros(ids.size + 1, dtype=np.uint32)
     new[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     return new[dense]
@@ -291,7 +306,9 @@ def segment_stack_3d(
     n = view.shape[0]
     half = settings.median_slices // 2
     bs = engine.default_batch_size()
-    linker = SliceLinker(view.shape, settings.slice_link_iou, settings.slice_link_ioa)
+    linker = SliceLinker(
+        view.shape, settings.slice_link_iou, settings.slice_link_ioa, linking=settings.linking
+    )
     window: deque = deque()  # (index, sem_prob, raw batch outputs, index in batch)
 
     def emit(i: int) -> None:
@@ -348,6 +365,6 @@ def segment_stack_3d(
             for future in queued:
                 future.cancel()
             pool.shutdown(wait=True)
-    labels = linker.finish(settings.min_size, settings.min_extent)
+    labels = linker.finish(settings.min_size, settings.min_extent, settings.border_aware)
     inverse_order = np.argsort(order)
     return np.ascontiguousarray(labels.transpose(inverse_order))

@@ -74,7 +74,9 @@ def _face_links(block: Block, other: Block, k: int, job: Job):
     sb[k] = last + 1 - other.padded[k].start
     pair = np.stack([read_labels(job.work, block, tuple(sa)),
                      read_labels(job.work, other, tuple(sb))])  # fmt: skip
-    linked = link_slices(pair, job.stack.slice_link_iou, job.stack.slice_link_ioa)
+    linked = link_slices(
+        pair, job.stack.slice_link_iou, job.stack.slice_link_ioa, job.stack.linking
+    )
     # Each object lies whole inside one linked object: read its linked id at any voxel.
     ids_a, at_a = np.unique(pair[0], return_index=True)
     ids_b, at_b = np.unique(pair[1], return_index=True)

@@ -22,8 +22,10 @@ def resolve_blocks(
     work: str,
     min_size: int,
     min_extent: int,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[dict[tuple, np.ndarray], int]:
-    """Per-block lookup tables (local id -> final id) and the number of objects."""
+    """Per-block lookup tables (local id -> final id) and the number of objects. With the
+    volume's ``shape``, objects cut by its border are judged by what could be seen of them."""
     offsets, total = {}, 0
     for b in blocks:
         offsets[b.index] = total
@@ -50,6 +52,7 @@ def resolve_blocks(
         np.concatenate(his),
         min_size,
         min_extent,
+        shape,
     )
     luts = {}
     for b in blocks:
