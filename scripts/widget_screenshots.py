@@ -54,7 +54,8 @@ def save(viewer, name: str, out: Path, width: int) -> Path:
     height = round(image.height * width / image.width)
     image = image.resize((width, height), Image.LANCZOS)
     image.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size // 1024} kB)")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"wrote {shown} ({path.stat().st_size // 1024} kB)")
     return path
 
 
