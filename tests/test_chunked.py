@@ -294,3 +294,15 @@ def test_block_core_in_padded():
         (slice(2, 10), slice(0, 14), slice(0, 10)),
     )
     assert b.core_in_padded == (slice(2, 6), slice(0, 10), slice(0, 10))  # fmt: skip
+
+
+def test_a_two_argument_progress_callback_works_on_chunked_runs(toy_model_file):
+    # Chunked runs send details (``info``) with their progress; a user's callback that takes
+    # only (done, total), as the docs allow, still works.
+    calls = []
+    segment_volume(
+        RAW[:8, :128, :128], toy_model_file, mode="stack", chunks=(4, 128, 128),
+        halo=(2, 16, 16), progress=lambda done, total: calls.append((done, total)), **NO_FILTER,
+    )  # fmt: skip
+    assert calls and len({total for _, total in calls}) == 1
+    assert calls[-1][0] == calls[-1][1]

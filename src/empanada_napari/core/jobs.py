@@ -7,7 +7,7 @@ takes two optional arguments and nothing else for job control:
   work (a batch of slices, a block, an iteration). ``info`` is an optional mapping with
   details (a training iteration's losses, the phase of a chunked run); a callback that does
   not care may accept only ``(done, total)``: :func:`report` passes ``info`` only when there
-  is some.
+  is some and the callback takes a third argument.
 * ``cancel``: a :class:`threading.Event` or a callable returning ``True`` when the user asked
   to stop. Work checks it between units and raises :class:`Cancelled`.
 
@@ -17,6 +17,7 @@ this module imports torch, napari or Qt.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -65,13 +66,26 @@ def report(
     total: int,
     info: Mapping[str, Any] | None = None,
 ) -> None:
-    """Call ``progress(done, total[, info])`` if there is a callback (``info`` only if any)."""
+    """Call ``progress(done, total[, info])`` if there is a callback: ``info`` only if there
+    is some and the callback takes a third argument (a user's ``lambda done, total: ...``
+    keeps working on runs that send details)."""
     if progress is None:
         return
-    if info is None:
+    if info is None or not _takes_info(progress):
         progress(int(done), int(total))
     else:
         progress(int(done), int(total), info)
+
+
+def _takes_info(progress: Callable[..., Any]) -> bool:
+    """Whether ``progress`` accepts ``(done, total, info)`` (True when it cannot be told)."""
+    try:
+        inspect.signature(progress).bind(0, 0, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): assume the documented shape
+        return True
+    return True
 
 
 def part_progress(
