@@ -178,76 +178,6 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--thresholds", default="0.5,0.75", help="IoU thresholds, comma separated")
 
 
-def _add_training_args(p) -> None:
-    p.add_argument(
-        "--data", required=True, help="dataset folder (<data>/<source>/images|masks/<name>.tiff)"
-    )
-    p.add_argument("--name", required=True, help="register the trained model under this name")
-    p.add_argument("--output", help="folder for the .pth + .yaml (default: a temporary folder)")
-    p.add_argument("--val-data", help="dataset folder scored every --val-every iterations")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="without --val-data: hold out this fraction of the patches for validation",
-    )
-    p.add_argument("--val-every", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.003, help="peak one-cycle learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _add_finetune(sub) -> None:
-    p = sub.add_parser(
-        "finetune",
-        help="finetune a model on a dataset of corrected patches",
-        description="Train a TorchScript model in place on DATA (encoder frozen by default), "
-        "save it and register it as NAME.",
-    )
-    p.add_argument("--model", default="default", help=_MODEL_HELP)
-    p.add_argument(
-        "--unfreeze",
-        default="",
-        help="encoder stages to train, e.g. layer4 or layer3,layer4 (stem, layer1-4)",
-    )
-    p.add_argument("--train-encoder", action="store_true", help="train the whole encoder")
-    _add_training_args(p)
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model from scratch",
-        description="Train one of the package's architectures from scratch on DATA, save it "
-        "and register it as NAME.",
-    )
-    from .core.models.catalog import ARCHITECTURES, all_encoders
-
-    p.add_argument(
-        "--architecture",
-        default="panoptic_lite",
-        choices=list(ARCHITECTURES),
-        help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()),
-    )
-    p.add_argument(
-        "--encoder",
-        choices=all_encoders(),
-        help="ResNet layout of the encoder (default per architecture: "
-        + ", ".join(f"{a.name} {a.default_encoder}" for a in ARCHITECTURES.values())
-        + ")",
-    )
-    p.add_argument(
-        "--pretrained",
-        help="encoder weights: 'cem1.5m', a checkpoint file or an https URL (read as tensors "
-        "only: files that need arbitrary unpickling are refused)",
-    )
-    _add_training_args(p)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     from . import __version__
@@ -261,10 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_models(sub)
     _add_evaluate(sub)
-    _add_finetune(sub)
-    _add_train(sub)
     from .cli_patches import add_patches
+    from .cli_training import add_training
 
+    add_training(sub, _MODEL_HELP)
     add_patches(sub)
     return parser
 
@@ -471,108 +401,6 @@ def _models(args) -> int:
     return 0
 
 
-def _training_inputs(args):
-    """The dataset, checked in words first (no masks, unpaired names, float masks...)."""
-    from .core.training import load_training_data
-
-    data = load_training_data(
-        args.data,
-        val_folders=args.val_data,
-        val_fraction=args.val_fraction,
-        patch_size=args.patch_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    print(data.describe(), file=sys.stderr)
-    return data.dataset, data.val
-
-
-def _train_progress(total: int, disable: bool):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="train", unit="it", file=sys.stderr, disable=disable)
-
-    def update(it: int, _total: int, record: dict) -> None:
-        bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
-        bar.update(it - bar.n)
-
-    return bar, update
-
-
-def _report_training(result) -> None:
-    last = result.history[-1] if result.history else {}
-    print(
-        json.dumps(
-            {
-                "name": result.name,
-                "model": str(result.model_path),
-                "config": str(result.config_path),
-                "minutes": round(result.seconds / 60, 2),
-                "iterations": result.iterations,
-                "final_loss": last.get("total"),
-                "validation": result.validation,
-            },
-            indent=2,
-        )
-    )
-
-
-def _finetune(args) -> int:
-    from .core.training import finetune
-
-    dataset, val = _training_inputs(args)
-    bar, update = _train_progress(args.iterations, args.no_progress)
-    try:
-        result = finetune(
-            args.model,
-            dataset,
-            name=args.name,
-            output_dir=args.output,
-            val=val,
-            iterations=args.iterations,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            val_every=args.val_every,
-            freeze_encoder=not args.train_encoder,
-            unfreeze=args.unfreeze,
-            progress=update,
-        )
-    finally:
-        bar.close()
-    _report_training(result)
-    return 0
-
-
-def _train(args) -> int:
-    from .core.training import train
-
-    dataset, val = _training_inputs(args)
-    bar, update = _train_progress(args.iterations, args.no_progress)
-    try:
-        result = train(
-            args.architecture,
-            dataset,
-            name=args.name,
-            encoder=args.encoder,
-            pretrained=args.pretrained,
-            output_dir=args.output,
-            val=val,
-            iterations=args.iterations,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            val_every=args.val_every,
-            progress=update,
-        )
-    finally:
-        bar.close()
-    _report_training(result)
-    return 0
-
-
 def _evaluate(args) -> int:
     import numpy as np
 
@@ -603,6 +431,18 @@ def _patches(args) -> int:
     from .cli_patches import run_patches
 
     return run_patches(args)
+
+
+def _finetune(args) -> int:
+    from .cli_training import run_finetune
+
+    return run_finetune(args)
+
+
+def _train(args) -> int:
+    from .cli_training import run_train
+
+    return run_train(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
