@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import markdown_table, write_result
-from empanada_napari.core.settings import LINKING
+from empanada_napari.core.settings import LINKING, StackSettings
 
 KEYS = ("semantic_iou", "f1@0.5", "f1@0.75", "pq", "ap@0.5", "n_pred", "n_gt")
 HEADERS = ("semantic IoU", "F1@0.5", "F1@0.75", "PQ", "AP@0.5", "n_pred", "n_gt")  # of KEYS
@@ -54,12 +54,11 @@ def run(
 ) -> dict:
     """Scores per mode: {'2d': {...}, 'stack': {...}} with timings and, for 3D modes, the
     diagnostics of :func:`diagnose_3d`. ``save_labels``: a folder for each 3D mode's labels."""
-    from empanada_napari.core.settings import StackSettings
-
-    filters = StackSettings().updated(**(stack_params or {})).to_dict()
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.inference.stack import segment_stack_3d
     from empanada_napari.core.metrics import as_instances, evaluate
+
+    filters = StackSettings().updated(**(stack_params or {}))  # the size filters of the run
 
     engine = Engine2D(model, device, **(engine_params or {}))
     results: dict = {
@@ -92,9 +91,7 @@ def run(
             gt3d = as_instances(truth.astype(np.uint8)).astype(np.int64)
         scores = evaluate(pred3d.astype(np.int64), gt3d)
         results[mode] = {k: scores[k] for k in KEYS} | {"seconds": seconds}
-        results[mode] |= diagnose_3d(
-            pred3d, gt3d, pred2d, filters["min_size"], filters["min_extent"]
-        )
+        results[mode] |= diagnose_3d(pred3d, gt3d, pred2d, filters.min_size, filters.min_extent)
         if save_labels is not None:
             save_labels.mkdir(parents=True, exist_ok=True)
             np.save(save_labels / f"{mode}.npy", pred3d)
@@ -216,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--median-slices", type=int, default=3)
     p.add_argument("--min-size", type=int, default=500)
     p.add_argument("--min-extent", type=int, default=5)
-    p.add_argument("--linking", choices=LINKING, default=LINKING[0], help="stack slice linking")
+    defaults = StackSettings()
+    p.add_argument("--linking", choices=LINKING, default=defaults.linking, help="3D modes")
     p.add_argument(
         "--border-aware",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="judge objects cut by the volume border by what is seen of them",
+        default=defaults.border_aware,
+        help="3D modes: judge objects cut by the volume border by what is seen of them",
     )
     p.add_argument("--quick", action="store_true", help="tiny real crop from tests/data")
     p.add_argument("--json", type=Path, help="also write the results here")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import ndimage as ndi
 
 from .errors import InputError
+from .inference.objects import keep_objects, sizes_and_boxes, touches_border
 from .metrics import label_overlap
 
 __all__ = [
@@ -94,21 +94,13 @@ def separated_in_2d(gt: np.ndarray, a: int, b: int, labels_2d: np.ndarray) -> tu
 def border_cut(labels: ArrayLike) -> np.ndarray:
     """Ids (sorted) of the objects of ``labels`` whose bounding box touches the border."""
     labels = np.asarray(labels)
-    top = int(labels.max()) if labels.size else 0
-    cut = [
-        k
-        for k, box in enumerate(ndi.find_objects(labels, max_label=top), start=1)
-        if box is not None
-        and any(s.start == 0 or s.stop == n for s, n in zip(box, labels.shape, strict=True))
-    ]
-    return np.asarray(cut, dtype=np.int64)
+    size, lo, hi = sizes_and_boxes(labels, int(labels.max()) if labels.size else 0)
+    return np.flatnonzero((size > 0) & touches_border(lo, hi, labels.shape).any(axis=1)) + 1
 
 
 def size_filtered(labels: ArrayLike, min_size: int, min_extent: int) -> np.ndarray:
     """Ids (sorted) of the objects of ``labels`` that stack mode's border-aware size filters
     would remove (:func:`~.inference.objects.keep_objects`)."""
-    from .inference.objects import keep_objects, sizes_and_boxes
-
     labels = np.asarray(labels)
     size, lo, hi = sizes_and_boxes(labels, int(labels.max()) if labels.size else 0)
     keep = keep_objects(size, lo, hi, min_size, min_extent, labels.shape)

@@ -72,6 +72,12 @@ def sizes_and_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray,
     return size, lo, hi
 
 
+def touches_border(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(n, d) bool: whether each box ``[lo, hi)`` reaches the volume's border along each axis
+    (the volume cut the object there)."""
+    return (lo <= 0) | (hi >= np.asarray(shape, dtype=np.int64))
+
+
 def keep_objects(
     size: np.ndarray,
     lo: np.ndarray,
@@ -96,7 +102,7 @@ def keep_objects(
     if shape is None:
         keep &= size >= min_size
         return keep & (side.min(axis=1) >= min_extent) if min_extent > 0 else keep
-    cut = (lo <= 0) | (hi >= np.asarray(shape, dtype=np.int64))
+    cut = touches_border(lo, hi, shape)
     seen = np.ones(size.shape)
     if min_extent > 0:
         keep &= ((side >= min_extent) | cut).all(axis=1)
