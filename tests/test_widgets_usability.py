@@ -153,7 +153,7 @@ def test_opening_a_dock_does_not_wait_for_torch(make_napari_viewer, qtbot, monke
     import threading
 
     from empanada_napari.core import device
-    from empanada_napari.widgets import _common
+    from empanada_napari.widgets import _pickers
 
     release = threading.Event()
 
@@ -162,7 +162,7 @@ def test_opening_a_dock_does_not_wait_for_torch(make_napari_viewer, qtbot, monke
         return ["cuda:0", "cpu"]
 
     monkeypatch.setattr(device, "available_devices", slow_devices)
-    monkeypatch.setattr(_common, "_DEVICES", [])
+    monkeypatch.setattr(_pickers, "_DEVICES", [])
     viewer = make_napari_viewer()
     widget = open_widget(viewer, "3D Inference")  # returns while the devices are unknown
     assert list(widget.device.choices) == ["auto", "cpu"]

@@ -1,4 +1,5 @@
-"""Plumbing shared by the dock widgets: jobs in threads, pickers, layer helpers, notifications.
+"""Plumbing shared by the dock widgets: jobs in threads, settings controls, layer helpers,
+notifications (the pickers are in :mod:`._pickers`).
 
 Kept free of torch at import time (napari loads the plugin's widget modules when it builds its
 menus); torch comes in with the first job.
@@ -10,7 +11,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import napari
 import numpy as np
@@ -25,13 +26,10 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QTimer
 
 from ..core.errors import Cancelled, EmpanadaError
 from ..core.settings import SETTINGS_CLASSES, setting_fields, tooltip, widget_label
-
-if TYPE_CHECKING:
-    from ..core.models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +147,14 @@ class JobPanel(Container):
     def problem(self) -> str | None:
         """The reason Run is disabled, or None."""
         return self._problem
+
+    def refuse(self, problem: str | None) -> bool:
+        """Show ``problem`` (found when Run is pressed) as an error and return True; return
+        False when there is none. Every dock's ``run`` starts with this check."""
+        if problem is None or problem == "":
+            return False
+        notify_error(problem)
+        return True
 
     def cancel(self) -> None:
         if self._cancel_event is not None:
@@ -387,179 +393,6 @@ def watch_inputs(widget: Container, viewer: napari.viewer.Viewer) -> None:
     viewer.dims.events.current_step.connect(update)
     follow_shapes()
     update()
-
-
-# --------------------------------------------------------------------------- pickers
-
-
-class _RegistryWatcher(QObject):
-    """Registry listener that hops to the GUI thread: registrations may run in a worker."""
-
-    changed = Signal()
-    chosen = Signal(str)
-
-    def notify(self) -> None:
-        try:
-            self.changed.emit()
-        except RuntimeError:  # the Qt object is gone; the registry drops dead listeners
-            pass
-
-    def relay(self, name: str) -> None:
-        try:
-            self.chosen.emit(name)
-        except RuntimeError:  # the picker's Qt side is gone
-            pass
-
-
-class _Selections(QObject):
-    """One signal for the whole plugin: "use this model now" (after finetuning, import)."""
-
-    selected = Signal(str)
-
-
-_SELECTIONS: _Selections | None = None
-
-
-def model_selections() -> _Selections:
-    """The plugin-wide selection signal (created in the GUI thread on first use)."""
-    global _SELECTIONS
-    if _SELECTIONS is None:
-        _SELECTIONS = _Selections()
-    return _SELECTIONS
-
-
-def select_model(name: str) -> None:
-    """Select model ``name`` in every open model picker (inference docks, Model Manager)."""
-    model_selections().selected.emit(name)
-
-
-class ModelPicker(ComboBox):
-    """Model choice that refreshes whenever the registry changes (register/import/remove)."""
-
-    def __init__(self, registry: ModelRegistry | None = None, **kwargs: Any) -> None:
-        from ..core.models.registry import get_registry
-
-        self.registry = registry or get_registry()
-        super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
-        # Parented to the combo box: Qt deletes it with the widget, which drops its
-        # connections, so a closed dock's picker is never asked to select or refresh.
-        self._watcher = _RegistryWatcher(self.native)
-        self._watcher.changed.connect(self.refresh)
-        # The registry holds bound methods weakly, so a closed widget's picker drops out by
-        # itself (no ``destroyed`` hook: PySide6 may call it on a half-deleted object).
-        self.registry.add_listener(self._watcher.notify)
-        # Qt drops the connection with the watcher, so closed pickers stop listening.
-        model_selections().selected.connect(self._watcher.relay)
-        self._watcher.chosen.connect(self.select)
-        self.value = self.default_name()
-        self._update_tooltip()
-        self.changed.connect(self._update_tooltip)
-
-    def default_name(self) -> str | None:
-        from ..core.models.loading import default_model_name
-
-        names = self.registry.names()
-        name = default_model_name(self.registry)
-        return name if name in names else (names[0] if names else None)
-
-    def _model_names(self, _widget: Any = None) -> list[str]:
-        try:
-            return self.registry.names()
-        except EmpanadaError:
-            return []
-
-    def refresh(self) -> None:
-        """Re-read the registry, keeping the current choice when it still exists."""
-        current = self.value
-        self.reset_choices()
-        if current in self.choices:
-            self.value = current
-        elif self.choices:
-            self.value = self.default_name()
-        self._update_tooltip()
-
-    def select(self, name: str) -> None:
-        """Choose ``name`` (re-reading the registry first if it is new here)."""
-        if name not in self.choices:
-            self.refresh()
-        if name in self.choices:
-            self.value = name
-
-    def _update_tooltip(self, *_: Any) -> None:
-        name = self.value
-        try:
-            self.tooltip = self.registry.get(name).description if name else ""
-        except EmpanadaError:
-            self.tooltip = ""
-
-
-_DEVICES: list[str] = []  # every device torch can use here, found once per session
-
-
-def device_picker() -> ComboBox:
-    """Device choice: auto plus every device torch can use here.
-
-    Finding the GPUs needs torch, whose import takes seconds: it runs in a worker thread the
-    first time, so opening a dock never freezes the window; "auto" and "cpu" are there from
-    the start, the GPUs join the list when found.
-    """
-    picker = ComboBox(choices=["auto", *(_DEVICES or ["cpu"])], value="auto", label="device")
-    picker.tooltip = "Where the model runs: auto picks a CUDA GPU, then Apple MPS, then the CPU."
-    if _DEVICES:
-        return picker
-    from napari.qt.threading import create_worker
-
-    from ..core.device import available_devices
-
-    def found(devices: list[str]) -> None:
-        _DEVICES[:] = devices
-        try:
-            value = picker.value
-            picker.choices = ["auto", *devices]
-            picker.value = value if value in picker.choices else "auto"
-        except RuntimeError:  # the dock was closed meanwhile
-            pass
-
-    worker = create_worker(available_devices, _start_thread=False)
-    worker.returned.connect(found)
-    picker._device_worker = worker  # keep it alive until it reports
-    worker.start()
-    return picker
-
-
-class LayerPicker(ComboBox):
-    """Choice among the viewer's layers of some kinds, kept in step with the layer list."""
-
-    def __init__(
-        self,
-        viewer: napari.viewer.Viewer,
-        kinds: tuple[str, ...],
-        *,
-        extra: tuple[tuple[str, Any], ...] = (),
-        **kwargs: Any,
-    ) -> None:
-        self._viewer = viewer
-        # napari's layer classes, not their names: subclasses (and layers of other plugins
-        # that derive from them) count too.
-        self._classes = tuple(getattr(napari.layers, kind.capitalize()) for kind in kinds)
-        self._extra = extra
-        super().__init__(choices=self._choices, **kwargs)
-        # napari holds bound methods weakly: no need to disconnect when the widget goes.
-        events = viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self._refresh)
-
-    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        layers = [
-            (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, self._classes)
-        ]
-        return [*self._extra, *layers]
-
-    def _refresh(self, *_: Any) -> None:
-        try:
-            self.reset_choices()
-        except RuntimeError:  # the Qt widget is already deleted
-            pass
 
 
 # --------------------------------------------------------------------------- layers

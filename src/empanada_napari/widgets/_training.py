@@ -20,8 +20,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._common import JobPanel, device_picker, select_model, watch_inputs
+from ._common import JobPanel, watch_inputs
 from ._layout import collapsible, dock
+from ._pickers import device_picker, select_model
 
 __all__ = ["collapsible", "dock"]  # the adaptation docks import them from here
 

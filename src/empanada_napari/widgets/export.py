@@ -13,7 +13,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
 from napari.layers import Image, Labels
 
 from ..core.io import _slices, export_array
-from ._common import JobPanel, layer_array, notify_error
+from ._common import JobPanel, layer_array
 from ._io import _safe
 from ._layout import dock
 
@@ -113,9 +113,7 @@ class ExportWidget(Container):
 
     def run(self) -> None:
         """Validate, then write the layers in a worker thread."""
-        problem = self.problem()
-        if problem is not None:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         fmt = FORMATS[self.format.value][0]
         overwrite = bool(self.overwrite.value)

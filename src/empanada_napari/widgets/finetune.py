@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container
 
-from ._common import JobPanel, ModelPicker, notify_error
+from ._common import JobPanel
+from ._pickers import ModelPicker
 from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training, watch
 
 if TYPE_CHECKING:
@@ -61,9 +62,7 @@ class FinetuneWidget(Container):
 
     def run(self) -> None:
         """Check the dataset and finetune in a worker."""
-        problem = self.problem()
-        if problem:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         rc = self.run_controls
         mode, stages = UNFREEZE[self.unfreeze.value]

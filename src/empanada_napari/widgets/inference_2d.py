@@ -16,10 +16,7 @@ from ..core.errors import InputError
 from ._common import (
     NEW_LAYER,
     JobPanel,
-    LayerPicker,
-    ModelPicker,
     count_label,
-    device_picker,
     engine_controls,
     engine_params,
     image_problem,
@@ -31,6 +28,7 @@ from ._common import (
     write_into_labels,
 )
 from ._layout import dock
+from ._pickers import LayerPicker, ModelPicker, device_picker
 
 if TYPE_CHECKING:
     import napari
@@ -184,16 +182,13 @@ class Inference2DWidget(Container):
 
     def run(self) -> None:
         """Validate, then segment in a worker thread."""
-        from ._common import notify_error
-
         problem = self.problem()
         if problem is None:
             try:
                 req = self.request()
             except InputError as exc:
                 problem = str(exc)
-        if problem is not None:
-            notify_error(problem)
+        if self.jobs.refuse(problem):
             return
         layer = self.image.value
         self.jobs.start(

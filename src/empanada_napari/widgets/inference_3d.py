@@ -18,16 +18,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, 
 from ..core.errors import EmpanadaError
 from ._common import (
     JobPanel,
-    LayerPicker,
-    ModelPicker,
     count_label,
-    device_picker,
     engine_controls,
     engine_params,
     image_problem,
     layer_array,
     leading_index,
-    notify_error,
     place_like,
     settings_controls,
     settings_values,
@@ -35,6 +31,7 @@ from ._common import (
     watch_inputs,
 )
 from ._layout import dock
+from ._pickers import LayerPicker, ModelPicker, device_picker
 
 MODES = ("stack", "ortho")
 
@@ -216,9 +213,7 @@ class Inference3DWidget(Container):
 
     def run(self) -> None:
         """Validate, then segment the volume in a worker thread."""
-        problem = self.problem()
-        if problem is not None:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         layer = self.image.value
         req = self.request()

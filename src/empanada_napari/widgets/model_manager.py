@@ -14,8 +14,9 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, Pus
 
 from ..core.errors import EmpanadaError
 from ..core.jobs import check_cancelled
-from ._common import JobPanel, ModelPicker, notify_error, notify_info
+from ._common import JobPanel, notify_error, notify_info
 from ._layout import dock
+from ._pickers import ModelPicker
 
 if TYPE_CHECKING:
     import napari

@@ -13,16 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, SpinBox
 
-from ._common import (
-    JobPanel,
-    LayerPicker,
-    ModelPicker,
-    device_picker,
-    image_problem,
-    layer_array,
-    notify_error,
-    watch_inputs,
-)
+from ._common import JobPanel, image_problem, layer_array, watch_inputs
+from ._pickers import LayerPicker, ModelPicker, device_picker
 from ._training import dock
 
 if TYPE_CHECKING:
@@ -142,9 +134,7 @@ class PickPatchesWidget(Container):
 
     def run(self) -> None:
         """Pick in a worker; add the patches and their labels as layers."""
-        problem = self.problem()
-        if problem:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         layer = self.image.value
         strategy = STRATEGIES[self.strategy.value]

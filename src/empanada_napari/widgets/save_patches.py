@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit
 
-from ._common import JobPanel, LayerPicker, notify_error, watch_inputs
+from ._common import JobPanel, watch_inputs
+from ._pickers import LayerPicker
 from ._training import dock
 from .pick_patches import META
 
@@ -76,9 +77,7 @@ class SavePatchesWidget(Container):
         """Check and write in a worker."""
         from ..core.training.patches import patch_masks
 
-        problem = self.problem()
-        if problem:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         patches, labels = self.patches.value, self.labels_layer.value
         meta = patches.metadata.get(META, {})

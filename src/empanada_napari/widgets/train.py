@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, LineEdit
 
-from ._common import JobPanel, notify_error
+from ._common import JobPanel
 from ._training import LivePlot, RunControls, dock, run_training, watch
 
 if TYPE_CHECKING:
@@ -97,9 +97,7 @@ class TrainWidget(Container):
 
     def run(self) -> None:
         """Check the dataset and train in a worker."""
-        problem = self.problem()
-        if problem:
-            notify_error(problem)
+        if self.jobs.refuse(self.problem()):
             return
         rc = self.run_controls
         classes = parse_classes(self.classes.value)

@@ -12,8 +12,9 @@ from magicgui.widgets import Container, Label, PushButton
 from ...core import jobs
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
-from .._common import JobPanel, LayerPicker, notify_error, notify_info, watch_inputs
+from .._common import JobPanel, notify_error, notify_info, watch_inputs
 from .._layout import dock
+from .._pickers import LayerPicker
 from ._tracking import LayerJob
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, SpinBox
 
 from ...core import proofread as pr
 from ...core.errors import InputError
-from .._common import LayerPicker
+from .._pickers import LayerPicker
 from ._dock import (
     DEFAULT_MODE,
     MODE_TIP,

@@ -11,7 +11,8 @@ from napari.utils.notifications import show_warning
 
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError
-from .._common import LayerPicker, notify_error, notify_info
+from .._common import notify_error, notify_info
+from .._pickers import LayerPicker
 from ._dock import NO_DIVISOR_TIP, ProofreadDock
 from .navigate import jump_to
 
