@@ -49,3 +49,18 @@ def test_adapt_benchmark_quick(tmp_path):
     for run in result["runs"]:
         assert run["patches"] == 2 and run["finetune_cpu_min"] >= 0
         assert 0 <= run["after"]["f1@0.5"] <= 1
+        assert 0 <= run["after"]["components_f1@0.5"] <= 1
+
+
+def test_adapt_scores_instances_and_components():
+    """Touching mitochondria that binary truth cannot separate: the separated instances miss
+    the merged true component, the prediction's components match it."""
+    from benchmarks.adapt import score_labels
+
+    binary = np.zeros((1, 32, 32), np.uint8)
+    binary[0, 4:20, 4:20] = 1
+    pred = np.zeros((1, 32, 32), np.int32)
+    pred[0, 4:20, 4:9], pred[0, 4:20, 9:14], pred[0, 4:20, 14:20] = 1, 2, 3
+    s = score_labels(pred, binary)
+    assert s["f1@0.5"] == 0 and s["n_pred"] == 3 and s["n_gt"] == 1
+    assert s["components_f1@0.5"] == 1 and s["components_n_pred"] == 1
