@@ -71,6 +71,19 @@ def test_one_block_equals_the_in_memory_pipelines(toy_model):
     assert same_partition(ortho, segment_ortho(crop, Engine2D(toy_model), min_size=50))
 
 
+def test_one_block_in_memory_equals_the_block_phases(tmp_path, toy_model):
+    """A volume that is one block is segmented whole, without work files (issue 19): the
+    same labels, ids included, as the four phases give when they write a zarr output."""
+    settings = dict(median_slices=3, min_size=300, min_extent=3, border_aware=True)
+    fast = segment_volume(RAW, "default", mode="stack", **settings)
+    phased = segment_volume(RAW, "default", mode="stack", out=tmp_path / "s.zarr", **settings)
+    assert fast.max() >= 2 and np.array_equal(fast, np.asarray(phased))
+    crop = RAW[:, :96, :128]
+    fast = segment_volume(crop, toy_model, mode="ortho", min_size=50)
+    phased = segment_volume(crop, toy_model, mode="ortho", min_size=50, out=tmp_path / "o.zarr")
+    assert fast.max() >= 3 and np.array_equal(fast, np.asarray(phased))
+
+
 @pytest.mark.parametrize("chunks, halo", [(4, 2), (5, 3), (4, 4), (5, 5), (8, 4)])
 def test_blocks_along_z_equal_the_whole_volume(toy_model_file, whole_toy, chunks, halo):
     # The toy model sees each slice in full, so only the stitching can differ from one block.

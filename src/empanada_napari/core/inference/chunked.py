@@ -50,7 +50,7 @@ from .blocks.plan import (
     plan_blocks,
 )
 from .blocks.resolve import resolve_blocks
-from .blocks.segment import segment_block
+from .blocks.segment import segment_block, segment_whole
 from .blocks.store import (
     WORK_DIR,
     fingerprint,
@@ -183,6 +183,9 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
     """
     units = {b.index: _work_units(job, b) for b in plan}
     total = sum(units.values())
+    if store is None and len(plan) == 1 and not runner.distributed:
+        # A volume that is one block, in this process: segmented whole, no work files.
+        return _run_whole(job, image, plan[0], total, progress, cancel)
     counts = finished_blocks(job.work, plan)
     finished = {"units": sum(units[i] for i in counts)}
 
@@ -253,6 +256,18 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
     runner.map(write_block, plan, lambda b: (job, b, luts[b.index], target), stop_requested)
     shutil.rmtree(job.work, ignore_errors=True)
     return store.finish(objects=n_objects)
+
+
+def _run_whole(job: Job, image, block: Block, total: int, progress, cancel) -> np.ndarray:
+    """:func:`_run` for one block in this process: the same labels, without the work files."""
+
+    def step(done: int, _total: int, _info=None) -> None:
+        report(progress, done, total, {"blocks_done": 0, "blocks": 1})
+
+    report(progress, 0, total, {"blocks_done": 0, "blocks": 1})
+    labels = segment_whole(job, block, image, cancel, step if progress is not None else None)
+    report(progress, total, total, {"blocks_done": 1, "blocks": 1})
+    return np.ascontiguousarray(labels, dtype=np.uint32)
 
 
 class _PreSliced:
