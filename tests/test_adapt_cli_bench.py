@@ -50,6 +50,7 @@ def test_adapt_benchmark_quick(tmp_path):
         assert run["patches"] == 2 and run["finetune_cpu_min"] >= 0
         assert 0 <= run["after"]["f1@0.5"] <= 1
         assert 0 <= run["after"]["components_f1@0.5"] <= 1
+        assert 0 <= run["after"]["joined_f1@0.5"] <= 1
 
 
 def test_adapt_scores_instances_and_components():

@@ -190,9 +190,18 @@ class InferenceSettings(_Settings):
         advanced=True,
     )
     fill_holes: bool = setting(False, "Fill holes inside each object.", label="fill holes")
+    absorb_fragments: bool = setting(
+        False,
+        "A piece of an object cut off from the rest of it that touches another object joins "
+        "that object: slivers that grouping on the model's 1/4 grid leaves at the border "
+        "between objects. The mask does not change.",
+        label="join stray pieces",
+        advanced=True,
+    )
     split_fragments: bool = setting(
         False,
-        "Give each disconnected piece of an object its own label (2D mode).",
+        "Give each disconnected piece of an object its own label (2D mode). With 'join "
+        "stray pieces' only the pieces that touch no other object.",
         label="split disconnected fragments",
     )
     downsample: int = setting(

@@ -320,6 +320,7 @@ ENGINE_FIELDS = (
     "fine_boundaries",
     "semantic_only",
     "fill_holes",
+    "absorb_fragments",
     "split_fragments",
     "downsample",
     "tta",

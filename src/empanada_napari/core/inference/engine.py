@@ -245,6 +245,8 @@ class Engine2D:
         out = labels.cpu().numpy()
         if s.fill_holes and not s.semantic_only:
             out = pp.fill_instance_holes(out)
+        if s.absorb_fragments and not s.semantic_only:
+            out = pp.absorb_fragments(out)
         if s.split_fragments and not s.semantic_only:
             out = pp.split_fragments(out, s.label_divisor)
         if out.size and out.max() > np.iinfo(np.uint32).max:

@@ -262,6 +262,71 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def absorb_fragments(labels: np.ndarray) -> np.ndarray:
+    """Give each stray piece of an instance to the instance it touches (a new array).
+
+    A stray piece is a face-connected piece of an id other than that id's largest; when it
+    touches the largest piece of other ids it takes the id of the one it shares the longest
+    border with (ties: the one met first in raster order), and passes repeat while pieces
+    move (a piece that touched only other stray pieces may touch a grown one next). These are
+    mostly slivers that grouping on the model's 1/4 grid leaves at the border between two
+    objects. Pieces that touch no other object keep their id; the foreground never changes.
+
+    Cost: one connected-components pass per round (rarely more than two), then work per piece.
+    """
+    out = np.asarray(labels).copy()
+    while True:
+        moved = _absorb_once(out)
+        if moved is None:
+            return out
+        out = moved
+
+
+def _absorb_once(labels: np.ndarray) -> np.ndarray | None:
+    """One round of :func:`absorb_fragments`; None when no piece moves."""
+    from skimage.measure import label as cc_label
+
+    comps = cc_label(labels, background=0, connectivity=1)
+    n = int(comps.max())
+    if n == 0:
+        return None
+    flat = comps.reshape(-1)
+    orig = np.zeros(n + 1, dtype=labels.dtype)
+    orig[flat] = labels.reshape(-1)
+    sizes = np.bincount(flat, minlength=n + 1)
+    # The largest piece of each id (first after sorting by id, then size descending) stays.
+    order = np.lexsort((-sizes[1:], orig[1:])) + 1
+    first = np.ones(n, dtype=bool)
+    first[1:] = orig[order][1:] != orig[order][:-1]
+    stray = np.ones(n + 1, dtype=bool)
+    stray[0] = False
+    stray[order[first]] = False
+    if not stray.any():
+        return None
+    # Border contacts (pixel faces) of stray pieces with the largest pieces of other ids.
+    a_parts, b_parts = [], []
+    for axis in range(labels.ndim):
+        lo = [slice(None)] * labels.ndim
+        hi = [slice(None)] * labels.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        x, y = comps[tuple(lo)], comps[tuple(hi)]
+        touch = (x != y) & (x > 0) & (y > 0)
+        a_parts += [x[touch], y[touch]]
+        b_parts += [y[touch], x[touch]]
+    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
+    keep = stray[a] & ~stray[b]  # different pieces that are not both strays: other ids
+    if not keep.any():
+        return None
+    key, counts = np.unique(a[keep].astype(np.int64) * (n + 1) + b[keep], return_counts=True)
+    pa, pb = key // (n + 1), key % (n + 1)
+    best = np.lexsort((pb, -counts, pa))
+    head = np.ones(best.size, dtype=bool)
+    head[1:] = pa[best][1:] != pa[best][:-1]
+    target = orig.copy()
+    target[pa[best][head]] = orig[pb[best][head]]
+    return target[comps]
+
+
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
     """Give every disconnected fragment of an instance its own id (a new array).
 
