@@ -272,24 +272,29 @@ def absorb_fragments(labels: np.ndarray) -> np.ndarray:
     mostly slivers that grouping on the model's 1/4 grid leaves at the border between two
     objects. Pieces that touch no other object keep their id; the foreground never changes.
 
-    Cost: one connected-components pass per round (rarely more than two), then work per piece.
+    Cost: one connected-components pass per round, then work per piece; a further round only
+    when a stray piece that stays touched another stray piece.
     """
     out = np.asarray(labels).copy()
     while True:
-        moved = _absorb_once(out)
+        moved, again = _absorb_once(out)
         if moved is None:
             return out
         out = moved
+        if not again:  # no stray piece touched only other stray pieces: nothing can move
+            return out
 
 
-def _absorb_once(labels: np.ndarray) -> np.ndarray | None:
-    """One round of :func:`absorb_fragments`; None when no piece moves."""
+def _absorb_once(labels: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """One round of :func:`absorb_fragments`: (new labels or None when no piece moves,
+    whether a stray piece that stays touched another stray piece, so that a next round may
+    move it)."""
     from skimage.measure import label as cc_label
 
     comps = cc_label(labels, background=0, connectivity=1)
     n = int(comps.max())
     if n == 0:
-        return None
+        return None, False
     flat = comps.reshape(-1)
     orig = np.zeros(n + 1, dtype=labels.dtype)
     orig[flat] = labels.reshape(-1)
@@ -302,7 +307,7 @@ def _absorb_once(labels: np.ndarray) -> np.ndarray | None:
     stray[0] = False
     stray[order[first]] = False
     if not stray.any():
-        return None
+        return None, False
     # Border contacts (pixel faces) of stray pieces with the largest pieces of other ids.
     a_parts, b_parts = [], []
     for axis in range(labels.ndim):
@@ -316,15 +321,18 @@ def _absorb_once(labels: np.ndarray) -> np.ndarray | None:
     a, b = np.concatenate(a_parts), np.concatenate(b_parts)
     keep = stray[a] & ~stray[b]  # different pieces that are not both strays: other ids
     if not keep.any():
-        return None
+        return None, False
     key, counts = np.unique(a[keep].astype(np.int64) * (n + 1) + b[keep], return_counts=True)
     pa, pb = key // (n + 1), key % (n + 1)
     best = np.lexsort((pb, -counts, pa))
     head = np.ones(best.size, dtype=bool)
     head[1:] = pa[best][1:] != pa[best][:-1]
     target = orig.copy()
-    target[pa[best][head]] = orig[pb[best][head]]
-    return target[comps]
+    moved = pa[best][head]
+    target[moved] = orig[pb[best][head]]
+    # A stray piece that stays but touched another stray piece may touch a grown one now.
+    waiting = np.setdiff1d(a[stray[a] & stray[b]], moved)
+    return target[comps], waiting.size > 0
 
 
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
