@@ -225,6 +225,56 @@ def _merge_semantic_and_instances(
 # Label clean-up (numpy / scipy; 2D or 3D)
 
 
+def _face_pairs(
+    x_img: np.ndarray, y_img: np.ndarray, different: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values (x, y) of ``x_img`` and ``y_img`` at face-neighbouring pixels, along every axis
+    and in both orders, where both are > 0 (and, with ``different``, x != y): one pair per
+    shared pixel face."""
+    xs, ys = [], []
+    for axis in range(x_img.ndim):
+        after = [slice(None)] * x_img.ndim
+        before = [slice(None)] * x_img.ndim
+        after[axis], before[axis] = slice(1, None), slice(None, -1)
+        orders = [(tuple(after), tuple(before))]
+        if y_img is not x_img:  # one image: the other order is the same pairs swapped
+            orders.append((tuple(before), tuple(after)))
+        for sa, sb in orders:
+            x, y = x_img[sa], y_img[sb]
+            sel = (x > 0) & (y > 0)
+            if different:
+                sel &= x != y
+            x, y = x[sel], y[sel]
+            xs.append(x)
+            ys.append(y)
+            if y_img is x_img:
+                xs.append(y)
+                ys.append(x)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _pieces(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The face-connected pieces of every id: ``(pieces, ids, order, largest)``.
+
+    ``pieces`` numbers them 1..n (0 = background), ``ids[k]`` is piece k's id (int64,
+    ``ids[0] = 0``), ``order`` lists the pieces sorted by id, then size descending, then
+    raster order, and ``largest`` marks in that order the first (largest) piece of each id.
+    One connected-components pass over the image, then work per piece.
+    """
+    from skimage.measure import label as cc_label
+
+    pieces = cc_label(labels, background=0, connectivity=1)
+    n = int(pieces.max())
+    flat = pieces.reshape(-1)
+    ids = np.zeros(n + 1, dtype=np.int64)
+    ids[flat] = labels.reshape(-1)  # every pixel of a piece has its id; 0 stays 0
+    sizes = np.bincount(flat, minlength=n + 1)
+    order = np.lexsort((-sizes[1:], ids[1:])) + 1
+    largest = np.ones(n, dtype=bool)
+    largest[1:] = ids[order][1:] != ids[order][:-1]
+    return pieces, ids, order, largest
+
+
 def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     """Fill the holes of every instance (a new array).
 
@@ -239,20 +289,8 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     hole_ids, n_holes = ndi.label(holes)
     if n_holes == 0:
         return out
-    hole_list, label_list = [], []
-    for axis in range(labels.ndim):  # pairs (hole, neighbouring label) along each axis
-        for a, b in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
-            sa = [slice(None)] * labels.ndim
-            sb = [slice(None)] * labels.ndim
-            sa[axis], sb[axis] = a, b
-            h, lab = hole_ids[tuple(sa)], labels[tuple(sb)]
-            sel = (h > 0) & (lab > 0)
-            hole_list.append(h[sel])
-            label_list.append(lab[sel])
-    pairs = np.unique(
-        np.stack([np.concatenate(hole_list), np.concatenate(label_list).astype(np.int64)]),
-        axis=1,
-    )
+    hole, label = _face_pairs(hole_ids, labels)  # (hole, neighbouring label) pairs
+    pairs = np.unique(np.stack([hole, label.astype(np.int64)]), axis=1)
     n_neighbours = np.bincount(pairs[0], minlength=n_holes + 1)
     fill = np.zeros(n_holes + 1, dtype=labels.dtype)
     single = n_neighbours[pairs[0]] == 1
@@ -289,36 +327,17 @@ def _absorb_once(labels: np.ndarray) -> tuple[np.ndarray | None, bool]:
     """One round of :func:`absorb_fragments`: (new labels or None when no piece moves,
     whether a stray piece that stays touched another stray piece, so that a next round may
     move it)."""
-    from skimage.measure import label as cc_label
-
-    comps = cc_label(labels, background=0, connectivity=1)
-    n = int(comps.max())
+    comps, orig, order, largest = _pieces(labels)
+    n = orig.size - 1
     if n == 0:
         return None, False
-    flat = comps.reshape(-1)
-    orig = np.zeros(n + 1, dtype=labels.dtype)
-    orig[flat] = labels.reshape(-1)
-    sizes = np.bincount(flat, minlength=n + 1)
-    # The largest piece of each id (first after sorting by id, then size descending) stays.
-    order = np.lexsort((-sizes[1:], orig[1:])) + 1
-    first = np.ones(n, dtype=bool)
-    first[1:] = orig[order][1:] != orig[order][:-1]
     stray = np.ones(n + 1, dtype=bool)
     stray[0] = False
-    stray[order[first]] = False
+    stray[order[largest]] = False
     if not stray.any():
         return None, False
     # Border contacts (pixel faces) of stray pieces with the largest pieces of other ids.
-    a_parts, b_parts = [], []
-    for axis in range(labels.ndim):
-        lo = [slice(None)] * labels.ndim
-        hi = [slice(None)] * labels.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        x, y = comps[tuple(lo)], comps[tuple(hi)]
-        touch = (x != y) & (x > 0) & (y > 0)
-        a_parts += [x[touch], y[touch]]
-        b_parts += [y[touch], x[touch]]
-    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
+    a, b = _face_pairs(comps, comps, different=True)
     keep = stray[a] & ~stray[b]  # different pieces that are not both strays: other ids
     if not keep.any():
         return None, False
@@ -332,7 +351,7 @@ def _absorb_once(labels: np.ndarray) -> tuple[np.ndarray | None, bool]:
     target[moved] = orig[pb[best][head]]
     # A stray piece that stays but touched another stray piece may touch a grown one now.
     waiting = np.setdiff1d(a[stray[a] & stray[b]], moved)
-    return target[comps], waiting.size > 0
+    return target[comps].astype(labels.dtype, copy=False), waiting.size > 0
 
 
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
@@ -345,26 +364,15 @@ def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarra
     Cost: one connected-components pass over the image (components of equal ids), then work
     per fragment only; no pass per instance and no sort of the pixels.
     """
-    from skimage.measure import label as cc_label
-
     labels = np.asarray(labels)
-    comps = cc_label(labels, background=0, connectivity=1)
-    n = int(comps.max())
-    if n == 0:
+    comps, orig, order, keeps = _pieces(labels)
+    if orig.size == 1:
         return labels.copy()
-    flat = comps.reshape(-1)
-    orig = np.zeros(n + 1, dtype=np.int64)
-    orig[flat] = labels.reshape(-1)  # every pixel of a fragment has its id; 0 stays 0
-    sizes = np.bincount(flat, minlength=n + 1)
-    comp_ids = np.arange(1, n + 1)
-    # Sort fragments by (original id, size descending): the first of each id keeps it.
-    order = np.lexsort((-sizes[1:], orig[1:]))
-    sorted_orig = orig[1:][order]
-    keeps = np.ones(n, dtype=bool)
-    keeps[1:] = sorted_orig[1:] != sorted_orig[:-1]
-    new_label = np.zeros(n + 1, dtype=np.int64)
-    new_label[comp_ids[order][keeps]] = sorted_orig[keeps]
-    extra = comp_ids[order][~keeps]
+    # The first (largest) piece of each id keeps it; the others get new ids.
+    sorted_orig = orig[order]
+    new_label = np.zeros(orig.size, dtype=np.int64)
+    new_label[order[keeps]] = sorted_orig[keeps]
+    extra = order[~keeps]
     if extra.size:
         divisor = max(1, int(label_divisor))
         extra_cls = orig[extra] // divisor
