@@ -144,6 +144,9 @@ def segment_volume(
             torch_threads=runner.worker_threads(),
             cancel_event=cancel_event,
         )
+        if store is None and len(plan) == 1 and not runner.distributed:
+            # A volume that is one block, in this process: segmented whole, no work files.
+            return _run_whole(job, image, plan[0], progress, cancel)
         if store is None:
             work = tempfile.mkdtemp(prefix="empanada-")
             try:
@@ -183,9 +186,6 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
     """
     units = {b.index: _work_units(job, b) for b in plan}
     total = sum(units.values())
-    if store is None and len(plan) == 1 and not runner.distributed:
-        # A volume that is one block, in this process: segmented whole, no work files.
-        return _run_whole(job, image, plan[0], total, progress, cancel)
     counts = finished_blocks(job.work, plan)
     finished = {"units": sum(units[i] for i in counts)}
 
@@ -258,8 +258,9 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
     return store.finish(objects=n_objects)
 
 
-def _run_whole(job: Job, image, block: Block, total: int, progress, cancel) -> np.ndarray:
+def _run_whole(job: Job, image, block: Block, progress, cancel) -> np.ndarray:
     """:func:`_run` for one block in this process: the same labels, without the work files."""
+    total = _work_units(job, block)
 
     def step(done: int, _total: int, _info=None) -> None:
         report(progress, done, total, {"blocks_done": 0, "blocks": 1})
