@@ -71,3 +71,28 @@ def test_on_real_sbem_the_mask_stays_and_no_stray_piece_touches_another_object()
     assert sum(stray_pieces_touching_others(a) for a in after) == 0
     pieces = [sum(int(cc_label(s, connectivity=1).max()) for s in x) for x in (before, after)]
     assert pieces[1] < pieces[0]
+
+
+def test_a_chain_of_slivers_follows_the_object_it_reaches_through_them():
+    labels = np.zeros((6, 14), np.int64)
+    labels[1:5, 0:5] = 7  # object 7
+    labels[1:5, 8:13] = 9  # object 9, whose sliver touches object 7 ...
+    labels[0:2, 5] = 9
+    labels[0:2, 6] = 7  # ... and a sliver of 7 touches only that sliver of 9
+    labels[0, 7] = 9  # a second piece of 9, touching only the sliver of 7
+    out = absorb_fragments(labels)
+    # Round 1: the sliver of 9 joins 7 (the only largest piece it touches); the sliver of 7 is
+    # then connected to 7,
+    # and in round 2 the lone pixel of 9 touches the grown object 7 and joins it.
+    assert (out[0:2, 5:7] == 7).all() and out[0, 7] == 7
+    assert ((out > 0) == (labels > 0)).all()
+
+
+def test_3d_and_huge_ids_cost_no_memory_per_id_value():
+    labels = np.zeros((3, 6, 6), np.uint64)
+    labels[:, :, :3] = 4_000_000_000_001  # two objects with ids near 2**42
+    labels[:, :, 3:] = 4_000_000_000_002
+    labels[1, 2, 4] = 4_000_000_000_001  # a stray voxel inside the second object
+    out = absorb_fragments(labels)
+    assert out.dtype == labels.dtype
+    assert (out[:, :, 3:] == 4_000_000_000_002).all() and (out[:, :, :3] == labels[:, :, :3]).all()

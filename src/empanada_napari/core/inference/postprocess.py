@@ -305,53 +305,64 @@ def absorb_fragments(labels: np.ndarray) -> np.ndarray:
 
     A stray piece is a face-connected piece of an id other than that id's largest; when it
     touches the largest piece of other ids it takes the id of the one it shares the longest
-    border with (ties: the one met first in raster order), and passes repeat while pieces
+    border with (ties: the one met first in raster order), and this repeats while pieces
     move (a piece that touched only other stray pieces may touch a grown one next). These are
     mostly slivers that grouping on the model's 1/4 grid leaves at the border between two
     objects. Pieces that touch no other object keep their id; the foreground never changes.
 
-    Cost: one connected-components pass per round, then work per piece; a further round only
-    when a stray piece that stays touched another stray piece.
+    Cost: one connected-components pass over the image and one count of the pixel faces
+    between pieces; the rounds then run on the small graph of touching pieces (a merged
+    piece's border with another is the sum of its pieces' borders), not on the image.
     """
-    out = np.asarray(labels).copy()
-    while True:
-        moved, again = _absorb_once(out)
-        if moved is None:
-            return out
-        out = moved
-        if not again:  # no stray piece touched only other stray pieces: nothing can move
-            return out
-
-
-def _absorb_once(labels: np.ndarray) -> tuple[np.ndarray | None, bool]:
-    """One round of :func:`absorb_fragments`: (new labels or None when no piece moves,
-    whether a stray piece that stays touched another stray piece, so that a next round may
-    move it)."""
+    labels = np.asarray(labels)
     comps, orig, order, largest = _pieces(labels)
     n = orig.size - 1
-    if n == 0:
-        return None, False
-    stray = np.ones(n + 1, dtype=bool)
-    stray[0] = False
-    stray[order[largest]] = False
-    if not stray.any():
-        return None, False
-    # Border contacts (pixel faces) of stray pieces with the largest pieces of other ids.
+    if n == 0 or largest.all():
+        return labels.copy()
     a, b = _face_pairs(comps, comps, different=True)
-    keep = stray[a] & ~stray[b]  # different pieces that are not both strays: other ids
-    if not keep.any():
-        return None, False
-    key, counts = np.unique(a[keep].astype(np.int64) * (n + 1) + b[keep], return_counts=True)
+    key, faces = np.unique(a.astype(np.int64) * (n + 1) + b, return_counts=True)
+    ea, eb = key // (n + 1), key % (n + 1)  # touching pieces (both orders), shared faces
+    ids, mains = orig[order[largest]], order[largest]  # every id (ascending), its largest piece
+    lab = orig.copy()
+    while True:
+        moved = _absorb_round(lab, ids, mains, (ea, eb, faces), n)
+        if not moved:
+            return lab[comps].astype(labels.dtype, copy=False)
+
+
+def _absorb_round(
+    lab: np.ndarray, ids: np.ndarray, mains: np.ndarray, edges: tuple, n: int
+) -> bool:
+    """One round of :func:`absorb_fragments` on the piece graph ``edges`` (piece, piece,
+    shared faces); updates ``lab`` (the id of each piece) in place and says whether a piece
+    moved. ``mains[k]`` is the largest piece of ``ids[k]``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ea, eb, faces = edges
+    # Touching pieces of one id are one piece in the image: group them.
+    same = lab[ea] == lab[eb]
+    graph = coo_matrix((np.ones(same.sum()), (ea[same], eb[same])), shape=(n + 1, n + 1))
+    _, group = connected_components(graph, directed=False)
+    stray = group != group[mains[np.searchsorted(ids, lab).clip(max=ids.size - 1)]]
+    stray[0] = False
+    sel = stray[ea] & ~stray[eb]  # a stray piece and the largest piece of another id
+    if not sel.any():
+        return False
+    ga, gb = group[ea[sel]], group[eb[sel]]
+    key, inverse = np.unique(ga.astype(np.int64) * (n + 1) + gb, return_inverse=True)
+    border = np.bincount(inverse, weights=faces[sel])
     pa, pb = key // (n + 1), key % (n + 1)
-    best = np.lexsort((pb, -counts, pa))
+    first = np.full(n + 1, n + 1, dtype=np.int64)  # raster order of a group: its first piece
+    np.minimum.at(first, group, np.arange(n + 1))
+    best = np.lexsort((first[pb], -border, pa))
     head = np.ones(best.size, dtype=bool)
     head[1:] = pa[best][1:] != pa[best][:-1]
-    target = orig.copy()
-    moved = pa[best][head]
-    target[moved] = orig[pb[best][head]]
-    # A stray piece that stays but touched another stray piece may touch a grown one now.
-    waiting = np.setdiff1d(a[stray[a] & stray[b]], moved)
-    return target[comps].astype(labels.dtype, copy=False), waiting.size > 0
+    new_id = np.full(n + 1, -1, dtype=np.int64)
+    new_id[pa[best][head]] = lab[first[pb[best][head]]]
+    move = new_id[group] >= 0
+    lab[move] = new_id[group[move]]
+    return bool(move.any())
 
 
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
