@@ -81,9 +81,8 @@ def test_a_chain_of_slivers_follows_the_object_it_reaches_through_them():
     labels[0:2, 6] = 7  # ... and a sliver of 7 touches only that sliver of 9
     labels[0, 7] = 9  # a second piece of 9, touching only the sliver of 7
     out = absorb_fragments(labels)
-    # Round 1: the sliver of 9 joins 7 (the only largest piece it touches); the sliver of 7 is
-    # then connected to 7,
-    # and in round 2 the lone pixel of 9 touches the grown object 7 and joins it.
+    # Round 1: the sliver of 9 joins 7 (the only largest piece it touches), which connects the
+    # sliver of 7 to 7; round 2: the lone pixel of 9 touches the grown 7 and joins it.
     assert (out[0:2, 5:7] == 7).all() and out[0, 7] == 7
     assert ((out > 0) == (labels > 0)).all()
 
