@@ -66,16 +66,25 @@ def load_parts(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, st
 
 
 def score(model, raw: np.ndarray, binary: np.ndarray, device: str) -> dict:
-    """Per-slice 2D scores of ``model`` on ``raw`` against ``binary`` (:func:`score_labels`),
-    at the default settings, plus ``joined_f1@0.5``: the instance F1 with "join stray
-    pieces" (``absorb_fragments``) on, from the same network outputs."""
+    """Per-slice 2D scores of ``model`` on ``raw`` against ``binary`` (:func:`score_labels`)
+    at the model's own settings (those finetuning chose, else the defaults), plus
+    ``default_f1@0.5`` at the default settings and ``joined_f1@0.5``: the defaults with
+    "join stray pieces" (``absorb_fragments``) on, from the same network outputs."""
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.inference.postprocess import absorb_fragments
+    from empanada_napari.core.models.loading import load_model
+    from empanada_napari.core.settings import InferenceSettings
 
-    pred = Engine2D(model, device).segment_slices(raw)
+    loaded = load_model(model, device)
+    pred = Engine2D(loaded, settings=InferenceSettings()).segment_slices(raw)
     joined = np.stack([absorb_fragments(p) for p in pred])
-    out = score_labels(pred, binary)
-    return out | {"joined_f1@0.5": score_labels(joined, binary)["f1@0.5"]}
+    own = Engine2D(loaded)
+    tuned = own.segment_slices(raw) if own.settings != InferenceSettings() else pred
+    out = score_labels(tuned, binary)
+    return out | {
+        "default_f1@0.5": score_labels(pred, binary)["f1@0.5"],
+        "joined_f1@0.5": score_labels(joined, binary)["f1@0.5"],
+    }
 
 
 def score_labels(pred: np.ndarray, binary: np.ndarray) -> dict:
@@ -175,6 +184,7 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
         "pick_wall_s": round(pick_wall, 1),
         "finetune_cpu_min": round(cpu / 60, 2),
         "finetune_wall_min": round(wall / 60, 2),
+        "tuned_settings": result.config.get("inference_settings"),
         "after": after,
         "f1_gain": round(after["f1@0.5"] - before["f1@0.5"], 4),
         "components_f1_gain": round(after["components_f1@0.5"] - before["components_f1@0.5"], 4),
@@ -191,6 +201,7 @@ def summarise(runs: list[dict], before: dict) -> list[dict]:
         f1 = [r["after"]["f1@0.5"] for r in rs]
         comp = [r["after"]["components_f1@0.5"] for r in rs]
         joined = [r["after"]["joined_f1@0.5"] for r in rs]
+        plain = [r["after"]["default_f1@0.5"] for r in rs]
         out.append(
             {
                 "strategy": strategy,
@@ -199,6 +210,7 @@ def summarise(runs: list[dict], before: dict) -> list[dict]:
                 "f1_after_median": statistics.median(f1),
                 "f1_after_min": min(f1),
                 "f1_after_max": max(f1),
+                "default_f1_after_median": statistics.median(plain),
                 "joined_f1_before": before["joined_f1@0.5"],
                 "joined_f1_after_median": statistics.median(joined),
                 "joined_f1_after_min": min(joined),
@@ -223,6 +235,7 @@ def table(summary: list[dict]) -> str:
             s["seeds"],
             f"{s['f1_before']:.3f}",
             f"**{s['f1_after_median']:.3f}** ({s['f1_after_min']:.3f}-{s['f1_after_max']:.3f})",
+            f"{s['default_f1_after_median']:.3f}",
             f"{s['joined_f1_before']:.3f}",
             f"**{s['joined_f1_after_median']:.3f}** "
             f"({s['joined_f1_after_min']:.3f}-{s['joined_f1_after_max']:.3f})",
@@ -240,7 +253,8 @@ def table(summary: list[dict]) -> str:
         "strategy",
         "seeds",
         "F1@0.5 before",
-        "F1@0.5 after, median (range)",
+        "F1@0.5 after, model's tuned settings, median (range)",
+        "F1@0.5 after, default settings",
         "F1@0.5 before, stray pieces joined",
         "F1@0.5 after, stray pieces joined",
         "components F1@0.5 before",

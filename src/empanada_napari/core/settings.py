@@ -198,6 +198,15 @@ class InferenceSettings(_Settings):
         label="join stray pieces",
         advanced=True,
     )
+    min_area: int = setting(
+        0,
+        "Remove objects smaller than this many pixels from each image (2D mode; the 3D "
+        "modes have their own minimum size). 0 keeps every object.",
+        flag="--min-area",
+        label="min object area",
+        minimum=0,
+        maximum=10**7,
+    )
     split_fragments: bool = setting(
         False,
         "Give each disconnected piece of an object its own label (2D mode). With 'join "
@@ -260,6 +269,7 @@ class InferenceSettings(_Settings):
         _fraction(self, "confidence_thr")
         _fraction(self, "center_confidence_thr")
         _integer(self, "min_distance_object_centers", 1)
+        _integer(self, "min_area", 0)
         _check(
             self.downsample in DOWNSAMPLE,
             f"downsample must be a power of two from 1 to 64, got {self.downsample!r}",
@@ -480,3 +490,31 @@ def resolve(params: Mapping[str, Any], **given: Any) -> dict[str, Any]:
             f"Unknown parameter(s): {', '.join(sorted(remaining))}. Valid: {', '.join(valid)}."
         )
     return out
+
+
+# Post-processing settings that finetuning chooses for a model on the user's corrected
+# patches (core/training/tuning.py); a model config stores them under this key.
+TUNED_KEY = "inference_settings"
+TUNED_FIELDS = (
+    "confidence_thr",
+    "center_confidence_thr",
+    "min_distance_object_centers",
+    "absorb_fragments",
+    "min_area",
+)
+
+
+def model_recommendations(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inference settings a model config recommends (``inference_settings:``), checked:
+    only :data:`TUNED_FIELDS`, values valid for :class:`InferenceSettings`; {} when none."""
+    values = (config or {}).get(TUNED_KEY) or {}
+    if not isinstance(values, Mapping):
+        raise InputError(f"'{TUNED_KEY}' must be a mapping, not {type(values).__name__}.")
+    unknown = sorted(set(values) - set(TUNED_FIELDS))
+    if unknown:
+        raise InputError(
+            f"'{TUNED_KEY}' has unknown key(s) {', '.join(map(str, unknown))}; "
+            f"allowed: {', '.join(TUNED_FIELDS)}."
+        )
+    InferenceSettings(**values)  # raises InputError on a bad value
+    return dict(values)

@@ -22,7 +22,7 @@ from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
-from ..settings import InferenceSettings
+from ..settings import InferenceSettings, model_recommendations
 from . import postprocess as pp
 
 
@@ -66,8 +66,10 @@ class Engine2D:
         settings: InferenceSettings | None = None,
         **params: Any,
     ) -> None:
-        self.settings = replace(settings or InferenceSettings(), **params)
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
+        # Without settings, the model's own recommendations (tuned when it was finetuned).
+        base = settings or InferenceSettings(**model_recommendations(self.model.config))
+        self.settings = replace(base, **params)
 
     # -- model outputs ---------------------------------------------------------------------
 
@@ -301,6 +303,8 @@ class Engine2D:
             if is_cancelled(cancel):
                 raise Cancelled(f"Cancelled after {start} of {total} slices.")
             labels = np.stack([self.postprocess(raw, i) for i in range(batch.shape[0])])
+            if self.settings.min_area:  # 2D mode only: 3D modes filter whole objects
+                labels = np.stack([pp.remove_small(lab, self.settings.min_area) for lab in labels])
             if progress is not None:
                 progress(min(start + bs, total), total)
             yield start, labels

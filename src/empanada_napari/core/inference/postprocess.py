@@ -365,6 +365,16 @@ def _absorb_round(
     return bool(move.any())
 
 
+def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """``labels`` without the ids that cover fewer than ``min_area`` pixels (a new array)."""
+    labels = np.asarray(labels)
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    small = (counts < min_area) & (ids != 0)
+    if not small.any():
+        return labels.copy()
+    return np.where(small[inverse.reshape(labels.shape)], 0, labels).astype(labels.dtype)
+
+
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
     """Give every disconnected fragment of an instance its own id (a new array).
 

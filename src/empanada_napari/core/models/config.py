@@ -24,6 +24,7 @@ from urllib.request import url2pathname
 import yaml
 
 from ..errors import InputError, ModelError
+from ..settings import model_recommendations
 
 __all__ = [
     "DEFAULT_PADDING_FACTOR",
@@ -225,6 +226,10 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     _check_classes(config, where)
     if config.get("FINETUNE") is not None and not isinstance(config["FINETUNE"], Mapping):
         raise ModelError(f"{where}: key 'FINETUNE' must be a mapping")
+    try:
+        model_recommendations(config)
+    except InputError as exc:
+        raise ModelError(f"{where}: {exc}") from None
     return config
 
 

@@ -29,6 +29,7 @@ from ..jobs import Progress
 from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
 from ..models.encoder_weights import load_encoder_weights
 from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
+from ..settings import TUNED_KEY
 from .export import TrainResult, complete_config, finetune_block, finish
 from .runner import (
     ENCODER_STAGES,
@@ -98,6 +99,7 @@ class _Job:
     val: Val | None
     progress: Progress | None
     cancel: Any
+    tune_on: Val | None = None  # corrected patches to choose post-processing settings on
 
 
 def _train_and_save(module, dataset, settings, device, config, job: _Job, describe):
@@ -123,10 +125,19 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
         checkpoint=checkpoint,
         frozen=frozen,
     )
-    seconds = time.perf_counter() - start
     if outcome.cancelled and outcome.iterations_done == 0:
         raise Cancelled("Training cancelled before the first iteration: no model was saved.")
+    tuned = None
+    if job.tune_on and not outcome.cancelled:
+        tuned = _tune(module, config, device, job)
+        outcome.cancelled = tuned is None  # cancelled while tuning: save the weights as is
+    seconds = time.perf_counter() - start
     text = describe(outcome.iterations_done, seconds)
+    if isinstance(tuned, str):
+        text += f" Post-processing not tuned: {tuned}"
+    elif tuned is not None:
+        config[TUNED_KEY] = tuned.settings
+        text += f" {tuned.describe()}"
     if outcome.cancelled:
         text += f" Cancelled after {outcome.iterations_done} iterations."
     if outcome.best_iteration is not None:
@@ -146,6 +157,36 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
             result,
         )
     return result
+
+
+def _tune(module, config: dict, device, job: _Job):
+    """Choose the post-processing settings on ``job.tune_on`` (:mod:`.tuning`): a
+    TuningResult, why not (str), or None when cancelled."""
+    from ..jobs import report
+    from .tuning import tune_settings
+
+    report(job.progress, 0, 1, {"stage": "choosing post-processing settings on the patches"})
+    module.eval()
+    loaded = LoadedModel.from_config(
+        job.name, module, device, Path("<in-memory>"), config, supports_batch=True
+    )
+    try:
+        return tune_settings(loaded, *job.tune_on, cancel=job.cancel)
+    except Cancelled:
+        return None
+    except InputError as why:  # too few objects: the defaults stay, and the user is told
+        return str(why)
+
+
+def _tuning_pairs(dataset, val: Val | None) -> Val | None:
+    """Every corrected patch (2D plane, instance mask): the training records and the
+    validation pairs; None for datasets without records (in-memory samples)."""
+    records = getattr(dataset, "records", None)
+    if not records:
+        return None
+    images = [r.image for r in records] + list(val[0] if val else [])
+    masks = [r.mask for r in records] + list(val[1] if val else [])
+    return images, masks
 
 
 def finetune(
@@ -188,7 +229,8 @@ def finetune(
             base, path, config = resolve_model(model, registry)
         module = load_torchscript(path, device)
     config = complete_config(config, module)
-    job = _Job(name, output_dir, register, registry, val, progress, cancel)
+    tune_on = _tuning_pairs(dataset, val) if settings.tune else None
+    job = _Job(name, output_dir, register, registry, val, progress, cancel, tune_on)
     n = len(getattr(dataset, "records", dataset))
     old = str(config.get("description", "")).strip()
     return _train_and_save(

@@ -47,6 +47,9 @@ class TrainSettings:
     checkpoint_every: int = 0
     device: str = "auto"
     loss: LossWeights = field(default_factory=LossWeights)
+    # Finetuning: choose the post-processing settings on the corrected patches afterwards
+    # and store them in the model's config (core/training/tuning.py).
+    tune: bool = True
 
     def validate(self) -> TrainSettings:
         """Raise :class:`InputError` naming the first invalid setting; return self."""
