@@ -290,3 +290,39 @@ def test_3d_passes_every_parameter_to_the_chunked_driver(
     assert viewer.layers[-1].name == "t 3D ortho"
     assert viewer.layers[-1].metadata["empanada"]["model"] == "Lucchi_Lite_v1"
     assert widget.jobs.progress.value == widget.jobs.progress.max == 2
+
+
+def test_docks_take_a_models_tuned_settings_and_keep_the_users_own(make_napari_viewer):
+    """A finetuned model's tuned post-processing settings fill the 2D and 3D docks when it
+    is chosen; a value the user changed stays; the default model brings the defaults back."""
+    import yaml
+
+    from empanada_napari.core.models.registry import get_registry
+    from empanada_napari.core.settings import InferenceSettings
+
+    registry = get_registry()
+    bundled = registry.get("Lucchi_Lite_v1")
+    config = yaml.safe_load(Path(bundled.config_path).read_text())
+    config.pop("default_model", None)
+    tuned = {"confidence_thr": 0.3, "center_confidence_thr": 0.2, "min_area": 200}
+    config["inference_settings"] = tuned
+    model_file = Path(bundled.config_path).parent / config["model"]
+    registry.register("Tuned", config, model=model_file)
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="raw")
+    w2d = open_widget(viewer, "2D Inference (Parameter Testing)")
+    w3d = open_widget(viewer, "3D Inference")
+    defaults = InferenceSettings()
+    assert w2d.confidence_thr.value == defaults.confidence_thr
+    w2d.center_confidence_thr.value = 0.15  # the user's own choice
+    for widget in (w2d, w3d):
+        widget.model.value = "Tuned"
+    assert w2d.confidence_thr.value == 0.3 and w2d.min_area.value == 200
+    assert w2d.center_confidence_thr.value == 0.15  # kept
+    assert w3d.confidence_thr.value == 0.3 and w3d.center_confidence_thr.value == 0.2
+    assert "min_area" not in w3d.controls  # 3D has its own minimum size
+    assert w2d.params()["min_area"] == 200
+    w2d.model.value = "Lucchi_Lite_v1"
+    assert w2d.confidence_thr.value == defaults.confidence_thr and w2d.min_area.value == 0
+    assert w2d.center_confidence_thr.value == 0.15

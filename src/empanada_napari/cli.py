@@ -34,7 +34,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_settings(parser, name: str, title: str) -> None:
     """One option per field of a settings class that has a CLI flag (core/settings.py)."""
-    from .core.settings import SETTINGS_CLASSES, cli_flag, setting_fields
+    from .core.settings import SETTINGS_CLASSES, TUNED_FIELDS, cli_flag, setting_fields
 
     group = parser.add_argument_group(title)
     for f in setting_fields(SETTINGS_CLASSES[name]):
@@ -43,9 +43,14 @@ def _add_settings(parser, name: str, title: str) -> None:
             continue
         kind = str(f.type)
         kwargs: dict = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
+        tuned = name == "inference" and f.name in TUNED_FIELDS
+        if tuned:  # None = not given: the model's tuned value, else the default
+            kwargs["default"] = None
+            kwargs["help"] += f" (default: {f.default}, or the value tuned for the model)"
         if kind == "bool":
             # A setting on by default is turned off with --no-<flag>.
-            kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+            on = f.default or tuned
+            kwargs["action"] = argparse.BooleanOptionalAction if on else "store_true"
         else:
             if "tuple" in kind:
                 kwargs["type"], kwargs["metavar"] = _int_triple, "Z,Y,X"
@@ -118,8 +123,18 @@ def _settings_from_args(args) -> dict:
         values = {
             f.name: getattr(args, f.name) for f in setting_fields(cls) if cli_flag(f) is not None
         }
-        out[name] = cls(**values)
+        out[name] = cls(**{k: v for k, v in values.items() if v is not None})
     return out
+
+
+def _with_model_settings(settings, args, config: dict):
+    """``settings`` with the model's tuned values for the options not given on the line."""
+    from dataclasses import replace
+
+    from .core.settings import model_recommendations
+
+    tuned = model_recommendations(config)
+    return replace(settings, **{k: v for k, v in tuned.items() if getattr(args, k) is None})
 
 
 def _int_triple(text: str) -> tuple[int, int, int] | int:
@@ -247,6 +262,7 @@ def _segment(args) -> int:
     image = read_image(args.input, args.key)
     check_image(image, ndim=(2, 3))
     model = load_model(args.model, args.device, quantized=args.quantized)
+    settings["inference"] = _with_model_settings(settings["inference"], args, model.config)
     engine = Engine2D(model, settings=settings["inference"])
     if args.mode in ("stack", "ortho"):
         return _segment_3d(args, image, engine, output, settings)

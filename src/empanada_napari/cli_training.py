@@ -53,6 +53,13 @@ def _add_finetune(sub, model_help: str) -> None:
         help="encoder stages to train, e.g. layer4 or layer3,layer4 (stem, layer1-4)",
     )
     p.add_argument("--train-encoder", action="store_true", help="train the whole encoder")
+    p.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="keep the default post-processing settings (else those scoring best on the "
+        "patches, 20 objects or more, are stored with the model)",
+    )
     _add_training_args(p)
 
 
@@ -108,6 +115,9 @@ def _train_progress(total: int, disable: bool):
     bar = tqdm(total=total, desc="train", unit="it", file=sys.stderr, disable=disable)
 
     def update(it: int, _total: int, record: dict) -> None:
+        if "stage" in record:  # after the loop
+            bar.set_description(record["stage"])
+            return
         bar.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
         bar.update(it - bar.n)
 
@@ -126,6 +136,7 @@ def _report_training(result) -> None:
                 "iterations": result.iterations,
                 "final_loss": last.get("total"),
                 "validation": result.validation,
+                "inference_settings": result.config.get("inference_settings"),
             },
             indent=2,
         )
@@ -137,7 +148,12 @@ def run_finetune(args) -> int:
     from .core.training import finetune
 
     return _fit(
-        args, finetune, args.model, freeze_encoder=not args.train_encoder, unfreeze=args.unfreeze
+        args,
+        finetune,
+        args.model,
+        freeze_encoder=not args.train_encoder,
+        unfreeze=args.unfreeze,
+        tune=args.tune,
     )
 
 

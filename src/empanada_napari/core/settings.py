@@ -206,6 +206,7 @@ class InferenceSettings(_Settings):
         label="min object area",
         minimum=0,
         maximum=10**7,
+        advanced=True,
     )
     split_fragments: bool = setting(
         False,

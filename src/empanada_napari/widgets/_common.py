@@ -321,6 +321,7 @@ ENGINE_FIELDS = (
     "semantic_only",
     "fill_holes",
     "absorb_fragments",
+    "min_area",
     "split_fragments",
     "downsample",
     "tta",
@@ -334,8 +335,32 @@ def engine_controls(*, per_slice: bool) -> dict[str, Any]:
     sense for independent slices (split fragments, label divisor)."""
     from ..core.settings import InferenceSettings
 
-    skip = () if per_slice else ("split_fragments", "label_divisor")
+    skip = () if per_slice else ("split_fragments", "label_divisor", "min_area")
     return settings_controls(InferenceSettings, tuple(n for n in ENGINE_FIELDS if n not in skip))
+
+
+def follow_model_settings(picker: Any, controls: dict[str, Any]) -> None:
+    """Set ``controls`` to the post-processing settings tuned for the model chosen in
+    ``picker`` (the defaults for a model without), now and whenever the choice changes; a
+    value the user changed since it was last set stays as the user left it."""
+    from ..core.settings import TUNED_FIELDS, InferenceSettings
+
+    defaults = InferenceSettings()
+    applied: dict[str, Any] = {}
+
+    def apply(*_: Any) -> None:
+        tuned = picker.tuned_settings()
+        for name in TUNED_FIELDS:
+            control = controls.get(name)
+            if control is None:
+                continue
+            if name in applied and control.value != applied[name]:
+                continue  # the user's own choice
+            control.value = tuned.get(name, getattr(defaults, name))
+            applied[name] = control.value
+
+    picker.changed.connect(apply)
+    apply()
 
 
 def split_advanced(controls: dict[str, Any]) -> tuple[list[Any], list[Any]]:

@@ -108,6 +108,16 @@ class ModelPicker(ComboBox):
         if name in self.choices:
             self.value = name
 
+    def tuned_settings(self) -> dict[str, Any]:
+        """The inference settings tuned for the chosen model when it was finetuned ({}
+        for none, or for a model whose config cannot be read)."""
+        from ..core.settings import model_recommendations
+
+        try:
+            return model_recommendations(self.registry.get(self.value).config) if self.value else {}
+        except EmpanadaError:
+            return {}
+
     def _update_tooltip(self, *_: Any) -> None:
         name = self.value
         try:

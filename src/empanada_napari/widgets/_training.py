@@ -73,6 +73,9 @@ class LivePlot:
             pass
 
     def _add(self, info: dict) -> None:
+        if "stage" in info:  # after the loop, e.g. tuning the post-processing
+            self.eta.value = f"{info['stage']}..."
+            return
         if "iteration" not in info or "total" not in info:
             return
         self.its.append(int(info["iteration"]))
@@ -247,9 +250,18 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
             if result.best_iteration is not None:
                 best += f" (iteration {result.best_iteration}, the weights kept)"
         what = "Cancelled; kept" if result.cancelled else "Saved"
+        tuned = result.config.get("inference_settings")
+        settings = (
+            " with post-processing settings tuned on your patches ("
+            + ", ".join(f"{k} {v}" for k, v in tuned.items())
+            + ")"
+            if tuned
+            else ""
+        )
         return (
             f"{what} model '{result.name}' after {result.iterations} iterations in "
-            f"{_duration(result.seconds)}{best}. It is selected in the inference docks."
+            f"{_duration(result.seconds)}{best}. It is selected in the inference docks"
+            f"{settings}."
         )
 
     plot.reset()

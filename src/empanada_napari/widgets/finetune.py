@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container
+from magicgui.widgets import CheckBox, ComboBox, Container
 
 from ._common import JobPanel
 from ._pickers import ModelPicker
@@ -35,13 +35,18 @@ class FinetuneWidget(Container):
             "which parts learn: the heads alone are fastest; the whole network adapts best to "
             "a new microscope"
         )
+        self.tune = CheckBox(value=True, text="tune post-processing on the patches")
+        self.tune.tooltip = (
+            "after training, choose the confidence, centre and size settings that score best "
+            "on your corrected patches (20 objects or more) and keep them with the model"
+        )
         self.plot = LivePlot()
         self.jobs = JobPanel("Finetune", self.run)
         rc = self.run_controls
         dock(
             self,
             [self.model, *rc.main(), self.unfreeze],
-            rc.advanced(),
+            [*rc.advanced(), self.tune],
             self.jobs,
             extra=[self.plot.canvas, self.plot.eta.native],
         )
@@ -66,7 +71,11 @@ class FinetuneWidget(Container):
             return
         rc = self.run_controls
         mode, stages = UNFREEZE[self.unfreeze.value]
-        settings = rc.settings() | {"freeze_encoder": mode == "freeze", "unfreeze": stages}
+        settings = rc.settings() | {
+            "freeze_encoder": mode == "freeze",
+            "unfreeze": stages,
+            "tune": bool(self.tune.value),
+        }
         model, name, output = self.model.value, rc.name.value.strip(), rc.output_dir()
 
         def work(progress, cancel):

@@ -19,6 +19,7 @@ from ._common import (
     count_label,
     engine_controls,
     engine_params,
+    follow_model_settings,
     image_problem,
     layer_array,
     leading_index,
@@ -84,6 +85,7 @@ class Inference2DWidget(Container):
             [self.device, *advanced],
             self.jobs,
         )
+        follow_model_settings(self.model, self.controls)
         self.region.changed.connect(self._on_region)
         watch_inputs(self, napari_viewer)
 

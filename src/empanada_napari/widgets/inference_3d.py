@@ -21,6 +21,7 @@ from ._common import (
     count_label,
     engine_controls,
     engine_params,
+    follow_model_settings,
     image_problem,
     layer_array,
     leading_index,
@@ -130,6 +131,7 @@ class Inference3DWidget(Container):
             self.jobs,
         )
         self.mode.changed.connect(self._on_mode)
+        follow_model_settings(self.model, self.controls)
         watch_inputs(self, napari_viewer)
 
     def _on_mode(self, *_: Any) -> None:

@@ -129,7 +129,7 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
         raise Cancelled("Training cancelled before the first iteration: no model was saved.")
     tuned = None
     if job.tune_on and not outcome.cancelled:
-        tuned = _tune(module, config, device, job)
+        tuned = _tune(module, config, device, job, outcome.iterations_done)
         outcome.cancelled = tuned is None  # cancelled while tuning: save the weights as is
     seconds = time.perf_counter() - start
     text = describe(outcome.iterations_done, seconds)
@@ -159,13 +159,14 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
     return result
 
 
-def _tune(module, config: dict, device, job: _Job):
+def _tune(module, config: dict, device, job: _Job, done: int):
     """Choose the post-processing settings on ``job.tune_on`` (:mod:`.tuning`): a
     TuningResult, why not (str), or None when cancelled."""
     from ..jobs import report
     from .tuning import tune_settings
 
-    report(job.progress, 0, 1, {"stage": "choosing post-processing settings on the patches"})
+    stage = {"stage": "choosing post-processing settings on the patches"}
+    report(job.progress, done, done, stage)
     module.eval()
     loaded = LoadedModel.from_config(
         job.name, module, device, Path("<in-memory>"), config, supports_batch=True

@@ -4,8 +4,8 @@ A finetuned model's outputs are calibrated differently from the model it started
 new microscope its semantic probabilities are less sure, its centres are spread differently,
 and the objects have their own size and spacing. The defaults of :class:`InferenceSettings`
 were chosen for MitoNet. After finetuning, :func:`tune_settings` runs the network once on
-every corrected patch, scores a small grid of post-processing settings (:data:`GRID`, always
-with stray pieces joined) by F1@0.5 against the corrections, and the best combination is
+every corrected patch, scores a small grid of post-processing settings (:data:`GRID`, the
+defaults among them) by F1@0.5 against the corrections, and the best combination is
 stored in the model's config (``inference_settings:``) as the settings the inference docks,
 the CLI and :class:`Engine2D` use for that model unless the user sets them.
 
@@ -35,14 +35,15 @@ GRID: dict[str, tuple] = {
     "confidence_thr": (0.5, 0.4, 0.3),
     "center_confidence_thr": (0.1, 0.2, 0.3),
     "min_distance_object_centers": (3, 5, 8),
+    "absorb_fragments": (False, True),
     "min_area": (0, 100, 200, 300),
 }
 
 
 @dataclass(frozen=True)
 class TuningResult:
-    """The chosen settings (``settings``, with ``absorb_fragments``), their pooled F1@0.5 on
-    the patches and the F1@0.5 of the defaults on the same outputs."""
+    """The chosen settings (``settings``), their pooled F1@0.5 on the patches and the
+    F1@0.5 of the defaults on the same outputs."""
 
     settings: dict[str, Any]
     score: float
@@ -91,6 +92,9 @@ def tune_settings(
     grid = dict(GRID if grid is None else grid)
     if len(images) == 0 or len(images) != len(masks):
         raise InputError("Tuning needs as many corrected masks as images (at least one).")
+    shapes = [np.shape(i) for i in images]
+    if any(len(sh) != 2 or sh != np.shape(m) for sh, m in zip(shapes, masks, strict=True)):
+        raise InputError(f"Tuning takes 2D images with masks of their shape, got {shapes}.")
     truths = [np.asarray(m).astype(np.int64) for m in masks]
     n_objects = sum(int(np.unique(t[t > 0]).size) for t in truths)
     if n_objects < MIN_OBJECTS:
@@ -102,13 +106,11 @@ def tune_settings(
     raws = []
     for image in images:
         image = np.asarray(image)
-        if image.ndim != 2:
-            raise InputError(f"Tuning takes 2D images, got shape {image.shape}.")
         raws.append(engine.infer(engine.normalize(image[None], intensity_range(image))))
     engine.settings = InferenceSettings()  # the defaults, for comparison
     default_score = _pooled_f1([engine.postprocess(r, 0) for r in raws], truths)
     sizes = grid.pop("min_area", (0,))
-    base = InferenceSettings(absorb_fragments=True)
+    base = InferenceSettings()
     best: tuple[float, dict[str, Any]] | None = None
     for values in itertools.product(*grid.values()):
         if is_cancelled(cancel):
@@ -122,7 +124,7 @@ def tune_settings(
             if best is None or score > best[0]:
                 best = (score, chosen | {"min_area": int(size)})
     assert best is not None
-    settings = {k: _plain(v) for k, v in best[1].items()} | {"absorb_fragments": True}
+    settings = {k: _plain(v) for k, v in best[1].items()}
     return TuningResult(settings, best[0], default_score, len(images), n_objects)
 
 
