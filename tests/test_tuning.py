@@ -157,3 +157,21 @@ def test_cli_flags_win_over_the_model_settings_and_the_rest_follow_the_model():
     config = {"inference_settings": {"absorb_fragments": True}}
     base = _settings_from_args(off)["inference"]
     assert _with_model_settings(base, off, config).absorb_fragments is False
+
+
+def test_segment_volume_uses_the_tuned_settings_unless_given(sbem):
+    """The library's volume entry point follows the model like the engine and the CLI."""
+    from dataclasses import replace
+
+    from empanada_napari.core import segment_volume
+
+    raw, _ = sbem
+    cached = load_model("default", "cpu")
+    model = replace(cached, config=dict(cached.config, inference_settings={"confidence_thr": 0.95}))
+    volume = np.stack([raw[0]] * 3)
+    sizes = {"min_size": 0, "min_extent": 1}
+    tuned = segment_volume(volume, model, mode="stack", **sizes)
+    given = segment_volume(volume, model, mode="stack", confidence_thr=0.5, **sizes)
+    plain = segment_volume(volume, model, mode="stack", inference=InferenceSettings(), **sizes)
+    assert np.array_equal(given, plain)
+    assert 0 < (tuned > 0).sum() < 0.9 * (plain > 0).sum()
