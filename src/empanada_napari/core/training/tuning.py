@@ -39,8 +39,8 @@ MIN_OBJECTS = 20
 GRID: dict[str, tuple] = {
     "confidence_thr": (0.5, 0.4, 0.3),
     "center_confidence_thr": (0.1, 0.2, 0.3),
-    "min_distance_object_centers": (3, 5, 8),
-    "min_area": (0, 100, 200, 300),
+    "min_distance_object_centers": (3, 5, 8, 12),
+    "min_area": (0, 100, 200, 300, 400),
 }
 
 
