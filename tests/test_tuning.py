@@ -70,6 +70,7 @@ def test_too_few_objects_or_no_images_are_refused(sbem):
 def test_finetune_stores_the_settings_and_inference_uses_them(sbem, tmp_path):
     raw, inst = sbem
     dataset = PatchDataset(list(raw), list(inst), patch_size=128, samples_per_epoch=2, seed=0)
+    seen = []
     result = finetune(
         "default",
         dataset,
@@ -79,7 +80,10 @@ def test_finetune_stores_the_settings_and_inference_uses_them(sbem, tmp_path):
         device="cpu",
         register=False,
         output_dir=tmp_path,
+        progress=lambda done, total, info: seen.append(dict(info)),
     )
+    # The tuning stage is announced with an iteration record's keys (callers read them).
+    assert "stage" in seen[-1] and seen[-1]["eta_s"] == 0 and seen[-1]["iteration"] == 1
     tuned = result.config["inference_settings"]
     assert set(tuned) <= {
         "confidence_thr",

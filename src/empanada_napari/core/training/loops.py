@@ -165,14 +165,20 @@ def _tune(module, config: dict, device, job: _Job, done: int):
     from ..jobs import report
     from .tuning import tune_settings
 
+    # Same keys as an iteration's record (callers read them), plus what is happening.
     stage = {"stage": "choosing post-processing settings on the patches"}
-    report(job.progress, done, done, stage)
+    stage |= {"iteration": done, "eta_s": 0.0}
     module.eval()
     loaded = LoadedModel.from_config(
         job.name, module, device, Path("<in-memory>"), config, supports_batch=True
     )
     try:
-        return tune_settings(loaded, *job.tune_on, cancel=job.cancel)
+        return tune_settings(
+            loaded,
+            *job.tune_on,
+            cancel=job.cancel,
+            started=lambda: report(job.progress, done, done, stage),
+        )
     except Cancelled:
         return None
     except InputError as why:  # too few objects: the defaults stay, and the user is told

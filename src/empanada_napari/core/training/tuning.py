@@ -22,7 +22,7 @@ carries over is the objects' size and spacing and the model's own calibration.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,12 +83,14 @@ def tune_settings(
     *,
     grid: dict[str, tuple] | None = None,
     cancel: Any = None,
+    started: Callable[[], None] | None = None,
 ) -> TuningResult:
     """Pick the post-processing settings of ``model`` (a :class:`LoadedModel`) that score
     the best F1@0.5 on 2D ``images`` against instance ``masks`` (0 = background).
 
     The network runs once per image; the grid is scored on those outputs. Raises
-    :class:`InputError` without images or objects, :class:`Cancelled` on ``cancel``.
+    :class:`InputError` without images or with too few objects (before ``started()`` is
+    called), :class:`Cancelled` on ``cancel``.
     """
     from ..inference import postprocess as pp
     from ..inference.engine import Engine2D
@@ -107,6 +109,8 @@ def tune_settings(
             f"The corrected patches hold {n_objects} objects; tuning the post-processing "
             f"needs at least {MIN_OBJECTS}."
         )
+    if started is not None:
+        started()
     engine = Engine2D(model, settings=InferenceSettings())
     raws = []
     for image in images:
