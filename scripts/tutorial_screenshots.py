@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--width", type=int, default=1000)
     p.add_argument("--iterations", type=int, default=12)
-    p.add_argument("--patches", type=int, default=4)
+    p.add_argument("--patches", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=128)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         viewer.window.remove_dock_widget(dock.native)
     # The 2D dock opened at the start now has the new model selected.
     print("2D dock model after finetuning:", w2d.model.value)
+    print("finetune dock says:", tune.jobs.status.value if hasattr(tune.jobs, "status") else "")
+    print("2D dock settings now:", {k: c.value for k, c in w2d.controls.items()})
     w2d.image.value = image
     w2d.run()
     wait(w2d)

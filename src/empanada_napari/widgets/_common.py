@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from ..core.errors import Cancelled, EmpanadaError
 from ..core.settings import SETTINGS_CLASSES, setting_fields, tooltip, widget_label
@@ -111,6 +112,12 @@ class JobPanel(Container):
         super().__init__(widgets=[buttons, self.reason, self.progress, self.status], labels=False)
         for label in (self.status, self.reason):
             label.native.setWordWrap(True)
+            # A wrapped label asks for about 80 characters of width (Qt's hint), which widens
+            # a narrow dock past its edge; any width will do, the text wraps to fit.
+            label.native.setMinimumWidth(120)
+            policy = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+            policy.setHeightForWidth(True)
+            label.native.setSizePolicy(policy)
         self.reason.native.setStyleSheet("color: #e0a040;")
         self.run_button.changed.connect(lambda *_: on_run())
         self.cancel_button.changed.connect(lambda *_: self.cancel())

@@ -53,6 +53,8 @@ class LivePlot:
         self.loss_ax = self.figure.add_subplot(111)
         self.val_ax = self.loss_ax.twinx()
         self.eta = Label(value="")
+        self.eta.native.setWordWrap(True)
+        self.eta.native.setMinimumWidth(120)  # wraps instead of widening the dock
         self.reset()
 
     def reset(self) -> None:
@@ -92,6 +94,13 @@ class LivePlot:
                 f"about {_duration(float(eta))} left"
             )
         self._draw()
+
+    def finish(self) -> None:
+        """The run is over: no ETA or stage line left behind."""
+        try:
+            self.eta.value = ""
+        except RuntimeError:  # the dock was closed while its job ran
+            pass
 
     def _draw(self) -> None:
         ax, vax = self.loss_ax, self.val_ax
@@ -243,6 +252,7 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
 
     def done(result) -> str:
         select_model(result.name)
+        plot.finish()
         best = ""
         if result.validation:
             top = max(v["f1@0.5"] for v in result.validation)
@@ -251,13 +261,9 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
                 best += f" (iteration {result.best_iteration}, the weights kept)"
         what = "Cancelled; kept" if result.cancelled else "Saved"
         tuned = result.config.get("inference_settings")
-        settings = (
-            " with post-processing settings tuned on your patches ("
-            + ", ".join(f"{k} {v}" for k, v in tuned.items())
-            + ")"
-            if tuned
-            else ""
-        )
+        settings = ""
+        if tuned:
+            settings = f", with settings tuned on your patches: {_settings_text(tuned)}"
         return (
             f"{what} model '{result.name}' after {result.iterations} iterations in "
             f"{_duration(result.seconds)}{best}. It is selected in the inference docks"
@@ -266,3 +272,15 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
 
     plot.reset()
     jobs.start(job, done, description=description, on_info=plot.add, result_after_cancel=True)
+
+
+def _settings_text(values: dict[str, Any]) -> str:
+    """``{'confidence_thr': 0.3, ...}`` as the docks name them: "confidence 0.3, ..."."""
+    from ..core.settings import InferenceSettings, setting_fields, widget_label
+
+    labels = {f.name: widget_label(f) for f in setting_fields(InferenceSettings)}
+    shown = {True: "on", False: "off"}
+    return ", ".join(
+        f"{labels.get(k, k)} {shown.get(v, v) if isinstance(v, bool) else v}"
+        for k, v in values.items()
+    )
