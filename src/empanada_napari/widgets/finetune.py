@@ -22,8 +22,8 @@ class FinetuneWidget(Container):
     user_help = (
         "Finetune a model on patches you corrected (a dataset folder made by Save "
         "Training Patches): the new model is saved, registered and selected in every "
-        "inference dock. Watch the loss and validation curves; Cancel keeps the best "
-        "model so far."
+        "inference dock, with its post-processing settings tuned on your patches. Watch "
+        "the loss and validation curves; Cancel keeps the best model so far."
     )
 
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
