@@ -49,6 +49,7 @@ def test_segment_tif_to_tif_and_evaluate(toy_model_file, disks_tif, tmp_path, ca
     assert len(np.unique(labels[0])) == len(CENTRES) + 1
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "toy" and report["device"] == "cpu"
+    assert report["postprocessing"]["confidence_thr"] == 0.5  # no tuned settings: defaults
     gt = tmp_path / "gt.tif"
     tifffile.imwrite(gt, truth[None].astype(np.uint16))
     single = tmp_path / "single.tif"

@@ -127,6 +127,13 @@ def _settings_from_args(args) -> dict:
     return out
 
 
+def _postprocessing(engine) -> dict:
+    """The post-processing values a run used (the model's tuned ones where not given)."""
+    from .core.settings import TUNED_FIELDS
+
+    return {k: getattr(engine.settings, k) for k in TUNED_FIELDS}
+
+
 def _with_model_settings(settings, args, config: dict):
     """``settings`` with the model's tuned values for the options not given on the line."""
     from dataclasses import replace
@@ -288,6 +295,7 @@ def _segment(args) -> int:
                 "mode": "2d",
                 "objects": summary["objects"],
                 "device": str(engine.device),
+                "postprocessing": _postprocessing(engine),
                 "shape": list(image.shape),
             }
         )
@@ -343,6 +351,7 @@ def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
                 "axis": axis if args.mode == "stack" else "xy+xz+yz",
                 "objects": objects,
                 "device": str(engine.device),
+                "postprocessing": _postprocessing(engine),
                 "shape": list(image.shape),
             }
         )
