@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         viewer.window.remove_dock_widget(dock.native)
     # The 2D dock opened at the start now has the new model selected.
     print("2D dock model after finetuning:", w2d.model.value)
-    print("finetune dock says:", tune.jobs.status.value if hasattr(tune.jobs, "status") else "")
+    print("finetune dock says:", tune.jobs.status.value)
     print("2D dock settings now:", {k: c.value for k, c in w2d.controls.items()})
     w2d.image.value = image
     w2d.run()

@@ -31,6 +31,20 @@ def sbem():
     return raw, np.stack([label(b > 0, connectivity=1) for b in binary]).astype(np.int32)
 
 
+def _finetune_once(dataset, name: str, **options):
+    """One iteration of finetuning the bundled model on the CPU, not registered."""
+    return finetune(
+        "default",
+        dataset,
+        name=name,
+        iterations=1,
+        batch_size=2,
+        device="cpu",
+        register=False,
+        **options,
+    )
+
+
 def test_remove_small_drops_only_small_ids():
     labels = np.zeros((6, 6), np.uint32)
     labels[0:3, 0:3] = 10001  # 9 px
@@ -71,14 +85,9 @@ def test_finetune_stores_the_settings_and_inference_uses_them(sbem, tmp_path):
     raw, inst = sbem
     dataset = PatchDataset(list(raw), list(inst), patch_size=128, samples_per_epoch=2, seed=0)
     seen = []
-    result = finetune(
-        "default",
+    result = _finetune_once(
         dataset,
-        name="tuned",
-        iterations=1,
-        batch_size=2,
-        device="cpu",
-        register=False,
+        "tuned",
         output_dir=tmp_path,
         progress=lambda done, total, info: seen.append(dict(info)),
     )
@@ -102,16 +111,7 @@ def test_finetune_stores_the_settings_and_inference_uses_them(sbem, tmp_path):
     assert Engine2D(engine.model, settings=InferenceSettings()).settings == InferenceSettings()
     assert Engine2D(engine.model, min_area=7).settings.min_area == 7
 
-    plain = finetune(
-        "default",
-        dataset,
-        name="plain",
-        iterations=1,
-        batch_size=2,
-        device="cpu",
-        register=False,
-        tune=False,
-    )
+    plain = _finetune_once(dataset, "plain", tune=False)
     assert "inference_settings" not in plain.config
 
 
@@ -119,9 +119,7 @@ def test_few_corrected_objects_keep_the_defaults_and_say_so(sbem):
     raw, inst = sbem
     small = [r[:96, :96] for r in raw[:1]], [m[:96, :96] for m in inst[:1]]
     dataset = PatchDataset(*small, patch_size=64, samples_per_epoch=2, seed=0)
-    result = finetune(
-        "default", dataset, name="few", iterations=1, batch_size=2, device="cpu", register=False
-    )
+    result = _finetune_once(dataset, "few")
     assert "inference_settings" not in result.config
     assert "Post-processing not tuned" in result.config["description"]
 

@@ -136,12 +136,10 @@ def _postprocessing(engine) -> dict:
 
 def _with_model_settings(settings, args, config: dict):
     """``settings`` with the model's tuned values for the options not given on the line."""
-    from dataclasses import replace
+    from .core.settings import TUNED_FIELDS, settings_for_model
 
-    from .core.settings import model_recommendations
-
-    tuned = model_recommendations(config)
-    return replace(settings, **{k: v for k, v in tuned.items() if getattr(args, k) is None})
+    given = [k for k in TUNED_FIELDS if getattr(args, k) is not None]
+    return settings_for_model(config, settings, given)
 
 
 def _int_triple(text: str) -> tuple[int, int, int] | int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -519,3 +519,16 @@ def model_recommendations(config: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     InferenceSettings(**values)  # raises InputError on a bad value
     return dict(values)
+
+
+def settings_for_model(
+    config: Mapping[str, Any] | None,
+    settings: InferenceSettings | None = None,
+    given: Iterable[str] = (),
+) -> InferenceSettings:
+    """``settings`` (default: the defaults) with the values tuned for the model in
+    ``config`` for every tuned field the caller did not set (``given``): the one place where
+    the engine, ``segment_volume`` and the CLI combine the two."""
+    given = set(given)
+    tuned = {k: v for k, v in model_recommendations(config).items() if k not in given}
+    return replace(settings or InferenceSettings(), **tuned)

@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..jobs import CancelFlag, Progress, is_cancelled, report
 from ..output import ZarrOutput, check_not_input, check_writable, output_lock
 from ..preprocess import check_image, intensity_range
-from ..settings import AXES, BlockSettings, model_recommendations, resolve
+from ..settings import AXES, BlockSettings, resolve, settings_for_model
 from .blocks.executor import Runner
 from .blocks.link import link_block
 from .blocks.plan import (
@@ -123,9 +123,7 @@ def segment_volume(
         check_writable(store, folder=True)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
     if inference is None:  # the settings tuned for the model, where the caller set none
-        tuned = model_recommendations(loaded.config)
-        kept = {k: v for k, v in tuned.items() if k not in params}
-        settings["inference"] = replace(settings["inference"], **kept)
+        settings["inference"] = settings_for_model(loaded.config, settings["inference"], params)
     value_range = intensity_range(image)
     runner = Runner(scheduler, workers)
     try:

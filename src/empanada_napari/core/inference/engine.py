@@ -22,7 +22,7 @@ from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
-from ..settings import InferenceSettings, model_recommendations
+from ..settings import InferenceSettings, settings_for_model
 from . import postprocess as pp
 
 
@@ -68,7 +68,7 @@ class Engine2D:
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         # Without settings, the model's own recommendations (tuned when it was finetuned).
-        base = settings or InferenceSettings(**model_recommendations(self.model.config))
+        base = settings or settings_for_model(self.model.config)
         self.settings = replace(base, **params)
 
     # -- model outputs ---------------------------------------------------------------------

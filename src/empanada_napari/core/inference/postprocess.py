@@ -366,13 +366,18 @@ def _absorb_round(
 
 
 def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """``labels`` without the ids that cover fewer than ``min_area`` pixels (a new array)."""
+    """``labels`` without the ids that cover fewer than ``min_area`` pixels (a new array).
+
+    Per image in the engine's loop; proofreading's ``filter_labels`` does the same for
+    whole (lazy) volumes with an index and progress, more than one slice needs."""
     labels = np.asarray(labels)
     ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     small = (counts < min_area) & (ids != 0)
     if not small.any():
         return labels.copy()
-    return np.where(small[inverse.reshape(labels.shape)], 0, labels).astype(labels.dtype)
+    return np.where(small[inverse.reshape(labels.shape)], 0, labels).astype(
+        labels.dtype, copy=False
+    )
 
 
 def split_fragments(labels: np.ndarray, label_divisor: int = 10000) -> np.ndarray:
