@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,8 @@ def score(model, raw: np.ndarray, binary: np.ndarray, device: str) -> dict:
     """Per-slice 2D scores of ``model`` on ``raw`` against ``binary`` (:func:`score_labels`)
     at the model's own settings (those finetuning chose, else the defaults), plus
     ``default_f1@0.5`` at the default settings and ``joined_f1@0.5``: the defaults with
-    "join stray pieces" (``absorb_fragments``) on, from the same network outputs."""
+    "join stray pieces" (``absorb_fragments``) on, from the same network outputs; where the
+    tuned settings average over flips, ``no_flips_f1@0.5`` is the same without."""
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.inference.postprocess import absorb_fragments
     from empanada_napari.core.models.loading import load_model
@@ -80,11 +82,14 @@ def score(model, raw: np.ndarray, binary: np.ndarray, device: str) -> dict:
     joined = np.stack([absorb_fragments(p) for p in pred])
     own = Engine2D(loaded)
     tuned = own.segment_slices(raw) if own.settings != InferenceSettings() else pred
-    out = score_labels(tuned, binary)
-    return out | {
+    out = score_labels(tuned, binary) | {
         "default_f1@0.5": score_labels(pred, binary)["f1@0.5"],
         "joined_f1@0.5": score_labels(joined, binary)["f1@0.5"],
     }
+    if own.settings.tta:  # how much of the tuned figure the averaging over flips gives
+        plain = Engine2D(loaded, settings=replace(own.settings, tta=False))
+        out["no_flips_f1@0.5"] = score_labels(plain.segment_slices(raw), binary)["f1@0.5"]
+    return out
 
 
 def score_labels(pred: np.ndarray, binary: np.ndarray) -> dict:

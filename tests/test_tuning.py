@@ -70,6 +70,25 @@ def test_tuning_on_real_patches_scores_what_the_engine_then_gives(sbem):
     assert _pooled_f1(pred, list(inst)) == pytest.approx(result.score)
 
 
+def test_averaging_over_flips_is_chosen_only_for_its_gain(sbem, monkeypatch):
+    from empanada_napari.core.training import tuning
+    from empanada_napari.core.training.tuning import _pooled_f1
+
+    raw, inst = sbem
+    model = load_model("default", "cpu")
+    images, masks = list(raw), list(inst)
+    assert tune_settings(model, images, masks, flips=False).settings["tta"] is False
+    monkeypatch.setattr(tuning, "TTA_GAIN", 10.0)  # no F1 gain is that large
+    assert tune_settings(model, images, masks).settings["tta"] is False
+    monkeypatch.setattr(tuning, "TTA_GAIN", -10.0)  # any score wins
+    result = tune_settings(model, images, masks)
+    assert result.settings["tta"] is True
+    # The reported score is what the engine gives with the flips averaged.
+    chosen = InferenceSettings(**result.settings)
+    pred = [Engine2D(model, settings=chosen).segment(img) for img in images]
+    assert _pooled_f1(pred, masks) == pytest.approx(result.score)
+
+
 def test_too_few_objects_or_no_images_are_refused(sbem):
     raw, inst = sbem
     model = load_model("default", "cpu")
@@ -100,6 +119,7 @@ def test_finetune_stores_the_settings_and_inference_uses_them(sbem, tmp_path):
         "min_distance_object_centers",
         "absorb_fragments",
         "min_area",
+        "tta",
     }
     assert "Post-processing tuned on" in result.config["description"]
     saved = yaml.safe_load(result.config_path.read_text())

@@ -502,6 +502,7 @@ TUNED_FIELDS = (
     "min_distance_object_centers",
     "absorb_fragments",
     "min_area",
+    "tta",
 )
 
 
