@@ -14,9 +14,11 @@ calibrating it, and the patches cannot show its worth because the model has lear
 the CDeep3M benchmark a grid with it chose it off, by a tie on the patches, and scored 0.466
 F1@0.5 on the validation volume, below the plain defaults with it on, 0.553).
 
-Averaging over flips (``tta``) is tried too: on CDeep3M it added 0.02-0.04 F1@0.5 to a
-finetuned model on the validation volume, at four forward passes per slice, so it is chosen
-only when it adds at least :data:`TTA_GAIN` on the patches.
+Averaging over flips (``tta``) is tried too: on CDeep3M it added 0.015-0.04 F1@0.5 to
+finetuned models on the validation volume, at four forward passes per slice, so it is kept
+only when it scores higher on the patches (by more than :data:`TTA_GAIN`). The patches
+understate its gain (the model has learnt them), so it is chosen less often than it would
+help; making it the rule would make every finetuned model 3-4x slower.
 
 The patches include those the model was trained on (with 16 patches the held-out split is 2
 or 3 patches, too few to choose between settings), so the score printed is optimistic; what
