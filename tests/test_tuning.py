@@ -150,6 +150,9 @@ def test_few_corrected_objects_keep_the_defaults_and_say_so(sbem):
         ({"tile_size": 256}, "unknown key"),
         ({"confidence_thr": 1.5}, "confidence_thr"),
         ({"min_area": -1}, "min_area"),
+        # A string is truthy: "no" must not turn averaging over flips on.
+        ({"tta": "no"}, "tta must be true or false"),
+        ({"absorb_fragments": None}, "absorb_fragments must be true or false"),
         ("fast", "mapping"),
     ],
 )

@@ -144,6 +144,14 @@ class _Settings:
         """A copy with ``changes`` applied (validated)."""
         return replace(self, **changes)  # type: ignore[type-var]
 
+    def _check_booleans(self) -> None:
+        """Every on/off setting is a bool (numpy's too): a config's ``tta: "no"`` would
+        otherwise count as on."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if str(f.type) == "bool" and type(value).__name__ not in ("bool", "bool_"):
+                raise InputError(f"{f.name} must be true or false, got {value!r}")
+
 
 @dataclass(frozen=True)
 class InferenceSettings(_Settings):
@@ -267,6 +275,7 @@ class InferenceSettings(_Settings):
     )
 
     def __post_init__(self) -> None:
+        self._check_booleans()
         _fraction(self, "confidence_thr")
         _fraction(self, "center_confidence_thr")
         _integer(self, "min_distance_object_centers", 1)
@@ -351,6 +360,7 @@ class StackSettings(_Settings):
     )
 
     def __post_init__(self) -> None:
+        self._check_booleans()
         _check(self.axis in AXES, f"axis must be one of {sorted(AXES)}, got {self.axis!r}")
         ms = self.median_slices
         _check(
@@ -398,6 +408,7 @@ class OrthoSettings(_Settings):
     )
 
     def __post_init__(self) -> None:
+        self._check_booleans()
         _integer(self, "pixel_vote_thr", 1, 3)
         _fraction(self, "cluster_iou_thr")
         _fraction(self, "view_link_iou", low_open=True)
@@ -436,6 +447,7 @@ class BlockSettings(_Settings):
     )
 
     def __post_init__(self) -> None:
+        self._check_booleans()
         for name in ("chunks", "halo"):
             value = getattr(self, name)
             if value is None:
