@@ -37,9 +37,9 @@ class FinetuneWidget(Container):
         )
         self.tune = CheckBox(value=True, text="tune post-processing on the patches")
         self.tune.tooltip = (
-            "after training, choose the confidence, centre and size settings (and whether "
-            "to average over flips) that score best on your corrected patches (20 objects "
-            "or more) and keep them with the model"
+            "after training, choose the confidence, centre and size settings that score best "
+            "on your corrected patches (20 objects or more) and keep them with the model, "
+            "with averaging over flips on (more accurate, 3-4x slower inference)"
         )
         self.plot = LivePlot()
         self.jobs = JobPanel("Finetune", self.run)
