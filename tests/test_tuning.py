@@ -59,32 +59,20 @@ def test_tuning_on_real_patches_scores_what_the_engine_then_gives(sbem):
     raw, inst = sbem
     model = load_model("default", "cpu")
     plain = tune_settings(model, list(raw), list(inst), flips=False)
+    assert plain.settings["tta"] is False
     # Scored on the same outputs, the defaults are among the candidates.
     assert plain.score >= plain.default_score
     result = tune_settings(model, list(raw), list(inst))
+    assert result.settings["tta"] is True  # flips kept on, the grid scored on their outputs
     assert result.n_objects >= 20 and result.n_images == len(raw)
     assert result.default_score == plain.default_score  # both: the defaults, no flips
     chosen = InferenceSettings(**result.settings)
-    # The score the tuning reports is the one inference with those settings gives.
+    # The score the tuning reports is the one inference with those settings (flips
+    # averaged) gives.
     from empanada_napari.core.training.tuning import _pooled_f1
 
     pred = [Engine2D(model, settings=chosen).segment(img) for img in raw]
     assert _pooled_f1(pred, list(inst)) == pytest.approx(result.score)
-
-
-def test_tuning_keeps_flips_on_and_scores_the_flip_averaged_outputs(sbem):
-    from empanada_napari.core.training.tuning import _pooled_f1
-
-    raw, inst = sbem
-    model = load_model("default", "cpu")
-    images, masks = list(raw), list(inst)
-    assert tune_settings(model, images, masks, flips=False).settings["tta"] is False
-    result = tune_settings(model, images, masks)
-    assert result.settings["tta"] is True
-    # The reported score is what the engine gives with the flips averaged.
-    chosen = InferenceSettings(**result.settings)
-    pred = [Engine2D(model, settings=chosen).segment(img) for img in images]
-    assert _pooled_f1(pred, masks) == pytest.approx(result.score)
 
 
 def test_too_few_objects_or_no_images_are_refused(sbem):
