@@ -69,19 +69,24 @@ def load_parts(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, st
 def score(model, raw: np.ndarray, binary: np.ndarray, device: str) -> dict:
     """Per-slice 2D scores of ``model`` on ``raw`` against ``binary`` (:func:`score_labels`)
     at the model's own settings (those finetuning chose, else the defaults), plus
-    ``default_f1@0.5`` at the default settings and ``joined_f1@0.5``: the defaults with
-    "join stray pieces" (``absorb_fragments``) on, from the same network outputs; where the
-    tuned settings average over flips, ``no_flips_f1@0.5`` is the same without."""
+    ``default_f1@0.5`` at the default settings with stray pieces left apart (the defaults
+    before "join stray pieces", ``absorb_fragments``, became one) and ``joined_f1@0.5`` with
+    them joined (today's defaults), from the same network outputs; where the tuned settings
+    average over flips, ``no_flips_f1@0.5`` is the same without."""
     from empanada_napari.core.inference.engine import Engine2D
     from empanada_napari.core.inference.postprocess import absorb_fragments
     from empanada_napari.core.models.loading import load_model
     from empanada_napari.core.settings import InferenceSettings
 
     loaded = load_model(model, device)
-    pred = Engine2D(loaded, settings=InferenceSettings()).segment_slices(raw)
+    apart = InferenceSettings(absorb_fragments=False)
+    pred = Engine2D(loaded, settings=apart).segment_slices(raw)
     joined = np.stack([absorb_fragments(p) for p in pred])
     own = Engine2D(loaded)
-    tuned = own.segment_slices(raw) if own.settings != InferenceSettings() else pred
+    if own.settings in (InferenceSettings(), apart):
+        tuned = joined if own.settings.absorb_fragments else pred
+    else:
+        tuned = own.segment_slices(raw)
     out = score_labels(tuned, binary) | {
         "default_f1@0.5": score_labels(pred, binary)["f1@0.5"],
         "joined_f1@0.5": score_labels(joined, binary)["f1@0.5"],

@@ -7,7 +7,8 @@
 Both sides run the bundled TorchScript model (registered in 1.2.4 through a config YAML in its
 format, as its users do) on crops of the held-out Lucchi slab (z >= 132), with 1.2.4's
 settings: confidence 0.5, centre threshold 0.1, NMS kernel 3, coarse boundaries, label divisor
-10000, and disconnected fragments split (1.2.4 always does; here ``--split-fragments``); stack
+10000, disconnected fragments split (1.2.4 always does; here ``--split-fragments``) and stray
+pieces left apart (``--no-absorb-fragments``); stack
 mode: median 3, min size 500, min extent 5, 1.2.4's slice linking and size filter
 (``--linking legacy --no-border-aware``); ortho: 2 votes, cluster IoU 0.75. Each run is a
 fresh process (cold, as a user running the CLI or clicking Run once): this project through its
@@ -48,12 +49,15 @@ CROPS = {
 }
 #: 1.2.4's 3D rules: its slice linking, and size filters blind to the volume's border.
 LEGACY_3D = ["--linking", "legacy", "--no-border-aware"]
+#: 1.2.4's post-processing of each image: it splits disconnected fragments and never joins
+#: stray pieces to the object they touch (this project's default does).
+FRAGMENTS = ["--split-fragments", "--no-absorb-fragments"]
 #: 1.2.4's defaults (its widgets), as command-line options of this project's CLI.
 ALIGNED = {
-    "2d": ["--split-fragments", "--label-divisor", "10000"],
+    "2d": [*FRAGMENTS, "--label-divisor", "10000"],
     # 1.2.4's slice linking and size filters (this project's defaults differ: issue 17).
-    "stack": ["--split-fragments", "--median-slices", "3", "--min-size", "500", *LEGACY_3D],
-    "ortho": ["--split-fragments", "--median-slices", "3", "--min-size", "500", *LEGACY_3D],
+    "stack": [*FRAGMENTS, "--median-slices", "3", "--min-size", "500", *LEGACY_3D],
+    "ortho": [*FRAGMENTS, "--median-slices", "3", "--min-size", "500", *LEGACY_3D],
 }
 
 

@@ -199,7 +199,7 @@ class InferenceSettings(_Settings):
     )
     fill_holes: bool = setting(False, "Fill holes inside each object.", label="fill holes")
     absorb_fragments: bool = setting(
-        False,
+        True,
         "A piece of an object cut off from the rest of it that touches another object joins "
         "that object: slivers that grouping on the model's 1/4 grid leaves at the border "
         "between objects. The mask does not change.",
