@@ -12,9 +12,19 @@ import time
 from pathlib import Path
 
 import tifffile
-from benchmarks import _common, accuracy, linking, model_speed, proofread, report
+from benchmarks import _common, accuracy, linking, model_speed, ortho_blocks, proofread, report
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ortho_blocks_scores_blocks_against_one_block(toy_model_file):
+    crop = tifffile.imread(ROOT / "tests" / "data" / "lucchi_crop_raw.tif")[:, :96, :128]
+    result = ortho_blocks.run(crop, (16, 96, 64), [16], model=str(toy_model_file))
+    assert result["one_block"]["objects"] >= 3
+    row = result["halo 16"]
+    assert row["objects"] >= 1 and row["s"] > 0
+    assert all(0.0 <= row[k] <= 1.0 for k in ortho_blocks.KEYS)
+    assert row["semantic_iou"] > 0.9  # two blocks of a small crop: the masks nearly agree
 
 
 def test_accuracy_harness_quick(tmp_path, capsys):
