@@ -100,7 +100,7 @@ def test_blocks_along_z_equal_the_whole_volume(toy_model_file, whole_toy, chunks
 
 @pytest.mark.parametrize("absorb", [False, True])
 @pytest.mark.parametrize("chunks, halo", [(4, 2), (5, 3)])
-def test_blocks_along_z_with_a_short_halo_find_every_object(toy_model_file, chunks, halo, absorb):
+def test_blocks_along_z_with_a_short_halo_stay_close(toy_model_file, chunks, halo, absorb):
     # Below four slices of halo the history has not settled: measured on this crop, every
     # object is found again at IoU 0.75 with stray pieces left apart; with them joined (the
     # default) 51 of 53 at IoU 0.5 (the joined pieces change what the first slices link).
