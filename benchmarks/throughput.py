@@ -31,7 +31,7 @@ def _forward_pass(engine, volume, value_range) -> None:
     """The model calls alone on the pipeline's padded batches (the floor)."""
     import torch
 
-    bs = engine.default_batch_size()
+    bs = engine.default_batch_size(volume.shape[1:])
     for start in range(0, volume.shape[0], bs):
         batch = engine.normalize(volume[start : start + bs], value_range)
         x = torch.from_numpy(batch)[:, None].to(engine.device)
@@ -54,7 +54,7 @@ def bench(model, volume, batch_size, device, repeats: int = 3) -> dict:
     forward = time_call(lambda: _forward_pass(engine, volume, value_range), repeats)
     two_d = time_call(lambda: engine.segment_slices(volume, value_range=value_range), repeats)
     stack = time_call(lambda: segment_stack_3d(volume, engine), repeats)
-    bs = engine.default_batch_size()
+    bs = engine.default_batch_size(volume.shape[1:])
     raws = [
         engine.infer(engine.normalize(volume[start : start + bs], value_range))
         for start in range(0, volume.shape[0], bs)
@@ -104,7 +104,7 @@ def bench_ortho(model, volume, device, repeats: int = 3) -> dict:
     ortho = time_call(lambda: segment_ortho(volume, engine), repeats)
     return {
         "shape": list(volume.shape),
-        "batch_size": engine.default_batch_size(),
+        "batch_size": engine.default_batch_size(volume.shape[1:]),
         "repeats": repeats,
         "forward_3_views_s": forward,
         "ortho_s": ortho,

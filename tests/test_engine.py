@@ -85,6 +85,20 @@ def test_batched_equals_single(toy_model, disks):
         assert np.array_equal(batched[i], Engine2D(toy_model).segment(stack[i]))
 
 
+def test_small_slices_go_in_bigger_batches_on_the_cpu(toy_model):
+    from empanada_napari.core.inference.engine import CPU_BATCH_PIXELS, CPU_MAX_BATCH
+
+    engine = Engine2D(toy_model, device="cpu")
+    assert engine.default_batch_size() == 2  # no slice size: the plain CPU default
+    assert engine.default_batch_size((768, 1024)) == engine.default_batch_size((256, 256)) == 2
+    assert engine.default_batch_size((32, 384)) == CPU_MAX_BATCH  # a thin ortho view
+    assert 2 < engine.default_batch_size((160, 160)) < CPU_MAX_BATCH
+    assert engine.default_batch_size((1, 1)) == CPU_MAX_BATCH
+    assert CPU_BATCH_PIXELS // (96 * 384) == engine.default_batch_size((5, 96, 384))
+    # The setting always wins.
+    assert Engine2D(toy_model, device="cpu", batch_size=1).default_batch_size((32, 32)) == 1
+
+
 def test_label_divisor_semantic_only_and_fill_holes(toy_model, disks):
     image, truth = disks
     labels = Engine2D(toy_model, label_divisor=1000).segment(image)

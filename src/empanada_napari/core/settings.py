@@ -261,7 +261,8 @@ class InferenceSettings(_Settings):
     )
     batch_size: int | None = setting(
         None,
-        "Slices per forward pass of the model (default: 8 on a GPU, 2 on a CPU).",
+        "Slices per forward pass of the model (default: 8 on a GPU; on a CPU 2, up to 8 for "
+        "small slices).",
         minimum=1,
         advanced=True,
     )

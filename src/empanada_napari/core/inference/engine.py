@@ -25,6 +25,14 @@ from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
 from . import postprocess as pp
 
+#: On a CPU a model call on a small image costs much more per pixel than on a large one, so
+#: small slices go in bigger batches: about this many pixels per call, 2 to CPU_MAX_BATCH
+#: images. Ortho-plane on 32 x 384 x 384 (xz/yz views of 32 x 384 at 8) 1.18x faster, on
+#: 96 x 384 x 384 and stack along xz 1.1x, the same labels (docs/benchmarks.md). Slices of
+#: 256 x 256 and larger keep batches of 2.
+CPU_BATCH_PIXELS = 1 << 17
+CPU_MAX_BATCH = 8
+
 
 @dataclass
 class RawOutputs:
@@ -77,11 +85,16 @@ class Engine2D:
     def device(self) -> torch.device:
         return self.model.device
 
-    def default_batch_size(self) -> int:
+    def default_batch_size(self, plane: tuple[int, ...] | None = None) -> int:
+        """Images per model call: the ``batch_size`` setting, else 8 on a GPU and on a CPU 2,
+        or more (up to :data:`CPU_MAX_BATCH`) for small ``plane`` (height, width) images."""
         if self.settings.batch_size is not None:
             bs = self.settings.batch_size
+        elif self.device.type == "cuda":
+            bs = 8
         else:
-            bs = 8 if self.device.type == "cuda" else 2
+            pixels = int(np.prod(plane[-2:])) if plane is not None else CPU_BATCH_PIXELS
+            bs = min(CPU_MAX_BATCH, max(2, CPU_BATCH_PIXELS // max(1, pixels)))
         return bs if self.model.supports_batch else 1
 
     def _forward(self, x: torch.Tensor, render_steps: int, fine: bool) -> dict:
@@ -294,7 +307,7 @@ class Engine2D:
         if value_range is None:
             value_range = intensity_range(stack)
         total = stack.shape[0]
-        bs = self.default_batch_size()
+        bs = self.default_batch_size(stack.shape[1:])
         for start in range(first, total, bs):
             if is_cancelled(cancel):
                 raise Cancelled(f"Cancelled after {start} of {total} slices.")

@@ -305,7 +305,7 @@ def segment_stack_3d(
         value_range = intensity_range(volume)
     n = view.shape[0]
     half = settings.median_slices // 2
-    bs = engine.default_batch_size()
+    bs = engine.default_batch_size(view.shape[1:])
     linker = SliceLinker(
         view.shape, settings.slice_link_iou, settings.slice_link_ioa, linking=settings.linking
     )
