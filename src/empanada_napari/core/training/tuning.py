@@ -9,10 +9,11 @@ defaults among them) by F1@0.5 against the corrections, and the best combination
 in the model's config (``inference_settings:``) as the settings the inference docks, the CLI
 and :class:`Engine2D` use for that model unless the user sets them.
 
-Stray pieces are always joined (``absorb_fragments``): that repairs the grouping rather than
-calibrating it, and the patches cannot show its worth because the model has learnt them (on
-the CDeep3M benchmark a grid with it chose it off, by a tie on the patches, and scored 0.466
-F1@0.5 on the validation volume, below the plain defaults with it on, 0.553).
+Stray pieces are always joined (``absorb_fragments``, also the default): that repairs the
+grouping rather than calibrating it, and the patches cannot show its worth because the model
+has learnt them (on the CDeep3M benchmark a grid with it chose it off, by a tie on the
+patches, and scored 0.466 F1@0.5 on the validation volume, below the plain defaults with it
+on, 0.553).
 
 Averaging over flips (``tta``) is kept on, and the grid is scored on the flip-averaged
 outputs: on the adaptation benchmark flips added 0.01-0.05 F1@0.5 on held-out data to every
@@ -121,7 +122,7 @@ def tune_settings(
     if started is not None:
         started()
     engine = Engine2D(model, settings=InferenceSettings())
-    base = InferenceSettings(absorb_fragments=True)
+    base = InferenceSettings()  # stray pieces joined: a default since 2026-12-02
     raws = _outputs(engine, images, tta=False)
     engine.settings = base  # the defaults, for comparison
     default_score = _pooled_f1([engine.postprocess(r, 0) for r in raws], truths)
