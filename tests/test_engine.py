@@ -245,3 +245,23 @@ def test_every_architecture_runs_through_save_load_and_the_engine(architecture, 
         # Batched and one-at-a-time give the same labels; a second run is deterministic.
         assert np.array_equal(labels[1], Engine2D(model, **params).segment(stack[1]))
         assert np.array_equal(labels, engine.segment_slices(stack))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([[[0, 7], [7, 10001]], [[3, 3], [0, 0]]], dtype=np.uint32),  # ids per slice
+        np.array([[0, 2**40], [5, 5]], dtype=np.int64),  # huge ids: np.unique's path
+        np.array([[-1, 0], [5, 0]], dtype=np.int32),  # negative: np.unique's path
+        np.array([[0.5, 0.0]]),  # floats: np.unique's path
+        np.zeros((2, 0, 4), dtype=np.uint32),  # empty
+        np.array([3, 0, 2], dtype=np.uint16),  # one row
+    ],
+)
+def test_count_objects_counts_distinct_ids_per_slice(labels):
+    from empanada_napari.core.inference.slices import count_objects
+
+    planes = labels.reshape(-1, labels.shape[-1]) if labels.ndim == 1 else labels
+    planes = planes[None] if planes.ndim == 2 else planes
+    expected = sum(np.count_nonzero(np.unique(p)) for p in planes)
+    assert count_objects(labels) == expected
