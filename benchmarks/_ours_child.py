@@ -72,8 +72,11 @@ class TimedModule:
         import numpy as np
         import torch
 
+        from empanada_napari.core.memory import reuse_freed_memory
+
         total = 0.0
-        with open(path, "rb") as fh, torch.inference_mode():
+        # Under the same allocator settings as the engine's run (core/memory.py).
+        with open(path, "rb") as fh, torch.inference_mode(), reuse_freed_memory():
             for k, (shape, steps, interp, channels_last) in enumerate(self.calls):
                 x = torch.from_numpy(np.fromfile(fh, np.float32, int(np.prod(shape))))
                 x = x.reshape(shape)

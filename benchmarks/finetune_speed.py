@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             marks.append(time.process_time())
             optimizer.step()
             marks.append(time.process_time())
-            row = {k: round(b - a, 3) for k, a, b in zip(PHASES, marks, marks[1:], strict=True)}
+            spans = zip(PHASES, marks[:-1], marks[1:], strict=True)
+            row = {k: round(b - a, 3) for k, a, b in spans}
             row["total"] = round(marks[-1] - marks[0], 3)
             rows.append(row)
             print(args.mode, it + 1, json.dumps(row), flush=True)

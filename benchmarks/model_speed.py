@@ -29,8 +29,11 @@ CONFIGS = [
 
 
 def time_forward(module, x, repeats: int, amp: bool = False) -> float:
-    """Median seconds per call of ``module(x, 2, True)`` after one warm-up."""
+    """Median seconds per call of ``module(x, 2, True)`` after one warm-up, with freed memory
+    kept for reuse as during a segmentation job (core/memory.py)."""
     import torch
+
+    from empanada_napari.core.memory import reuse_freed_memory
 
     def call():
         with (
@@ -41,7 +44,8 @@ def time_forward(module, x, repeats: int, amp: bool = False) -> float:
         if x.device.type == "cuda":
             torch.cuda.synchronize()
 
-    return time_call(call, repeats)
+    with reuse_freed_memory():
+        return time_call(call, repeats)
 
 
 def selected(name: str, archs: str | None) -> bool:

@@ -28,17 +28,21 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchi
 
 
 def _forward_pass(engine, volume, value_range) -> None:
-    """The model calls alone on the pipeline's padded batches (the floor)."""
+    """The model calls alone on the pipeline's padded batches (the floor), under the same
+    allocator settings as the pipeline (core/memory.py)."""
     import torch
 
+    from empanada_napari.core.memory import reuse_freed_memory
+
     bs = engine.default_batch_size(volume.shape[1:])
-    for start in range(0, volume.shape[0], bs):
-        batch = engine.normalize(volume[start : start + bs], value_range)
-        x = torch.from_numpy(batch)[:, None].to(engine.device)
-        pad = engine.model.padding_factor
-        h, w = x.shape[-2:]
-        x = torch.nn.functional.pad(x, (0, -w % pad, 0, -h % pad))
-        engine._forward(x, 2, engine.settings.fine_boundaries)
+    with reuse_freed_memory():
+        for start in range(0, volume.shape[0], bs):
+            batch = engine.normalize(volume[start : start + bs], value_range)
+            x = torch.from_numpy(batch)[:, None].to(engine.device)
+            pad = engine.model.padding_factor
+            h, w = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (0, -w % pad, 0, -h % pad))
+            engine._forward(x, 2, engine.settings.fine_boundaries)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
 

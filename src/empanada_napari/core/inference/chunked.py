@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, is_cancelled, report
+from ..memory import reuse_freed_memory
 from ..output import ZarrOutput, check_not_input, check_writable, output_lock
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, BlockSettings, resolve, settings_for_model
@@ -62,6 +63,7 @@ from .blocks.store import (
 __all__ = ["WORK_DIR", "Block", "BlockSettings", "plan_blocks", "segment_volume"]
 
 
+@reuse_freed_memory()
 def segment_volume(
     image,
     model="default",

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
+from ..memory import reuse_freed_memory
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
@@ -308,19 +309,22 @@ class Engine2D:
             value_range = intensity_range(stack)
         total = stack.shape[0]
         bs = self.default_batch_size(stack.shape[1:])
-        for start in range(first, total, bs):
-            if is_cancelled(cancel):
-                raise Cancelled(f"Cancelled after {start} of {total} slices.")
-            batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
-            raw = self.infer(batch, cancel)
-            if is_cancelled(cancel):
-                raise Cancelled(f"Cancelled after {start} of {total} slices.")
-            labels = np.stack([self.postprocess(raw, i) for i in range(batch.shape[0])])
-            if self.settings.min_area:  # 2D mode only: 3D modes filter whole objects
-                labels = np.stack([pp.remove_small(lab, self.settings.min_area) for lab in labels])
-            if progress is not None:
-                progress(min(start + bs, total), total)
-            yield start, labels
+        with reuse_freed_memory():  # for the whole run, not per batch (see core/memory.py)
+            for start in range(first, total, bs):
+                if is_cancelled(cancel):
+                    raise Cancelled(f"Cancelled after {start} of {total} slices.")
+                batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
+                raw = self.infer(batch, cancel)
+                if is_cancelled(cancel):
+                    raise Cancelled(f"Cancelled after {start} of {total} slices.")
+                labels = np.stack([self.postprocess(raw, i) for i in range(batch.shape[0])])
+                if self.settings.min_area:  # 2D mode only: 3D modes filter whole objects
+                    labels = np.stack(
+                        [pp.remove_small(lab, self.settings.min_area) for lab in labels]
+                    )
+                if progress is not None:
+                    progress(min(start + bs, total), total)
+                yield start, labels
 
     def segment_slices(
         self,

@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, part_progress
+from ..memory import reuse_freed_memory
 from ..metrics import label_overlap
 from ..preprocess import intensity_range
 from ..settings import OrthoSettings, StackSettings, resolve
@@ -165,6 +166,7 @@ def _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_
         region[member] = new_ids[inverse]
 
 
+@reuse_freed_memory()
 def segment_ortho(
     volume,
     engine: Engine2D,

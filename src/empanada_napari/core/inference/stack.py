@@ -33,6 +33,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
+from ..memory import reuse_freed_memory
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, LINKING, StackSettings, resolve
 from .engine import Engine2D
@@ -278,6 +279,7 @@ def median_of(planes: list[torch.Tensor]) -> torch.Tensor:
     return v[len(v) // 2]
 
 
+@reuse_freed_memory()
 def segment_stack_3d(
     volume,
     engine: Engine2D,

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, check_cancelled, report
+from ..memory import reuse_freed_memory
 from ..settings import StackSettings
 
 STRATEGIES = ("random", "points", "uncertain")
@@ -363,6 +364,7 @@ def _engine(model, device, engine_params: Mapping[str, Any] | None):
     return Engine2D(model, device, **dict(engine_params or {}))
 
 
+@reuse_freed_memory()
 def pick_patches(
     image,
     n: int = 16,

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..jobs import is_cancelled
+from ..memory import reuse_freed_memory
 from ..settings import InferenceSettings
 
 # Fewer corrected objects than this cannot tell settings apart: the defaults stay.
@@ -86,6 +87,7 @@ def _pooled_f1(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> flo
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
+@reuse_freed_memory()
 def tune_settings(
     model: Any,
     images: Sequence[np.ndarray],

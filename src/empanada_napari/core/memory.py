@@ -1,0 +1,75 @@
+"""Keep freed memory in the process while a model runs (glibc only; issue 19).
+
+A forward pass of the bundled model on two 768 x 1024 slices allocates and frees about
+300 MB of temporaries. With glibc's default thresholds much of it is handed back to the
+kernel after every call and faulted in (zeroed) again on the next one: about 50-70 thousand
+page faults per call, a quarter of the CPU forward time on 2 cores (docs/benchmarks.md).
+Inside :func:`reuse_freed_memory` buffers up to 32 MiB come from the heap and freed memory
+stays there (up to 1 GiB); when the last job leaves, glibc's trim threshold is restored and
+the free memory is returned to the kernel (``malloc_trim``); the mmap threshold stays at
+32 MiB, the ceiling glibc's own adaptive threshold grows to. Results are bit-identical: only
+where buffers live changes. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: glibc's default trim threshold, restored when the last job ends.
+_DEFAULT_TRIM = 128 * 1024
+#: The largest mmap threshold glibc accepts on 64-bit (its own adaptive ceiling).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Free memory kept at the top of the heap during a job.
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_lock = threading.Lock()
+_active = 0
+_libc = None
+
+
+def _glibc():
+    """The C library when it is glibc (with mallopt and malloc_trim), else None."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.mallopt, lib.malloc_trim  # noqa: B018 - both must exist
+                _libc = lib
+            except (OSError, AttributeError):
+                pass
+    return _libc or None
+
+
+@contextmanager
+def reuse_freed_memory() -> Iterator[bool]:
+    """Run a job with freed memory kept for reuse; yields whether that is in effect.
+
+    Nested and concurrent jobs share one setting: it starts with the first job and ends
+    with the last (then the kept memory is returned to the kernel)."""
+    global _active
+    lib = _glibc()
+    if lib is None:
+        yield False
+        return
+    with _lock:
+        _active += 1
+        if _active == 1:
+            lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    try:
+        yield True
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                lib.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+                lib.malloc_trim(0)
