@@ -5,9 +5,12 @@ A forward pass of the bundled model on two 768 x 1024 slices allocates and frees
 kernel after every call and faulted in (zeroed) again on the next one: about 50-70 thousand
 page faults per call, a quarter of the CPU forward time on 2 cores (docs/benchmarks.md).
 Inside :func:`reuse_freed_memory` buffers up to 32 MiB come from the heap and freed memory
-stays there (up to 1 GiB); when the last job leaves, glibc's trim threshold is restored and
-the free memory is returned to the kernel (``malloc_trim``); the mmap threshold stays at
-32 MiB, the ceiling glibc's own adaptive threshold grows to. Results are bit-identical: only
+stays there (up to 1 GiB); when the last job leaves, the free memory is returned to the kernel
+(``malloc_trim``) and the thresholds are left where glibc's own adaptive rule takes them for
+big buffers (mmap 32 MiB, trim 64 MiB): any ``mallopt`` call ends that adaptation for the
+process, so restoring glibc's initial 128 KiB would make every later big buffer fault (that
+made post-processing outside jobs 1.7x slower when tried: 122 thousand
+faults per 16 slices). Results are bit-identical: only
 where buffers live changes. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
 """
 
@@ -22,8 +25,8 @@ from contextlib import contextmanager
 
 #: mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: glibc's default trim threshold, restored when the last job ends.
-_DEFAULT_TRIM = 128 * 1024
+#: The trim threshold between jobs: twice the mmap threshold, as glibc's adaptive rule sets.
+IDLE_TRIM_THRESHOLD = 2 * 32 * 1024 * 1024
 #: The largest mmap threshold glibc accepts on 64-bit (its own adaptive ceiling).
 MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Free memory kept at the top of the heap during a job.
@@ -71,5 +74,5 @@ def reuse_freed_memory() -> Iterator[bool]:
         with _lock:
             _active -= 1
             if _active == 0:
-                lib.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+                lib.mallopt(_M_TRIM_THRESHOLD, IDLE_TRIM_THRESHOLD)
                 lib.malloc_trim(0)
