@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from empanada_napari.core.device import resolve_device
     from empanada_napari.core.models.architectures import build_model
     from empanada_napari.core.models.architectures.resnet import count_parameters
+    from empanada_napari.core.models.contract import load_torchscript
     from empanada_napari.core.models.loading import default_model_name, load_model
 
     device = resolve_device(args.device)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if not selected(name, args.archs):
             continue
         torch.manual_seed(0)
-        models.append((name, note, torch.jit.script(build_model(arch, **kwargs).eval()).to(device)))
+        module = torch.jit.script(build_model(arch, **kwargs).eval()).to(device)
+        models.append((name, note, module, count_parameters(module)))
     if selected("bundled", args.archs):
         # Every model that ships in the package, side by side in one run (the default first).
         default = default_model_name()
@@ -128,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(bundled model {name} not timed: {err})", file=sys.stderr)
                 continue
             note = "bundled, default" if name == default else "bundled"
-            models.append((loaded.name, note + ", loaded from disk", loaded.module))
+            # Counted on the file as saved: the loaded module is frozen on the CPU, its
+            # weights are constants then, not parameters.
+            params = count_parameters(load_torchscript(loaded.path, "cpu"))
+            models.append((loaded.name, note + ", loaded from disk", loaded.module, params))
     batches = (1, 4, 8) if device.type == "cuda" else (1,)
-    for name, note, module in models:
+    for name, note, module, params in models:
         for batch in batches:
             x = torch.randn(batch, 1, args.size, args.size, device=device)
             row = {
                 "model": name,
                 "note": note,
-                "params_m": count_parameters(module) / 1e6,
+                "params_m": params / 1e6,
                 "batch": batch,
                 "fp32_s_per_slice": time_forward(module, x, args.repeats) / batch,
             }
