@@ -186,3 +186,21 @@ def test_markdown_of_cuda_speed_and_two_proofread_runs():
     typical = ["typical (40-60th percentile), 15 objects", "4,029", "**2.2** / 377"]
     assert rows[0] == [*typical, "- / -", "**0.9** / 309"]
     assert rows[1][0] == "large (95-100th percentile), 15 objects"
+
+
+def test_finetune_speed_splits_each_iteration_into_its_phases(capsys):
+    """Two tiny iterations on the committed CDeep3M crop: every phase is timed, and the
+    phases add up to the iteration (an off-by-one once made the script stop at the first)."""
+    import json
+
+    from benchmarks import finetune_speed
+
+    assert (
+        finetune_speed.main(["--iterations", "2", "--batch-size", "2", "--patch-size", "64"]) == 0
+    )
+    rows = [json.loads(line.split(" ", 2)[2]) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row) == {*finetune_speed.PHASES, "total"}
+        assert min(row.values()) >= 0
+        assert abs(sum(row[k] for k in finetune_speed.PHASES) - row["total"]) < 0.01
