@@ -17,7 +17,6 @@ where buffers live changes. Elsewhere than glibc (macOS, Windows, musl) it does 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 import threading
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ def _glibc():
         _libc = False
         if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
             try:
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib = ctypes.CDLL(None)  # the process's own symbols: glibc's malloc
                 lib.mallopt, lib.malloc_trim  # noqa: B018 - both must exist
                 _libc = lib
             except (OSError, AttributeError):
