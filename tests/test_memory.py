@@ -81,3 +81,15 @@ def test_results_do_not_depend_on_it(toy_model, monkeypatch):
     monkeypatch.setattr(memory, "_libc", False)  # as on macOS or Windows
     plain = engine.segment_slices(stack)
     np.testing.assert_array_equal(kept, plain)
+
+
+def test_it_can_be_switched_off_and_respects_the_environments_trim_threshold(monkeypatch):
+    monkeypatch.setenv(memory.ENV_SWITCH, "0")
+    with memory.reuse_freed_memory() as active:
+        assert not active
+    assert memory._active == 0
+    monkeypatch.delenv(memory.ENV_SWITCH)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what dask's nannies set
+    assert memory._idle_trim_threshold() == 65536
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "not a number")
+    assert memory._idle_trim_threshold() == memory.IDLE_TRIM_THRESHOLD

@@ -17,6 +17,7 @@ where buffers live changes. Elsewhere than glibc (macOS, Windows, musl) it does 
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import threading
 from collections.abc import Iterator
@@ -24,8 +25,11 @@ from contextlib import contextmanager
 
 #: mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: The trim threshold between jobs: twice the mmap threshold, as glibc's adaptive rule sets.
+#: The trim threshold between jobs: twice the mmap threshold, as glibc's adaptive rule sets,
+#: unless the environment sets one (dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536``).
 IDLE_TRIM_THRESHOLD = 2 * 32 * 1024 * 1024
+#: Set to 0 to leave glibc's allocator alone.
+ENV_SWITCH = "EMPANADA_NAPARI_KEEP_FREED_MEMORY"
 #: The largest mmap threshold glibc accepts on 64-bit (its own adaptive ceiling).
 MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Free memory kept at the top of the heap during a job.
@@ -37,8 +41,11 @@ _libc = None
 
 
 def _glibc():
-    """The C library when it is glibc (with mallopt and malloc_trim), else None."""
+    """The C library when it is glibc (with mallopt and malloc_trim) and the setting is not
+    switched off (``EMPANADA_NAPARI_KEEP_FREED_MEMORY=0``), else None."""
     global _libc
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
     if _libc is None:
         _libc = False
         if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
@@ -73,5 +80,14 @@ def reuse_freed_memory() -> Iterator[bool]:
         with _lock:
             _active -= 1
             if _active == 0:
-                lib.mallopt(_M_TRIM_THRESHOLD, IDLE_TRIM_THRESHOLD)
+                lib.mallopt(_M_TRIM_THRESHOLD, _idle_trim_threshold())
                 lib.malloc_trim(0)
+
+
+def _idle_trim_threshold() -> int:
+    """``MALLOC_TRIM_THRESHOLD_`` from the environment when set (glibc read it at start),
+    else :data:`IDLE_TRIM_THRESHOLD`."""
+    try:
+        return int(os.environ["MALLOC_TRIM_THRESHOLD_"])
+    except (KeyError, ValueError):
+        return IDLE_TRIM_THRESHOLD
