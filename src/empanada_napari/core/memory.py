@@ -9,9 +9,9 @@ stays there (up to 1 GiB); when the last job leaves, the free memory is returned
 (``malloc_trim``) and the thresholds are left where glibc's own adaptive rule takes them for
 big buffers (mmap 32 MiB, trim 64 MiB): any ``mallopt`` call ends that adaptation for the
 process, so restoring glibc's initial 128 KiB would make every later big buffer fault (that
-made post-processing outside jobs 1.7x slower when tried: 122 thousand
-faults per 16 slices). Results are bit-identical: only
-where buffers live changes. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+made post-processing outside jobs 1.7x slower when tried: 122 thousand faults per 16
+slices). Results are bit-identical: only where buffers live changes. Elsewhere than glibc
+(macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations

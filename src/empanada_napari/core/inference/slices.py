@@ -21,6 +21,7 @@ from ..jobs import CancelFlag, Progress, report
 from ..output import ZarrOutput, input_fingerprint, output_lock
 from ..preprocess import check_image, intensity_range
 from .engine import Engine2D
+from .stack import present_ids
 
 FORMAT_VERSION = 1
 
@@ -36,13 +37,14 @@ def count_objects(labels: np.ndarray) -> int:
 
 def _distinct_nonzero(plane: np.ndarray) -> int:
     """Distinct non-zero ids of one plane. 2D ids are small (class * divisor + k), so a
-    bincount is used where it fits: about 20x faster than np.unique's hash on 768 x 1024."""
+    bincount does where it fits: about 4x faster than np.unique's hash on 768 x 1024."""
     flat = plane.reshape(-1)
     if flat.size == 0:
         return 0
-    top = int(flat.max())
-    if flat.dtype.kind in "ui" and int(flat.min()) >= 0 and top <= 4 * flat.size + 65536:
-        return int(np.count_nonzero(np.bincount(flat, minlength=1)[1:]))
+    if flat.dtype.kind in "ui" and flat.dtype != np.uint64 and int(flat.min()) >= 0:
+        ids = present_ids(flat)
+        if ids is not None:
+            return int(ids.size)
     return int(np.count_nonzero(np.unique(flat)))
 
 

@@ -40,20 +40,28 @@ from .engine import Engine2D
 from .objects import keep_objects, resolve_objects, sizes_and_boxes
 
 
+def present_ids(flat: np.ndarray) -> np.ndarray | None:
+    """The sorted non-zero ids of ``flat`` (integers >= 0) by one bincount, in linear time,
+    when they are small enough for it (the ids post-processing produces); else None."""
+    top = int(flat.max()) if flat.size else 0
+    if top > max(1 << 20, 4 * flat.size):
+        return None
+    present = np.bincount(flat, minlength=top + 1) > 0
+    present[0] = False
+    return np.flatnonzero(present)
+
+
 def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, dense): the sorted non-zero ids of ``labels`` and the image with id ``ids[k]``
     replaced by ``k + 1`` (uint32). Linear time for the small ids post-processing produces."""
     flat = labels.reshape(-1)
     if flat.dtype.kind == "b" or flat.dtype == np.uint64:
         flat = flat.astype(np.int64)  # bincount takes only types that fit int64 safely
-    top = int(flat.max()) if flat.size else 0
     if flat.size and int(flat.min()) < 0:
         raise InputError("labels must be >= 0")
-    if top <= max(1 << 20, 4 * flat.size):
-        present = np.bincount(flat, minlength=top + 1) > 0
-        present[0] = False
-        ids = np.flatnonzero(present)
-        lut = np.zeros(top + 1, dtype=np.uint32)
+    ids = present_ids(flat)
+    if ids is not None:
+        lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype=np.uint32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
         return ids, lut[labels]
     ids, inverse = np.unique(flat, return_inverse=True)
