@@ -25,6 +25,14 @@ def test_ortho_blocks_scores_blocks_against_one_block(toy_model_file):
     assert row["objects"] >= 1 and row["s"] > 0
     assert all(0.0 <= row[k] <= 1.0 for k in ortho_blocks.KEYS)
     assert row["semantic_iou"] > 0.9  # two blocks of a small crop: the masks nearly agree
+    assert row["blocks"] == 2 and row["work"] > 1.0  # the halo is seen twice
+
+
+def test_ortho_blocks_memory_rows_compare_the_two_default_rules():
+    rows = ortho_blocks.memory_rows((96, 384, 1024), 2)
+    (chosen, halo), (fixed, same_halo) = rows.values()
+    assert halo == same_halo and fixed == (160, 160, 160)
+    assert chosen[0] == 96 and chosen != fixed  # larger blocks, the thin axis left whole
 
 
 def test_accuracy_harness_quick(tmp_path, capsys):

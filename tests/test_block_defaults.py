@@ -4,13 +4,26 @@ equals today's chunked ortho up to the documented block-edge tolerance (docs/inf
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tifffile
 
-from empanada_napari.core.inference.blocks.plan import ORTHO_BLOCK, default_chunks
+from empanada_napari.core.inference.blocks import plan
+from empanada_napari.core.inference.blocks.plan import (
+    BYTES_PER_VOXEL,
+    MEMORY_FRACTION,
+    ORTHO_BLOCK,
+    OUTPUT_CHUNK,
+    default_chunks,
+    default_halo,
+    grid_alignment,
+    output_chunks,
+    plan_blocks,
+)
 from empanada_napari.core.inference.chunked import segment_volume
-from empanada_napari.core.metrics import evaluate, match_instances
+from empanada_napari.core.metrics import evaluate, match_instances, same_partition
 
 from .conftest import DATA
 
@@ -19,17 +32,81 @@ HELD_OUT = (165, 768, 1024)  # the size of the Lucchi test volume
 GB = 1 << 30
 
 
+def padded_voxels(shape, chunks, mode, axis="xy") -> list[int]:
+    blocks = plan_blocks(shape, chunks, default_halo(mode, axis), grid_alignment(mode, axis))
+    return [math.prod(s.stop - s.start for s in b.padded) for b in blocks]
+
+
 def test_a_volume_that_fits_in_memory_is_one_block():
-    # 130 M voxels: one block on a 24 GB machine in both modes, blocks on a 4 GB one.
+    # 130 M voxels: one block on a 24 GB machine in both modes.
     assert default_chunks(HELD_OUT, "ortho", memory=24 * GB) == HELD_OUT
     assert default_chunks(HELD_OUT, "stack", memory=24 * GB) == HELD_OUT
-    assert default_chunks(HELD_OUT, "ortho", memory=4 * GB) == ORTHO_BLOCK
-    assert default_chunks(HELD_OUT, "stack", "xz", memory=4 * GB) == (512, 64, 512)
-    # Unknown memory (0) and a cluster: blocks by size only, small volumes still one block.
+    # Unknown memory (0) and a cluster: the fixed blocks, small volumes still one block.
+    assert default_chunks(HELD_OUT, "ortho", memory=0) == ORTHO_BLOCK
     assert default_chunks(HELD_OUT, "stack", memory=0) == (64, 512, 512)
+    assert default_chunks(HELD_OUT, "stack", "xz", memory=0) == (512, 64, 512)
     assert default_chunks((16, 320, 320), "ortho", memory=0) == (16, 320, 320)
-    # Terabytes never become one block.
-    assert default_chunks((3000, 20000, 20000), "stack") == (64, 512, 512)
+
+
+@pytest.mark.parametrize("mode", ["stack", "ortho"])
+@pytest.mark.parametrize(
+    "shape, memory",
+    [(HELD_OUT, 4 * GB), (HELD_OUT, 1 * GB), ((2000, 4000, 4000), 24 * GB),
+     ((3000, 20000, 20000), 64 * GB)],
+)  # fmt: skip
+def test_bigger_volumes_get_the_largest_blocks_memory_allows(shape, memory, mode):
+    chunks = default_chunks(shape, mode, memory=memory)
+    assert chunks != shape
+    sizes = padded_voxels(shape, chunks, mode)
+    # Every padded block's working memory fits the share of RAM the rule allows ...
+    assert max(sizes) * BYTES_PER_VOXEL[mode] <= MEMORY_FRACTION * memory
+    # ... and the network sees far fewer voxels twice than with the fixed blocks (160^3
+    # blocks with halo 16 make ortho do ~2x the work; stack 64 x 512 x 512 ~1.4x).
+    fixed = default_chunks(shape, mode, memory=0)
+    work, fixed_work = sum(sizes), sum(padded_voxels(shape, fixed, mode))
+    assert work <= fixed_work
+    if memory >= 4 * GB:  # blocks well above the fixed ones' 0.5-0.7 GB
+        assert work <= (0.7 if mode == "ortho" else 0.95) * fixed_work
+        assert work <= 1.4 * math.prod(shape)
+
+
+def test_stack_blocks_keep_whole_planes_when_they_fit():
+    # 4 GB: two slabs of whole 768 x 1024 planes (cut along the stack axis only), whatever
+    # the stack axis; planes too big for memory are cut.
+    assert default_chunks(HELD_OUT, "stack", memory=4 * GB)[1:] == HELD_OUT[1:]
+    xz = default_chunks(HELD_OUT, "stack", "xz", memory=4 * GB)
+    assert (xz[0], xz[2]) == (HELD_OUT[0], HELD_OUT[2]) and xz[1] < HELD_OUT[1]
+    big = default_chunks((3000, 20000, 20000), "stack", memory=24 * GB)
+    assert big[1] < 20000 and big[2] < 20000
+    # Too little memory for even the smallest blocks: the fixed ones.
+    assert default_chunks(HELD_OUT, "ortho", memory=2**20) == ORTHO_BLOCK
+
+
+@pytest.mark.parametrize(
+    "chunks", [(165, 768, 1024), (64, 512, 512), (160, 160, 160), (96, 1344, 1344), (67, 13, 96)]
+)
+def test_output_chunks_split_each_block_evenly(chunks):
+    out = output_chunks(chunks)
+    # No two blocks ever write one zarr chunk, and no chunk is huge where a divisor exists.
+    assert all(c % o == 0 for c, o in zip(chunks, out, strict=True))
+    assert all(o <= max(c, limit) for c, o, limit in zip(chunks, out, OUTPUT_CHUNK, strict=True))
+    assert math.prod(out) <= math.prod(OUTPUT_CHUNK) or out == chunks
+
+
+def test_memory_chosen_blocks_equal_the_whole_volume(tmp_path, toy_model, monkeypatch):
+    # A machine too small for the volume as one block (room for 50 padded planes): it is cut
+    # into two slabs of whole planes, which give the one-block labels up to relabelling, here
+    # through a zarr output. The real crop and its mirror image make 32 slices.
+    volume = np.concatenate([RAW, RAW[::-1]])
+    params = dict(mode="stack", min_size=0, min_extent=0)
+    one = segment_volume(volume, toy_model, **params)
+    monkeypatch.setattr(plan, "SINGLE_BLOCK_VOXELS", 0)
+    plane = 320 * 320 * BYTES_PER_VOXEL["stack"]
+    monkeypatch.setattr(plan, "total_memory", lambda: int(50 * plane / MEMORY_FRACTION))
+    assert plan.default_chunks(volume.shape, "stack") == (32, 320, 320)
+    out = segment_volume(volume, toy_model, out=tmp_path / "o.zarr", **params)
+    assert out.chunks == output_chunks((32, 320, 320))
+    assert same_partition(np.asarray(out), one)
 
 
 @pytest.mark.xfail(

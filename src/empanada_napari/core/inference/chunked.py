@@ -48,6 +48,7 @@ from .blocks.plan import (
     default_halo,
     grid_alignment,
     neighbours,
+    output_chunks,
     plan_blocks,
 )
 from .blocks.resolve import resolve_blocks
@@ -160,7 +161,7 @@ def segment_volume(
         output = ZarrOutput(
             store,
             shape,
-            chunks,
+            output_chunks(chunks),
             fingerprint(image, loaded, job),
             resume=resume,
             overwrite=overwrite,

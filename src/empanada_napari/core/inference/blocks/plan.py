@@ -23,6 +23,15 @@ MEMORY_FRACTION = 0.5
 BYTES_PER_VOXEL = {"stack": 24, "ortho": 88}
 STACK_BLOCK, STACK_HALO = (64, 512, 512), (8, 32, 32)  # (stack axis, plane, plane)
 ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
+# The smallest piece memory_chunks cuts an axis into (one network grid step of 32); its
+# pieces are multiples of it.
+MIN_CHUNK = 32
+# Largest chunk of a zarr output along each axis (uint32: 64 MB), so a viewer reading one
+# slice of a result made of big blocks reads little more than that slice.
+OUTPUT_CHUNK = (64, 512, 512)
+# Stack mode keeps image planes whole when that costs at most this much more network work
+# than the cheapest cut: blocks cut only along the stack axis give the unchunked labels.
+WHOLE_PLANE_SLACK = 1.25
 MODES = ("stack", "ortho")
 
 
@@ -94,14 +103,101 @@ def default_chunks(
     shape: tuple[int, ...], mode: str, axis: str = "xy", memory: int | None = None
 ) -> tuple[int, int, int]:
     """Block shape used when none is given: the whole volume when it is small or its working
-    memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM)."""
+    memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM);
+    otherwise the blocks of :func:`memory_chunks` (``memory`` 0, unknown or a cluster: the
+    fixed ``STACK_BLOCK`` / ``ORTHO_BLOCK`` shapes)."""
+    shape = tuple(int(s) for s in shape)
     voxels = math.prod(shape)
     memory = total_memory() if memory is None else memory
-    if voxels <= SINGLE_BLOCK_VOXELS or voxels * BYTES_PER_VOXEL[mode] <= MEMORY_FRACTION * memory:
-        return tuple(int(s) for s in shape)  # type: ignore[return-value]
-    if mode == "ortho":
-        return ORTHO_BLOCK
-    return along_axis(STACK_BLOCK, axis)
+    budget = int(MEMORY_FRACTION * memory / BYTES_PER_VOXEL[mode])
+    if voxels <= SINGLE_BLOCK_VOXELS or voxels <= budget:
+        return shape  # type: ignore[return-value]
+    fixed = ORTHO_BLOCK if mode == "ortho" else along_axis(STACK_BLOCK, axis)
+    if budget <= 0:
+        return fixed
+    halo = default_halo(mode, axis)
+    whole = () if mode == "ortho" else AXES[axis][1:]
+    chosen = memory_chunks(shape, halo, grid_alignment(mode, axis), budget, whole)
+    return fixed if chosen is None else chosen
+
+
+def output_chunks(chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunks of a zarr output written block by block: per axis the largest divisor of the
+    block's size up to :data:`OUTPUT_CHUNK` (so no two blocks ever write one chunk), or the
+    block's size where the only such divisors are much smaller (a prime size, say)."""
+    out = []
+    for chunk, limit in zip(chunks, OUTPUT_CHUNK, strict=True):
+        divisor = max(d for d in range(1, min(chunk, limit) + 1) if chunk % d == 0)
+        out.append(divisor if divisor * 4 >= min(chunk, limit) else chunk)
+    return tuple(out)
+
+
+def _axis_plans(size: int, halo: int, align: int) -> list[tuple[int, int, int]]:
+    """(chunk, largest padded extent, summed padded extent) of the ways to cut one axis,
+    from one piece down to pieces of ``MIN_CHUNK`` (every count up to 16, then ~1.2x steps)."""
+    out, seen, n = [], set(), 1
+    while True:
+        # Pieces in multiples of MIN_CHUNK, so output_chunks can split them evenly.
+        chunk = -(-size // n)
+        chunk = -(-chunk // MIN_CHUNK) * MIN_CHUNK if n > 1 else size
+        if chunk < min(MIN_CHUNK, size):
+            break
+        if chunk not in seen:
+            seen.add(chunk)
+            pads = [
+                min(size, start + chunk + halo) - max(0, start - halo) // align * align
+                for start in range(0, size, chunk)
+            ]
+            out.append((chunk, max(pads), sum(pads)))
+        if chunk <= MIN_CHUNK:
+            break
+        n = n + 1 if n < 16 else max(n + 1, int(n * 1.2))
+    return out
+
+
+def memory_chunks(
+    shape: tuple[int, int, int],
+    halo: tuple[int, int, int],
+    align: tuple[int, int, int],
+    budget: int,
+    whole: tuple[int, ...] = (),
+) -> tuple[int, int, int] | None:
+    """Blocks whose padded size fits ``budget`` voxels with the least network work in all.
+
+    Every way of cutting the volume (per axis: a number of equal pieces, starts aligned as
+    :func:`plan_blocks` aligns them) is scored by the voxels all padded blocks hold together,
+    which counts every halo voxel the network sees twice; the cheapest whose largest padded
+    block fits wins (ties: fewer blocks). Axes in ``whole`` are kept uncut when that costs at
+    most :data:`WHOLE_PLANE_SLACK` times the cheapest work (stack mode: whole planes give the
+    network the view of an unchunked run). None when even the smallest blocks do not fit.
+    """
+    per_axis = [_axis_plans(s, h, a) for s, h, a in zip(shape, halo, align, strict=True)]
+    best = _cheapest(shape, per_axis, budget)
+    if best is None or not whole:
+        return None if best is None else best[1]
+    uncut = [p[:1] if k in whole else p for k, p in enumerate(per_axis)]
+    kept = _cheapest(shape, uncut, budget)
+    if kept is not None and kept[0][0] <= WHOLE_PLANE_SLACK * best[0][0]:
+        return kept[1]
+    return best[1]
+
+
+def _cheapest(shape, per_axis, budget):
+    """((work, blocks), chunks) of the cheapest combination of per-axis cuts that fits."""
+    best = None
+    for c0, m0, t0 in per_axis[0]:
+        for c1, m1, t1 in per_axis[1]:
+            if m0 * m1 * per_axis[2][-1][1] > budget:
+                continue
+            for c2, m2, t2 in per_axis[2]:
+                if m0 * m1 * m2 > budget:
+                    continue
+                count = math.prod(-(-s // c) for s, c in zip(shape, (c0, c1, c2), strict=True))
+                key = (t0 * t1 * t2, count)
+                if best is None or key < best[0]:
+                    best = (key, (c0, c1, c2))
+                break  # larger pieces along the last axis come first: the first fit is best
+    return best
 
 
 def total_memory() -> int:
