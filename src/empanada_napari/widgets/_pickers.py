@@ -3,6 +3,8 @@ plugin-wide "use this model now" signal), device and layer choices."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import napari
@@ -10,6 +12,11 @@ from magicgui.widgets import ComboBox
 from qtpy.QtCore import QObject, Signal
 
 from ..core.errors import EmpanadaError
+from ._common import _gui_friendly_threads
+
+logger = logging.getLogger(__name__)
+#: Set to 0 to open docks without loading their model in the background (the tests do).
+PRELOAD_ENV = "EMPANADA_NAPARI_PRELOAD"
 
 if TYPE_CHECKING:
     from ..core.models.registry import ModelRegistry
@@ -124,6 +131,42 @@ class ModelPicker(ComboBox):
             self.tooltip = self.registry.get(name).description if name else ""
         except EmpanadaError:
             self.tooltip = ""
+
+
+def preload_model(picker: ModelPicker, device: ComboBox) -> None:
+    """Load the chosen model in a worker thread when a dock opens and whenever the model or
+    the device changes, if its file is on this computer already (never a download), so the
+    first Run finds it in ``load_model``'s cache instead of waiting for it. A failure is left
+    for Run to report; a Run that starts during the load waits for it (the cache's lock)."""
+    if os.environ.get(PRELOAD_ENV, "1") == "0":
+        return
+    from napari.qt.threading import create_worker
+
+    def start(*_: Any) -> None:
+        name, dev = picker.value, device.value
+        try:
+            if not name or picker.registry.local_file(name) is None:
+                return
+        except EmpanadaError:
+            return
+        worker = create_worker(_preload, name, dev, _start_thread=False)
+        picker._preload_worker = worker  # keep it alive until it ends
+        worker.start()
+
+    picker.changed.connect(start)
+    device.changed.connect(start)
+    start()
+
+
+def _preload(name: str, device: str) -> None:
+    try:
+        _gui_friendly_threads()
+        from ..core.inference import engine  # noqa: F401 - its imports, also before Run
+        from ..core.models.loading import load_model
+
+        load_model(name, device)
+    except Exception:  # noqa: BLE001 - Run loads it again and says what is wrong
+        logger.debug("preloading %s failed", name, exc_info=True)
 
 
 _DEVICES: list[str] = []  # every device torch can use here, found once per session

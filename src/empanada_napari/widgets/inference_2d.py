@@ -29,7 +29,7 @@ from ._common import (
     write_into_labels,
 )
 from ._layout import dock
-from ._pickers import LayerPicker, ModelPicker, device_picker
+from ._pickers import LayerPicker, ModelPicker, device_picker, preload_model
 
 if TYPE_CHECKING:
     import napari
@@ -86,6 +86,7 @@ class Inference2DWidget(Container):
             self.jobs,
         )
         follow_model_settings(self.model, self.controls)
+        preload_model(self.model, self.device)
         self.region.changed.connect(self._on_region)
         watch_inputs(self, napari_viewer)
 

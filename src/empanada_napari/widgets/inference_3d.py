@@ -32,7 +32,7 @@ from ._common import (
     watch_inputs,
 )
 from ._layout import dock
-from ._pickers import LayerPicker, ModelPicker, device_picker
+from ._pickers import LayerPicker, ModelPicker, device_picker, preload_model
 
 MODES = ("stack", "ortho")
 
@@ -132,6 +132,7 @@ class Inference3DWidget(Container):
         )
         self.mode.changed.connect(self._on_mode)
         follow_model_settings(self.model, self.controls)
+        preload_model(self.model, self.device)
         watch_inputs(self, napari_viewer)
 
     def _on_mode(self, *_: Any) -> None:
