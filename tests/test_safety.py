@@ -163,3 +163,37 @@ def test_a_second_run_on_a_busy_output_is_told_it_is_in_use(tmp_path, toy_model_
         assert main([*args, "--mode", "stack"]) == 2
     assert "in use by another run" in capsys.readouterr().err
     assert main([*args, "--mode", "stack"]) == 0  # and the lock is gone with that run
+
+
+def test_ctrl_c_during_a_chunked_run_keeps_finished_blocks_for_resume(tmp_path, toy_model_file):
+    # A real SIGINT to the CLI while it segments blocks in its own thread: it stops with
+    # exit status 130 and a message, and resume finishes the same labels as a whole run.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in.tif"
+    volume = np.concatenate([RAW] * 8)  # 128 slices in 32 blocks along z
+    tifffile.imwrite(src, volume)
+    out = tmp_path / "labels.zarr"
+    args = ["segment", str(src), "--model", str(toy_model_file), "--mode", "stack",
+            "--chunks", "4,320,320", "--halo", "2,0,0", "--no-progress", "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "empanada_napari.cli", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    work = out / ".empanada-work"
+    deadline = time.monotonic() + 120
+    while not (work.exists() and len(list(work.glob("*.npz"))) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert zarr.open_array(str(out), mode="r").attrs["empanada"]["status"] == "running"
+    assert main([*args, "--resume"]) == 0
+    whole = tmp_path / "whole.zarr"
+    assert main([*args[:-1], str(whole)]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(whole))[:])

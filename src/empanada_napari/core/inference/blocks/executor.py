@@ -1,6 +1,6 @@
-"""Where block tasks run: a thread of this process, or a dask.distributed cluster.
+"""Where block tasks run: the calling thread, or a dask.distributed cluster.
 
-Both are ``concurrent.futures`` executors (a ``ThreadPoolExecutor``, or the executor a
+Both are ``concurrent.futures`` executors (:class:`InThreadExecutor`, or the executor a
 ``distributed.Client`` provides with ``get_executor``), so one loop submits and awaits tasks
 for either.
 """
@@ -24,6 +24,26 @@ def _client_classes():
     except ImportError as err:  # an optional extra on some installs
         raise InputError(_DISTRIBUTED_HINT) from err
     return Client, LocalCluster
+
+
+class InThreadExecutor(cf.Executor):
+    """Runs each task at submit, in the calling thread, and returns its finished future.
+
+    In-process blocks run one at a time anyway (torch uses every core for one block), and
+    running them in the caller's thread keeps torch's work in one thread: once a second
+    thread has run torch's parallel code, the OpenMP runtime (libgomp, the Linux wheels')
+    counts more threads than cores and stops its workers spinning between operations, and
+    every forward pass of the process gets slower (1.3x on 2 cores; docs/benchmarks.md).
+    Ctrl+C (KeyboardInterrupt) propagates at once instead of being stored in the future.
+    """
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - re-raised by future.result()
+            future.set_exception(exc)
+        return future
 
 
 class Runner:
@@ -60,10 +80,10 @@ class Runner:
                 self._own = [self.client]
             self.slots = max(1, sum(self.client.nthreads().values()))
         else:
-            # In-process: one block at a time; torch already uses every core for a block.
+            # In-process: one block at a time, in this thread (InThreadExecutor).
             self.slots = 1
         if self.client is None:
-            self.executor: cf.Executor = cf.ThreadPoolExecutor(max_workers=self.slots)
+            self.executor: cf.Executor = InThreadExecutor()
         else:
             self.executor = self.client.get_executor(pure=False)
 
