@@ -1,5 +1,6 @@
 """Docks load their model in the background when they open (issue 19: a first click does not
-wait for the model), never download one, and a Run during the load still works."""
+wait for the model), never download one, and a Run during the load still works; every job
+that runs a model, and the preloading, run in one thread (widgets/_common.compute_executor)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,61 @@ def test_run_during_the_preload_waits_for_it(make_napari_viewer, qtbot, fresh_ca
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60_000)
     assert widget.jobs.status.value.startswith("Done") or "object" in widget.jobs.status.value
     assert len(cached_models()) == 1  # loaded once, by whichever came first
+
+
+def test_model_jobs_and_preloading_share_one_thread(
+    make_napari_viewer, qtbot, fresh_cache, monkeypatch
+):
+    import threading
+
+    import numpy as np
+
+    from empanada_napari.widgets import _pickers, inference_2d, inference_3d
+
+    threads: dict[str, int] = {}
+
+    def recorded(name, fn):
+        def wrapper(*args, **kwargs):
+            threads[name] = threading.get_ident()
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(_pickers, "_preload", recorded("preload", _pickers._preload))
+    monkeypatch.setattr(inference_2d, "_segment", recorded("2d", inference_2d._segment))
+    monkeypatch.setattr(inference_3d, "segment", recorded("3d", inference_3d.segment))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8))
+    docks = [
+        viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+        for name in ("2D Inference (Parameter Testing)", "3D Inference")
+    ]
+    for dock in docks:
+        dock.jobs.run_button.native.click()
+        qtbot.waitUntil(lambda dock=dock: not dock.jobs.busy, timeout=60_000)
+    assert set(threads) == {"preload", "2d", "3d"}
+    assert len(set(threads.values())) == 1
+    assert threading.get_ident() not in threads.values()  # never the GUI thread
+
+
+def test_a_job_waits_for_the_running_one_and_can_be_cancelled_meanwhile(qtbot):
+    import threading
+
+    from empanada_napari.widgets._common import JobPanel
+
+    started, release, ran = threading.Event(), threading.Event(), []
+    first, second = JobPanel("first", lambda: None), JobPanel("second", lambda: None)
+
+    def blocking(progress, cancel):
+        started.set()
+        return release.wait(30)
+
+    first.start(blocking, lambda _: "first done", compute=True)
+    qtbot.waitUntil(started.is_set)
+    second.start(lambda progress, cancel: ran.append(1), lambda _: "ran", compute=True)
+    assert "after the running job" in second.status.value
+    second.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: not first.busy and not second.busy, timeout=30_000)
+    assert first.status.value == "first done"
+    assert second.status.value == "Cancelled." and ran == []

@@ -74,16 +74,42 @@ JobFunction = Callable[[Callable[[int, int], None], threading.Event], Any]
 BUTTON_HEIGHT = 28
 
 
-def _gui_friendly_threads() -> None:
-    """Leave one core to the GUI: torch gets one thread fewer than the machine has (set
-    once, in the worker, when the first job runs; torch is imported there, not at load)."""
-    import os
+_COMPUTE: list[Any] = []  # the plugin's compute thread (an executor), made on first use
+_COMPUTE_LOCK = threading.Lock()
+_compute_jobs = 0  # jobs submitted to it and not finished (read by the docks for "waiting")
 
-    import torch
 
-    cores = os.cpu_count() or 1
-    if cores > 1 and torch.get_num_threads() >= cores:
-        torch.set_num_threads(cores - 1)
+def compute_executor():
+    """The one thread that runs every job using a model (and the docks' model preloading).
+
+    Once two live threads have run torch's parallel code, the OpenMP runtime of the Linux
+    wheels (libgomp) counts more threads than cores and stops its idle workers spinning
+    between operations; every forward pass then took 1.3x longer (docs/benchmarks.md).
+    napari's worker threads come and go, so model work is handed to this thread and the
+    worker waits for it. Jobs that use a model therefore run one after another."""
+    with _COMPUTE_LOCK:
+        if not _COMPUTE:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _COMPUTE.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="empanada"))
+        return _COMPUTE[0]
+
+
+def in_compute_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn()`` in :func:`compute_executor`'s thread and wait for its result."""
+    global _compute_jobs
+    with _COMPUTE_LOCK:
+        _compute_jobs += 1
+    try:
+        return compute_executor().submit(fn).result()
+    finally:
+        with _COMPUTE_LOCK:
+            _compute_jobs -= 1
+
+
+def compute_busy() -> bool:
+    """True while a job that uses a model runs or waits (a new one would wait for it)."""
+    return _compute_jobs > 0
 
 
 class JobPanel(Container):
@@ -197,12 +223,14 @@ class JobPanel(Container):
         description: str = "Running",
         on_info: Callable[[Any], None] | None = None,
         result_after_cancel: bool = False,
+        compute: bool = False,
     ) -> None:
         """Run ``job`` in a thread worker (see the class docstring). Every ``info`` mapping
         the job reports (``progress(done, total, info)``) reaches ``on_info`` in the GUI
         thread, in order (e.g. a training iteration's losses for a live plot). A result
         returned after Cancel is dropped unless ``result_after_cancel`` (training keeps the
-        model learned so far)."""
+        model learned so far). Jobs that run a model pass ``compute=True``: they run in the
+        plugin's compute thread (:func:`compute_executor`), after any such job before them."""
         from napari.qt.threading import create_worker
         from napari.utils import progress as activity
 
@@ -215,10 +243,14 @@ class JobPanel(Container):
             if info is not None and on_info is not None:
                 self._infos.append(dict(info))  # list.append is atomic under the GIL
 
+        def run_job():
+            if cancel.is_set():  # cancelled while it waited for another job
+                raise Cancelled("Cancelled before it started.")
+            return job(progress, cancel)
+
         def work():
             try:
-                _gui_friendly_threads()
-                return job(progress, cancel)
+                return in_compute_thread(run_job) if compute else run_job()
             except EmpanadaError as exc:
                 return _Failure(exc)
             except Exception as exc:  # noqa: BLE001 - shown to the user, traceback logged
@@ -229,7 +261,8 @@ class JobPanel(Container):
         self.progress.value = 0
         self.progress.max = 1
         self.progress.label = "progress"
-        self.status.value = f"{description}..."
+        waits = compute and compute_busy()
+        self.status.value = f"{description}..." + (" (after the running job)" if waits else "")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self._activity = activity(total=0, desc=description)

@@ -271,7 +271,14 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
         )
 
     plot.reset()
-    jobs.start(job, done, description=description, on_info=plot.add, result_after_cancel=True)
+    jobs.start(
+        job,
+        done,
+        description=description,
+        on_info=plot.add,
+        result_after_cancel=True,
+        compute=True,
+    )
 
 
 def _settings_text(values: dict[str, Any]) -> str:

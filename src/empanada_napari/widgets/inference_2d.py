@@ -198,6 +198,7 @@ class Inference2DWidget(Container):
             lambda progress, cancel: _segment(req, progress, cancel),
             lambda labels: self._show(layer, req, labels),
             description=f"Segmenting with {req.model}",
+            compute=True,
         )
 
     def _show(self, layer: Any, req: _Request, labels: np.ndarray) -> str:

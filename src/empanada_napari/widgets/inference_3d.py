@@ -224,6 +224,7 @@ class Inference3DWidget(Container):
             lambda progress, cancel: segment(req, progress, cancel),
             lambda labels: self._show(layer, req, labels),
             description=f"Segmenting in 3D ({req.mode}) with {req.model}",
+            compute=True,
         )
 
     def _show(self, layer: Any, req: _Request, labels: Any) -> str:

@@ -171,6 +171,7 @@ class PickPatchesWidget(Container):
             work,
             lambda patches: self._show(layer, patches, by),
             description=f"Picking {strategy} patches",
+            compute=True,
         )
 
     def _show(self, layer, patches, prefilled_by: str) -> str:
