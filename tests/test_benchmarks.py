@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import tifffile
 from benchmarks import _common, accuracy, linking, model_speed, ortho_blocks, proofread, report
 
@@ -212,3 +213,16 @@ def test_finetune_speed_splits_each_iteration_into_its_phases(capsys):
         assert set(row) == {*finetune_speed.PHASES, "total"}
         assert min(row.values()) >= 0
         assert abs(sum(row[k] for k in finetune_speed.PHASES) - row["total"]) < 0.01
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_dock_clicks_times_a_first_click_with_and_without_preloading(qapp):
+    # Two fresh napari processes (one per preload setting), one click each on the 2D dock.
+    from benchmarks import dock_clicks
+
+    result = dock_clicks.run(["2d"], repeats=1, wait=0.5, clicks=1)
+    for side in ("preload", "no preload"):
+        (row,) = result["2d"][side]["runs"]
+        assert row["status"].startswith("Added") and "object" in row["status"]
+        assert row["click_s"][0] >= row["segment_s"][0] > 0 and row["show_s"][0] > 0
