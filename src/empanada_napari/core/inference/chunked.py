@@ -13,9 +13,10 @@ in four phases, each in its own module of :mod:`.blocks`:
    components of the links are the objects; ``min_size``/``min_extent`` apply to whole
    objects; kept objects get ids 1..K.
 4. **write** (:mod:`.blocks.store`, one task per block): the block's core, relabelled, goes to
-   the output zarr (one chunk per block, so writers never share a chunk) or into a numpy result.
+   the output zarr (chunks that split every block evenly, so writers never share a chunk) or
+   into a numpy result.
 
-Tasks run on a local thread or a dask.distributed cluster (:mod:`.blocks.executor`); workers
+Tasks run in the calling thread or on a dask.distributed cluster (:mod:`.blocks.executor`); workers
 load the model once each from a picklable :class:`~..models.loading.ModelSpec`. A zarr output
 is valid from the start, records its settings and status, and keeps the work files in
 ``<output>/.empanada-work`` until the run completes, so an interrupted run can be finished with

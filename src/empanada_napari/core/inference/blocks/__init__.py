@@ -5,5 +5,5 @@
 3. :mod:`.link`: objects of neighbouring blocks linked where their padded blocks overlap.
 4. :mod:`.resolve`: connected components of the links, size filters on whole objects, ids.
 5. :mod:`.store`: the work files of each block and the output zarr (written last).
-:mod:`.executor` runs the per-block tasks on a local thread or a dask.distributed cluster.
+:mod:`.executor` runs the per-block tasks in the calling thread or on a dask.distributed cluster.
 """
