@@ -93,20 +93,89 @@ def test_output_chunks_split_each_block_evenly(chunks):
     assert math.prod(out) <= math.prod(OUTPUT_CHUNK) or out == chunks
 
 
+def planes_of_memory(planes: int) -> int:
+    """RAM in which the stack rule fits ``planes`` padded 320 x 320 planes in one block."""
+    return int(planes * 320 * 320 * BYTES_PER_VOXEL["stack"] / MEMORY_FRACTION)
+
+
+# The real crop, mirrored and repeated: 64 slices of real FIB-SEM.
+VOLUME = np.concatenate([RAW, RAW[::-1], RAW, RAW[::-1]])
+
+
+def same_objects(blocks: np.ndarray, one: np.ndarray) -> bool:
+    """Slabs of whole planes: the one-block foreground exactly, and every object found again
+    with IoU >= 0.75 (the default halo of 8 slices; 16 give the very same partition here)."""
+    scores = evaluate(blocks, one)
+    same_mask = np.array_equal(blocks > 0, one > 0)
+    return same_mask and scores["recall@0.75"] == scores["precision@0.75"] == 1.0
+
+
 def test_memory_chosen_blocks_equal_the_whole_volume(tmp_path, toy_model, monkeypatch):
-    # A machine too small for the volume as one block (room for 50 padded planes): it is cut
-    # into two slabs of whole planes, which give the one-block labels up to relabelling, here
-    # through a zarr output. The real crop and its mirror image make 32 slices.
-    volume = np.concatenate([RAW, RAW[::-1]])
+    # A machine with room for 50 padded planes: the 64 slices are cut into two slabs of
+    # whole planes, which give the one-block objects (here through a zarr output).
     params = dict(mode="stack", min_size=0, min_extent=0)
-    one = segment_volume(volume, toy_model, **params)
+    one = segment_volume(VOLUME, toy_model, **params)
     monkeypatch.setattr(plan, "SINGLE_BLOCK_VOXELS", 0)
-    plane = 320 * 320 * BYTES_PER_VOXEL["stack"]
-    monkeypatch.setattr(plan, "total_memory", lambda: int(50 * plane / MEMORY_FRACTION))
-    assert plan.default_chunks(volume.shape, "stack") == (32, 320, 320)
-    out = segment_volume(volume, toy_model, out=tmp_path / "o.zarr", **params)
+    monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(50))
+    assert plan.default_chunks(VOLUME.shape, "stack") == (32, 320, 320)
+    out = segment_volume(VOLUME, toy_model, out=tmp_path / "o.zarr", **params)
     assert out.chunks == output_chunks((32, 320, 320))
-    assert same_partition(np.asarray(out), one)
+    assert same_objects(np.asarray(out), one) and one.max() > 20
+
+
+def test_a_resume_keeps_its_blocks_on_a_machine_that_would_choose_others(
+    tmp_path, toy_model, monkeypatch
+):
+    import threading
+
+    from empanada_napari.core.errors import Cancelled
+
+    params = dict(mode="stack", min_size=0, min_extent=0, out=tmp_path / "o.zarr")
+    monkeypatch.setattr(plan, "SINGLE_BLOCK_VOXELS", 0)
+    monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(50))
+    stop = threading.Event()
+    with pytest.raises(Cancelled):
+        segment_volume(VOLUME, toy_model, cancel=stop, progress=lambda *a: stop.set(), **params)
+    # Resumed on a machine where the whole volume is one block: the two blocks stay.
+    monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(200))
+    assert plan.default_chunks(VOLUME.shape, "stack") == VOLUME.shape
+    resumed = segment_volume(VOLUME, toy_model, resume=True, **params)
+    assert resumed.attrs["empanada"]["fingerprint"]["blocks"]["chunks"] == [32, 320, 320]
+    monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(50))
+    uninterrupted = segment_volume(VOLUME, toy_model, **{**params, "out": tmp_path / "u.zarr"})
+    assert same_partition(np.asarray(resumed), np.asarray(uninterrupted))
+
+
+def test_cluster_blocks_fit_a_task_and_leave_none_of_the_slots_idle():
+    # 8 GB per task on 4 slots: every slot gets a block, each block fits its task's share.
+    for mode in ("stack", "ortho"):
+        chunks = default_chunks(HELD_OUT, mode, memory=8 * GB, slots=4)
+        sizes = padded_voxels(HELD_OUT, chunks, mode)
+        assert len(sizes) >= 4
+        assert max(sizes) * BYTES_PER_VOXEL[mode] <= MEMORY_FRACTION * 8 * GB
+        assert sum(sizes) < sum(
+            padded_voxels(HELD_OUT, default_chunks(HELD_OUT, mode, memory=0), mode)
+        )
+
+
+def test_runner_reads_what_one_cluster_task_may_use():
+    distributed = pytest.importorskip("distributed")
+    from empanada_napari.core.inference.blocks.executor import Runner
+
+    assert Runner().task_memory() is None  # in-process: this machine's RAM decides
+    for limit, expected in (("1GiB", GB // 2), (0, 0)):  # 2 threads share a worker's limit
+        with (
+            distributed.LocalCluster(
+                n_workers=1, threads_per_worker=2, processes=False, memory_limit=limit,
+                dashboard_address=None,
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):  # fmt: skip
+            runner = Runner(client)
+            try:
+                assert runner.task_memory() == expected and runner.slots == 2
+            finally:
+                runner.close()
 
 
 @pytest.mark.xfail(

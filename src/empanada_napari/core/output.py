@@ -154,6 +154,27 @@ class _Lock:
         Path(self._lock.lock_file).unlink(missing_ok=True)
 
 
+def staging_path(path: Path) -> Path:
+    """Where an overwrite writes before it swaps the new result into ``path``."""
+    return path.with_name(f".{path.name}.new")
+
+
+def recorded_fingerprint(path: str | os.PathLike) -> dict | None:
+    """The job fingerprint a (possibly interrupted) run recorded at ``path``, or in the
+    staging store of an interrupted overwrite; None when there is none to read."""
+    import zarr
+
+    path = Path(path).expanduser()
+    for candidate in (staging_path(path), path):
+        try:
+            meta = dict(zarr.open_array(str(candidate), mode="r").attrs.get(ATTR, {}))
+        except Exception:  # noqa: BLE001 - absent or not a zarr array: nothing recorded
+            continue
+        if isinstance(meta.get("fingerprint"), dict):
+            return meta["fingerprint"]
+    return None
+
+
 class ZarrOutput:
     """A zarr labels output written in place, or beside an old result and swapped at the end.
 
@@ -177,7 +198,7 @@ class ZarrOutput:
         self.shape, self.chunks, self.dtype = tuple(shape), chunks, dtype
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.resume, self.overwrite = resume, overwrite
-        self.staging = self.path.with_name(f".{self.path.name}.new")
+        self.staging = staging_path(self.path)
         #: where this run writes: the path itself, or the staging store before the swap
         self.target = self.path
 

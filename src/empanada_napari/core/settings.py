@@ -423,8 +423,9 @@ class BlockSettings(_Settings):
         None,
         "Block shape Z,Y,X (or one number) for volumes larger than memory; none: the whole "
         "volume when its working memory fits in half this computer's RAM, else the largest "
-        "blocks that fit there (whole planes in stack mode where possible); on a cluster "
-        "64,512,512 along the stack axis (stack) or 160^3 (ortho).",
+        "blocks that fit there (whole planes in stack mode where possible; on a cluster, in "
+        "a worker's memory limit); memory unknown: 64,512,512 along the stack axis (stack) "
+        "or 160^3 (ortho).",
         advanced=True,
     )
     halo: tuple[int, int, int] | None = setting(

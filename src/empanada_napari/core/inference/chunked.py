@@ -59,6 +59,7 @@ from .blocks.store import (
     fingerprint,
     finished_blocks,
     reopen,
+    resumed_chunks,
     write_block,
 )
 
@@ -108,29 +109,30 @@ def segment_volume(
     if resume and out is None:
         raise InputError("resume=True needs an output zarr path (out=...).")
     shape = tuple(int(s) for s in image.shape)
-    # On a cluster, blocks by size only: one big block would run on one worker.
-    local = scheduler is None and not workers
-    chunks = blocks.chunks or default_chunks(shape, mode, stack.axis, None if local else 0)
-    chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     halo = blocks.halo or default_halo(mode, stack.axis)
-    blocks = blocks.updated(chunks=chunks, halo=halo)
     if mode == "stack" and halo[AXES[stack.axis][0]] < stack.median_slices // 2:
         raise InputError(
             f"The halo along the stack axis ({halo[AXES[stack.axis][0]]}) must cover half the "
             f"median window ({stack.median_slices // 2}) so blocks agree at their faces."
         )
-    plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))  # type: ignore[arg-type]
-
     store = Path(out).expanduser() if out is not None else None
     if store is not None:
         check_not_input(store, [image])
         check_writable(store, folder=True)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
-    if inference is None:  # the settings tuned for the model, where the caller set none
-        settings["inference"] = settings_for_model(loaded.config, settings["inference"], params)
-    value_range = intensity_range(image)
     runner = Runner(scheduler, workers)
     try:
+        # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
+        chunks = blocks.chunks or (resumed_chunks(store) if resume else None)
+        chunks = chunks or default_chunks(
+            shape, mode, stack.axis, runner.task_memory(), slots=runner.slots
+        )
+        chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+        blocks = blocks.updated(chunks=chunks, halo=halo)
+        plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))  # type: ignore[arg-type]
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
+        if inference is None:  # the settings tuned for the model, where the caller set none
+            settings["inference"] = settings_for_model(loaded.config, settings["inference"], params)
+        value_range = intensity_range(image)
         cancel_event = None
         if runner.distributed:
             from distributed import Event

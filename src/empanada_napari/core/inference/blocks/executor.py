@@ -91,6 +91,20 @@ class Runner:
     def distributed(self) -> bool:
         return self.client is not None
 
+    def task_memory(self) -> int | None:
+        """Bytes one task may use: None in-process (this machine's RAM decides); on a
+        cluster the least any worker gives one of its threads (its ``memory_limit`` over its
+        threads), 0 when a worker sets no limit or the scheduler does not say."""
+        if self.client is None:
+            return None
+        try:
+            workers = self.client.scheduler_info().get("workers", {}).values()
+            shares = [int(w.get("memory_limit") or 0) // max(1, int(w.get("nthreads") or 1))
+                      for w in workers]  # fmt: skip
+        except Exception:  # noqa: BLE001 - an unusual scheduler: the fixed blocks
+            return 0
+        return min(shares) if shares and min(shares) > 0 else 0
+
     def worker_threads(self) -> int | None:
         """torch threads per task on a cluster we started (share the cores, do not fight)."""
         if self._own and self.slots:

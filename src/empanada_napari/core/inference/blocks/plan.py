@@ -30,7 +30,7 @@ MIN_CHUNK = 32
 # slice of a result made of big blocks reads little more than that slice.
 OUTPUT_CHUNK = (64, 512, 512)
 # Stack mode keeps image planes whole when that costs at most this much more network work
-# than the cheapest cut: blocks cut only along the stack axis give the unchunked labels.
+# than the cheapest cut: blocks cut only along the stack axis give the unchunked foreground.
 WHOLE_PLANE_SLACK = 1.25
 MODES = ("stack", "ortho")
 
@@ -100,16 +100,23 @@ def plan_blocks(
 
 
 def default_chunks(
-    shape: tuple[int, ...], mode: str, axis: str = "xy", memory: int | None = None
+    shape: tuple[int, ...],
+    mode: str,
+    axis: str = "xy",
+    memory: int | None = None,
+    slots: int = 1,
 ) -> tuple[int, int, int]:
     """Block shape used when none is given: the whole volume when it is small or its working
-    memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM);
-    otherwise the blocks of :func:`memory_chunks` (``memory`` 0, unknown or a cluster: the
-    fixed ``STACK_BLOCK`` / ``ORTHO_BLOCK`` shapes)."""
+    memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM; on a
+    cluster, what one task may use), otherwise the blocks of :func:`memory_chunks`; ``memory``
+    0 (unknown): the fixed ``STACK_BLOCK`` / ``ORTHO_BLOCK`` shapes. With ``slots`` > 1 tasks
+    at a time (a cluster), blocks are also small enough for every slot to get one."""
     shape = tuple(int(s) for s in shape)
     voxels = math.prod(shape)
     memory = total_memory() if memory is None else memory
     budget = int(MEMORY_FRACTION * memory / BYTES_PER_VOXEL[mode])
+    if slots > 1:
+        budget = min(budget, -(-voxels // slots))
     if voxels <= SINGLE_BLOCK_VOXELS or voxels <= budget:
         return shape  # type: ignore[return-value]
     fixed = ORTHO_BLOCK if mode == "ortho" else along_axis(STACK_BLOCK, axis)

@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from ...errors import EmpanadaError
 from ...io import _disk_error
-from ...output import input_fingerprint
+from ...output import input_fingerprint, recorded_fingerprint
 from .plan import Block, Job
 
 WORK_DIR = ".empanada-work"
@@ -162,6 +162,16 @@ def fingerprint(volume, model, job: Job) -> dict:
             }
         )
     )
+
+
+def resumed_chunks(store: Path | None) -> tuple[int, int, int] | None:
+    """The block shape an interrupted run recorded in ``store``, or None (nothing to resume:
+    ``ZarrOutput`` says why when it opens the store)."""
+    previous = recorded_fingerprint(store) if store is not None else None
+    try:
+        return tuple(int(c) for c in previous["blocks"]["chunks"])  # type: ignore[index, return-value]
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def reopen(store: Path):
