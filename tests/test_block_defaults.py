@@ -159,7 +159,8 @@ def test_cluster_blocks_fit_a_task_and_leave_none_of_the_slots_idle():
 
 
 def test_runner_reads_what_one_cluster_task_may_use():
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     from empanada_napari.core.inference.blocks.executor import Runner
 
     assert Runner().task_memory() is None  # in-process: this machine's RAM decides

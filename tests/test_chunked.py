@@ -337,3 +337,27 @@ def test_a_two_argument_progress_callback_works_on_chunked_runs(toy_model_file):
     )  # fmt: skip
     assert calls and len({total for _, total in calls}) == 1
     assert calls[-1][0] == calls[-1][1]
+
+
+def test_big_blocks_on_a_cluster_do_not_warn_about_large_graphs(toy_model_file):
+    # Blocks of whole planes are big (here 16 MB of float32 each): they travel with their
+    # task by design, so distributed's "Sending large graph" advice is not shown to users.
+    import warnings
+
+    import distributed
+
+    volume = np.concatenate([RAW, RAW[::-1], RAW, RAW[::-1]]).astype(np.float32)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        labels = segment_volume(
+            volume, toy_model_file, mode="stack", chunks=(32, 320, 320), scheduler=client,
+            **NO_FILTER,
+        )  # fmt: skip
+    assert labels.max() > 20
+    assert not [w for w in caught if "large graph" in str(w.message)]

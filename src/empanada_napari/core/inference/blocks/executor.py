@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,7 +135,11 @@ class Runner:
                     item = next(todo, None)
                     if item is None:
                         break
-                    running[self.executor.submit(fn, *args(item))] = item
+                    with warnings.catch_warnings():
+                        # Block inputs read here travel with their task by design (at most a
+                        # window of them): distributed's "large graph" advice does not apply.
+                        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                        running[self.executor.submit(fn, *args(item))] = item
                 if not running:
                     break
                 done, _ = cf.wait(list(running), timeout=0.2, return_when=cf.FIRST_COMPLETED)
