@@ -147,6 +147,9 @@ def test_a_resume_keeps_its_blocks_on_a_machine_that_would_choose_others(
 
 
 def test_cluster_blocks_fit_a_task_and_leave_none_of_the_slots_idle():
+    # 2 slots with 12 GB each: two slabs of whole planes, one per worker, both at once.
+    chunks = default_chunks(HELD_OUT, "stack", memory=12 * GB, slots=2)
+    assert chunks[1:] == HELD_OUT[1:] and len(padded_voxels(HELD_OUT, chunks, "stack")) == 2
     # 8 GB per task on 4 slots: every slot gets a block, each block fits its task's share.
     for mode in ("stack", "ortho"):
         chunks = default_chunks(HELD_OUT, mode, memory=8 * GB, slots=4)

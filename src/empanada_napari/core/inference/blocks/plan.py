@@ -115,16 +115,14 @@ def default_chunks(
     voxels = math.prod(shape)
     memory = total_memory() if memory is None else memory
     budget = int(MEMORY_FRACTION * memory / BYTES_PER_VOXEL[mode])
-    if slots > 1:
-        budget = min(budget, -(-voxels // slots))
-    if voxels <= SINGLE_BLOCK_VOXELS or voxels <= budget:
+    if voxels <= SINGLE_BLOCK_VOXELS or (slots == 1 and voxels <= budget):
         return shape  # type: ignore[return-value]
     fixed = ORTHO_BLOCK if mode == "ortho" else along_axis(STACK_BLOCK, axis)
     if budget <= 0:
         return fixed
     halo = default_halo(mode, axis)
     whole = () if mode == "ortho" else AXES[axis][1:]
-    chosen = memory_chunks(shape, halo, grid_alignment(mode, axis), budget, whole)
+    chosen = memory_chunks(shape, halo, grid_alignment(mode, axis), budget, whole, slots)
     return fixed if chosen is None else chosen
 
 
@@ -168,29 +166,32 @@ def memory_chunks(
     align: tuple[int, int, int],
     budget: int,
     whole: tuple[int, ...] = (),
+    slots: int = 1,
 ) -> tuple[int, int, int] | None:
     """Blocks whose padded size fits ``budget`` voxels with the least network work in all.
 
     Every way of cutting the volume (per axis: a number of equal pieces, starts aligned as
     :func:`plan_blocks` aligns them) is scored by the voxels all padded blocks hold together,
     which counts every halo voxel the network sees twice; the cheapest whose largest padded
-    block fits wins (ties: fewer blocks). Axes in ``whole`` are kept uncut when that costs at
-    most :data:`WHOLE_PLANE_SLACK` times the cheapest work (stack mode: whole planes give the
-    network the view of an unchunked run). None when even the smallest blocks do not fit.
+    block fits wins (ties: fewer blocks). With ``slots`` > 1 blocks at a time (a cluster) the
+    score is the time to the last block instead: rounds of ``slots`` blocks times the largest
+    block. Axes in ``whole`` are kept uncut when that costs at most
+    :data:`WHOLE_PLANE_SLACK` times the best score (stack mode: whole planes give the network
+    the view of an unchunked run). None when even the smallest blocks do not fit.
     """
     per_axis = [_axis_plans(s, h, a) for s, h, a in zip(shape, halo, align, strict=True)]
-    best = _cheapest(shape, per_axis, budget)
+    best = _cheapest(shape, per_axis, budget, slots)
     if best is None or not whole:
         return None if best is None else best[1]
     uncut = [p[:1] if k in whole else p for k, p in enumerate(per_axis)]
-    kept = _cheapest(shape, uncut, budget)
+    kept = _cheapest(shape, uncut, budget, slots)
     if kept is not None and kept[0][0] <= WHOLE_PLANE_SLACK * best[0][0]:
         return kept[1]
     return best[1]
 
 
-def _cheapest(shape, per_axis, budget):
-    """((work, blocks), chunks) of the cheapest combination of per-axis cuts that fits."""
+def _cheapest(shape, per_axis, budget, slots):
+    """(score, chunks) of the best combination of per-axis cuts that fits ``budget``."""
     best = None
     for c0, m0, t0 in per_axis[0]:
         for c1, m1, t1 in per_axis[1]:
@@ -200,10 +201,14 @@ def _cheapest(shape, per_axis, budget):
                 if m0 * m1 * m2 > budget:
                     continue
                 count = math.prod(-(-s // c) for s, c in zip(shape, (c0, c1, c2), strict=True))
-                key = (t0 * t1 * t2, count)
+                if slots > 1:  # time to the last block, then work
+                    key = (-(-count // slots) * m0 * m1 * m2, t0 * t1 * t2, count)
+                else:
+                    key = (t0 * t1 * t2, count)
                 if best is None or key < best[0]:
                     best = (key, (c0, c1, c2))
-                break  # larger pieces along the last axis come first: the first fit is best
+                if slots == 1:
+                    break  # larger pieces along the last axis come first: the first fit wins
     return best
 
 
