@@ -40,36 +40,47 @@ from .engine import Engine2D
 from .objects import keep_objects, resolve_objects, sizes_and_boxes
 
 
-def present_ids(flat: np.ndarray) -> np.ndarray | None:
-    """The sorted non-zero ids of ``flat`` (integers >= 0) by one bincount, in linear time,
-    when they are small enough for it (the ids post-processing produces); else None."""
+def id_counts(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, counts): the sorted non-zero ids of ``flat`` (integers >= 0) and their voxel
+    counts, by one bincount in linear time, when the ids are small enough for it (the ids
+    post-processing produces); else None."""
     top = int(flat.max()) if flat.size else 0
     if top > max(1 << 20, 4 * flat.size):
         return None
-    present = np.bincount(flat, minlength=top + 1) > 0
-    present[0] = False
-    return np.flatnonzero(present)
+    counts = np.bincount(flat, minlength=top + 1)
+    counts[0] = 0
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]
 
 
-def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, dense): the sorted non-zero ids of ``labels`` and the image with id ``ids[k]``
-    replaced by ``k + 1`` (uint32). Linear time for the small ids post-processing produces."""
+def present_ids(flat: np.ndarray) -> np.ndarray | None:
+    """The sorted non-zero ids of ``flat`` (see :func:`id_counts`), or None."""
+    found = id_counts(flat)
+    return None if found is None else found[0]
+
+
+def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, dense, counts): the sorted non-zero ids of ``labels``, the image with id
+    ``ids[k]`` replaced by ``k + 1`` (uint32) and each id's voxel count. Linear time for the
+    small ids post-processing produces."""
     flat = labels.reshape(-1)
     if flat.dtype.kind == "b" or flat.dtype == np.uint64:
         flat = flat.astype(np.int64)  # bincount takes only types that fit int64 safely
     if flat.size and int(flat.min()) < 0:
         raise InputError("labels must be >= 0")
-    ids = present_ids(flat)
-    if ids is not None:
+    found = id_counts(flat)
+    if found is not None:
+        ids, counts = found
         lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype=np.uint32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-        return ids, lut[labels]
+        return ids, lut[labels], counts
     ids, inverse = np.unique(flat, return_inverse=True)
     if ids.size and ids[0] == 0:
         ids = ids[1:]
     else:
         inverse = inverse + 1
-    return ids, inverse.reshape(labels.shape).astype(np.uint32)
+    dense = inverse.reshape(labels.shape).astype(np.uint32)
+    return ids, dense, np.bincount(dense.reshape(-1), minlength=ids.size + 1)[1:]
 
 
 def _pair_table(a: np.ndarray, na: int, b: np.ndarray, nb: int):
@@ -151,7 +162,7 @@ class SliceLinker:
     def add(self, labels: np.ndarray) -> None:
         """Link the next slice's 2D instance labels (H, W), ids >= 0, to the previous one."""
         z = len(self.fids)
-        ids_cur, cur = _dense_ids(np.asarray(labels))
+        ids_cur, cur, area_cur = _dense_ids(np.asarray(labels))
         nc = ids_cur.size
         lut = np.zeros(nc + 1, dtype=np.int64)  # dense index -> forward id
         if z > 0 and nc and self.fids[-1].size:
@@ -159,7 +170,6 @@ class SliceLinker:
             npv = prev_fids.size
             pi, ci, inter = _pair_table(prev, npv, cur, nc)
             area_prev = self._stats[-1][0]
-            area_cur = np.bincount(cur.reshape(-1), minlength=nc + 1)[1:]
             if inter.size:
                 self._link_forward(lut, pi, ci, inter, area_prev, area_cur, prev_fids)
         unmatched = np.flatnonzero(lut[1:] == 0) + 1
@@ -173,7 +183,9 @@ class SliceLinker:
         self.fids.append(fids)
         if self.backward and z > 0 and nc and self.fids[-2].size:
             self._link_backward(pi, fd_lut[ci + 1].astype(np.int64) - 1, inter, area_prev)
-        self._measure(z)
+        # Each forward id's area: its 2D objects' areas summed (no pass over the slice).
+        area = np.bincount(fd, weights=area_cur, minlength=fids.size).astype(np.int64)
+        self._measure(z, area)
 
     def _link_forward(self, lut, pi, ci, inter, area_prev, area_cur, prev_fids) -> None:
         # Optimal assignment on the IoU of overlapping objects, pairs >= iou_thr linked.
@@ -212,9 +224,8 @@ class SliceLinker:
         ok = inter[pick] >= self.ioa_thr * area_prev[a[pick]]
         self._joins.append(np.stack([prev_fids[a[pick][ok]], cur_fids[b[pick][ok]]]))
 
-    def _measure(self, z: int) -> None:
+    def _measure(self, z: int, area: np.ndarray) -> None:
         fids, fd = self.fids[-1], self.dense[z]
-        area = np.bincount(fd.reshape(-1), minlength=fids.size + 1)[1:]
         boxes = ndi.find_objects(fd, max_label=fids.size)
         lo = np.array([[z, b[0].start, b[1].start] for b in boxes], dtype=np.int64)
         hi = np.array([[z + 1, b[0].stop, b[1].stop] for b in boxes], dtype=np.int64)
@@ -266,7 +277,7 @@ def filter_objects(
     """Drop objects below ``min_size`` voxels or with a bounding-box side < ``min_extent``
     (border-aware: see :func:`.objects.keep_objects`) and relabel the rest 1..K (uint32, in
     increasing order of their old ids)."""
-    ids, dense = _dense_ids(np.asarray(labels))
+    ids, dense, _ = _dense_ids(np.asarray(labels))
     size, lo, hi = sizes_and_boxes(dense, ids.size)
     keep = keep_objects(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)
     new = np.zeros(ids.size + 1, dtype=np.uint32)
