@@ -1,4 +1,4 @@
-"""Chunked, out-of-core 3D segmentation: any volume size, local threads or dask.distributed.
+"""Chunked, out-of-core 3D segmentation: any volume size, in this process or on dask.distributed.
 
 The volume is cut into blocks (``blocks.chunks``), each read with ``blocks.halo`` extra voxels
 on every side and segmented in memory by the stack or ortho-plane pipeline, so memory depends

@@ -48,7 +48,7 @@ class InThreadExecutor(cf.Executor):
 
 
 class Runner:
-    """Submit tasks to a local thread or a dask.distributed client, a window at a time.
+    """Submit tasks to the calling thread or a dask.distributed client, a window at a time.
 
     ``scheduler``: None (this process), a ``distributed.Client``, a scheduler address, or
     ``"local:N"``; ``workers=N`` with no scheduler starts a local cluster of N processes.
