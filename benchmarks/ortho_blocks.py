@@ -63,19 +63,16 @@ def run_blocks(volume, rows: dict, model: str = "default") -> dict:
 
 def memory_rows(shape: tuple[int, int, int], memory_gb: float) -> dict:
     """The two default block rules for ``shape`` on a machine with ``memory_gb`` of RAM."""
-    from empanada_napari.core.inference.blocks import plan
     from empanada_napari.core.inference.blocks.plan import (
         ORTHO_BLOCK,
+        default_chunks,
         default_halo,
-        grid_alignment,
-        memory_chunks,
     )
 
     halo = default_halo("ortho")
-    budget = int(plan.MEMORY_FRACTION * memory_gb * 2**30 / plan.BYTES_PER_VOXEL["ortho"])
-    chosen = memory_chunks(shape, halo, grid_alignment("ortho", "xy"), budget)
-    if chosen is None:
-        raise SystemExit(f"{memory_gb} GB is too little for any block of {shape}")
+    chosen = default_chunks(shape, "ortho", memory=int(memory_gb * 2**30))
+    if chosen in (tuple(shape), ORTHO_BLOCK):
+        raise SystemExit(f"{memory_gb} GB gives no memory-chosen blocks for {shape}")
     return {f"memory {memory_gb:g} GB": (chosen, halo), "fixed 160^3": (ORTHO_BLOCK, halo)}
 
 

@@ -91,7 +91,6 @@ class Inference3DWidget(Container):
         self.resume = CheckBox(value=False, text="resume an interrupted run")
         self.overwrite = CheckBox(value=False, text="overwrite output")
         self.scheduler = LineEdit(value="", label="dask scheduler")
-        self.scheduler.tooltip = "empty: this process; tcp://host:port; local:N (N processes)"
         self.scheduler.tooltip = (
             "Where blocks run: empty for this computer; tcp://host:port for a dask cluster; "
             "local:N to start N worker processes here."

@@ -60,10 +60,14 @@ def resolve_objects(
     return final[comp], int(kept.size)
 
 
-def sizes_and_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sizes_and_boxes(
+    labels: np.ndarray, n: int, size: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel count (n,) and bounding box ``[lo, hi)`` (n, ndim) of ids 1..n of ``labels``
-    (non-negative integers); an absent id has size 0 and an empty box at the origin."""
-    size = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
+    (non-negative integers); an absent id has size 0 and an empty box at the origin. Pass
+    ``size`` when the counts are known already (one pass over the volume fewer)."""
+    if size is None:
+        size = np.bincount(labels.reshape(-1), minlength=n + 1)[1 : n + 1]
     lo = np.zeros((n, labels.ndim), np.int64)
     hi = np.zeros((n, labels.ndim), np.int64)
     for k, box in enumerate(ndi.find_objects(labels, max_label=n)):

@@ -277,8 +277,8 @@ def filter_objects(
     """Drop objects below ``min_size`` voxels or with a bounding-box side < ``min_extent``
     (border-aware: see :func:`.objects.keep_objects`) and relabel the rest 1..K (uint32, in
     increasing order of their old ids)."""
-    ids, dense, _ = _dense_ids(np.asarray(labels))
-    size, lo, hi = sizes_and_boxes(dense, ids.size)
+    ids, dense, counts = _dense_ids(np.asarray(labels))
+    size, lo, hi = sizes_and_boxes(dense, ids.size, size=counts)
     keep = keep_objects(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)
     new = np.zeros(ids.size + 1, dtype=np.uint32)
     new[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)

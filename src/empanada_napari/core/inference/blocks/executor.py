@@ -106,6 +106,15 @@ class Runner:
             return 0
         return min(shares) if shares and min(shares) > 0 else 0
 
+    def _submit(self, fn: Callable, *args: Any) -> cf.Future:
+        if self.client is None:  # runs the task here: leave the warnings filters alone
+            return self.executor.submit(fn, *args)
+        with warnings.catch_warnings():
+            # Block inputs read here travel with their task by design (at most a window of
+            # them): distributed's "large graph" advice does not apply.
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            return self.executor.submit(fn, *args)
+
     def worker_threads(self) -> int | None:
         """torch threads per task on a cluster we started (share the cores, do not fight)."""
         if self._own and self.slots:
@@ -135,11 +144,7 @@ class Runner:
                     item = next(todo, None)
                     if item is None:
                         break
-                    with warnings.catch_warnings():
-                        # Block inputs read here travel with their task by design (at most a
-                        # window of them): distributed's "large graph" advice does not apply.
-                        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-                        running[self.executor.submit(fn, *args(item))] = item
+                    running[self._submit(fn, *args(item))] = item
                 if not running:
                     break
                 done, _ = cf.wait(list(running), timeout=0.2, return_when=cf.FIRST_COMPLETED)

@@ -92,11 +92,16 @@ def plan_blocks(
         core, padded = [], []
         for i, s, c, h, a in zip(index, shape, chunks, halo, align, strict=True):  # type: ignore[arg-type]
             start, stop = i * c, min((i + 1) * c, s)
-            lo = max(0, start - h) // a * a
             core.append(slice(start, stop))
-            padded.append(slice(lo, min(s, stop + h)))
+            padded.append(_padded(start, stop, s, h, a))
         blocks.append(Block(tuple(index), tuple(core), tuple(padded)))  # type: ignore[arg-type]
     return blocks
+
+
+def _padded(start: int, stop: int, size: int, halo: int, align: int) -> slice:
+    """The range a block's core ``[start, stop)`` is read with: ``halo`` more on each side,
+    clipped to the axis, its start rounded down to a multiple of ``align``."""
+    return slice(max(0, start - halo) // align * align, min(size, stop + halo))
 
 
 def default_chunks(
@@ -110,7 +115,7 @@ def default_chunks(
     memory fits in ``MEMORY_FRACTION`` of ``memory`` bytes (default: this machine's RAM; on a
     cluster, what one task may use), otherwise the blocks of :func:`memory_chunks`; ``memory``
     0 (unknown): the fixed ``STACK_BLOCK`` / ``ORTHO_BLOCK`` shapes. With ``slots`` > 1 tasks
-    at a time (a cluster), blocks are also small enough for every slot to get one."""
+    at a time (a cluster), the cut that ends soonest with every slot busy."""
     shape = tuple(int(s) for s in shape)
     voxels = math.prod(shape)
     memory = total_memory() if memory is None else memory
@@ -149,10 +154,11 @@ def _axis_plans(size: int, halo: int, align: int) -> list[tuple[int, int, int]]:
             break
         if chunk not in seen:
             seen.add(chunk)
-            pads = [
-                min(size, start + chunk + halo) - max(0, start - halo) // align * align
+            reads = [
+                _padded(start, min(start + chunk, size), size, halo, align)
                 for start in range(0, size, chunk)
             ]
+            pads = [r.stop - r.start for r in reads]
             out.append((chunk, max(pads), sum(pads)))
         if chunk <= MIN_CHUNK:
             break
