@@ -85,16 +85,21 @@ def test_batched_equals_single(toy_model, disks):
         assert np.array_equal(batched[i], Engine2D(toy_model).segment(stack[i]))
 
 
-def test_small_slices_go_in_bigger_batches_on_the_cpu(toy_model):
-    from empanada_napari.core.inference.engine import CPU_BATCH_PIXELS, CPU_MAX_BATCH
+def test_cpu_batches_hold_about_one_large_image_of_pixels_two_at_least(toy_model):
+    from empanada_napari.core.inference.engine import (
+        CPU_BATCH_PIXELS,
+        CPU_MAX_BATCH,
+        CPU_MIN_BATCH,
+    )
 
     engine = Engine2D(toy_model, device="cpu")
-    assert engine.default_batch_size() == 2  # no slice size: the plain CPU default
-    assert engine.default_batch_size((768, 1024)) == engine.default_batch_size((256, 256)) == 2
-    assert engine.default_batch_size((32, 384)) == CPU_MAX_BATCH  # a thin ortho view
-    assert 2 < engine.default_batch_size((160, 160)) < CPU_MAX_BATCH
+    assert engine.default_batch_size() == CPU_MIN_BATCH  # no slice size
+    assert engine.default_batch_size((768, 1024)) == engine.default_batch_size((2048, 2048)) == 2
+    assert engine.default_batch_size((165, 1024)) == 4  # a thin ortho view of a whole volume
+    assert engine.default_batch_size((512, 512)) == 3
+    assert engine.default_batch_size((256, 256)) == engine.default_batch_size((1, 1))
     assert engine.default_batch_size((1, 1)) == CPU_MAX_BATCH
-    assert CPU_BATCH_PIXELS // (96 * 384) == engine.default_batch_size((5, 96, 384))
+    assert CPU_BATCH_PIXELS // (165 * 768) == engine.default_batch_size((5, 165, 768))
     # The setting always wins.
     assert Engine2D(toy_model, device="cpu", batch_size=1).default_batch_size((32, 32)) == 1
 

@@ -10,6 +10,7 @@ import pytest
 from empanada_napari.core.errors import Cancelled, InputError
 from empanada_napari.core.inference.engine import Engine2D
 from empanada_napari.core.inference.stack import (
+    filter_labelled,
     filter_objects,
     link_slices,
     matched_pairs,
@@ -100,6 +101,34 @@ def test_filter_objects_size_extent_and_relabel():
     assert (out[0:10, 0:10, 0:10] == 1).all()
     out = filter_objects(labels, min_size=20, min_extent=0)
     assert set(np.unique(out)) == {0, 1, 2, 3} and out[6, 16, 16] == 1  # old id 3 -> 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_filter_labelled_equals_filter_objects(seed):
+    """The in-place filter of ortho-plane's consensus (counts on the labelled voxels only)
+    gives filter_objects' result, with every filter and on every kind of id."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(4, 30, size=3))
+    labels = ndi.label(ndi.gaussian_filter(rng.random(shape), 1.2) > 0.52)[0].astype(np.uint32)
+    if seed % 3 == 1:  # sparse, large ids
+        labels = np.where(labels > 0, labels * 37 + 1000, 0).astype(np.uint32)
+    if seed % 3 == 2:  # ids beyond what bincount counts: the fallback
+        labels = np.where(labels > 0, labels + (1 << 30), 0).astype(np.uint32)
+    where = labels > 0
+    where |= rng.random(shape) < 0.1  # a mask larger than the labels, as in the consensus
+    kwargs = {
+        "min_size": int(rng.integers(0, 60)),
+        "min_extent": int(rng.integers(0, 5)),
+        "border_aware": bool(seed % 2),
+    }
+    expected = filter_objects(labels, **kwargs)
+    out = filter_labelled(labels.copy(), where, **kwargs)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, expected)
+    if seed == 0:
+        assert 0 < expected.max() < labels.max()  # some objects kept, some dropped
 
 
 @pytest.mark.parametrize("axis", ["xy", "xz", "yz"])

@@ -26,12 +26,15 @@ from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
 from . import postprocess as pp
 
-#: On a CPU a model call on a small image costs much more per pixel than on a large one, so
-#: small slices go in bigger batches: about this many pixels per call, 2 to CPU_MAX_BATCH
-#: images. Ortho-plane on 32 x 384 x 384 (xz/yz views of 32 x 384 at 8) 1.18x faster, on
-#: 96 x 384 x 384 and stack along xz 1.1x, the same labels (docs/benchmarks.md). Slices of
-#: 256 x 256 and larger keep batches of 2.
-CPU_BATCH_PIXELS = 1 << 17
+#: On a CPU a model call costs least per pixel at about one 768 x 1024 image's worth of
+#: pixels: fewer pixels pay fixed costs per call, more spill the caches (bundled model, 2
+#: threads, ns per pixel at batch 1 / 2 / 4 / 8: 165 x 1024 253 / 224 / 197 / 212; 256 x 256
+#: 486 / 351 / 287 / 250). So a batch holds about this many pixels, 2 to CPU_MAX_BATCH
+#: images: batch 1 of 768 x 1024 was faster alone but 3 % slower in a whole stack run
+#: (docs/benchmarks.md).
+CPU_BATCH_PIXELS = 3 << 18
+#: Images per call when the slice size is not known, and the fewest for large slices.
+CPU_MIN_BATCH = 2
 CPU_MAX_BATCH = 8
 
 
@@ -87,15 +90,17 @@ class Engine2D:
         return self.model.device
 
     def default_batch_size(self, plane: tuple[int, ...] | None = None) -> int:
-        """Images per model call: the ``batch_size`` setting, else 8 on a GPU and on a CPU 2,
-        or more (up to :data:`CPU_MAX_BATCH`) for small ``plane`` (height, width) images."""
+        """Images per model call: the ``batch_size`` setting, else 8 on a GPU; on a CPU about
+        :data:`CPU_BATCH_PIXELS` pixels of ``plane`` (height, width) images,
+        :data:`CPU_MIN_BATCH` to :data:`CPU_MAX_BATCH` (the fewest when ``plane`` is not
+        given)."""
         if self.settings.batch_size is not None:
             bs = self.settings.batch_size
         elif self.device.type == "cuda":
             bs = 8
         else:
-            pixels = int(np.prod(plane[-2:])) if plane is not None else CPU_BATCH_PIXELS
-            bs = min(CPU_MAX_BATCH, max(2, CPU_BATCH_PIXELS // max(1, pixels)))
+            pixels = max(1, int(np.prod(plane[-2:]))) if plane is not None else CPU_BATCH_PIXELS
+            bs = min(CPU_MAX_BATCH, max(CPU_MIN_BATCH, CPU_BATCH_PIXELS // pixels))
         return bs if self.model.supports_batch else 1
 
     def _forward(self, x: torch.Tensor, render_steps: int, fine: bool) -> dict:

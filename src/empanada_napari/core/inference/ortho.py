@@ -28,7 +28,7 @@ from ..metrics import label_overlap
 from ..preprocess import intensity_range
 from ..settings import OrthoSettings, StackSettings, resolve
 from .engine import Engine2D
-from .stack import filter_objects, segment_stack_3d
+from .stack import filter_labelled, segment_stack_3d
 
 VIEWS = ("xy", "xz", "yz")
 
@@ -122,7 +122,8 @@ def ortho_consensus(
     out = np.zeros(shape, dtype=np.uint32 if id_type == np.int32 else np.int64)
     out[fg] = kept
     _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr)
-    return filter_objects(out, min_size, min_extent, border_aware)
+    # Splitting relabels only voxels of fg, so every label is in fg.
+    return filter_labelled(out, fg, min_size, min_extent, border_aware)
 
 
 def _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr):

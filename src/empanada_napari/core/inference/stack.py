@@ -279,10 +279,43 @@ def filter_objects(
     increasing order of their old ids)."""
     ids, dense, counts = _dense_ids(np.asarray(labels))
     size, lo, hi = sizes_and_boxes(dense, ids.size, size=counts)
-    keep = keep_objects(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)
-    new = np.zeros(ids.size + 1, dtype=np.uint32)
+    return _kept_ids(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)[
+        dense
+    ]
+
+
+def filter_labelled(
+    labels: np.ndarray,
+    where: np.ndarray,
+    min_size: int = 0,
+    min_extent: int = 0,
+    border_aware: bool = False,
+) -> np.ndarray:
+    """:func:`filter_objects` in place for uint32 ``labels`` that are 0 outside the boolean
+    mask ``where``: counts and relabelling touch only the voxels of ``where`` (a few % of a
+    volume), and one pass over the volume finds the boxes. Returns ``labels`` (a new array
+    for other types or very large ids)."""
+    values = labels[where]
+    found = id_counts(values) if labels.dtype == np.uint32 else None
+    if found is None:  # not uint32, or ids too large to count by bincount: a new array
+        return filter_objects(labels, min_size, min_extent, border_aware)
+    ids, counts = found
+    top = int(ids[-1]) if ids.size else 0
+    size = np.zeros(top, np.int64)
+    size[ids - 1] = counts
+    size, lo, hi = sizes_and_boxes(labels, top, size=size)
+    lut = _kept_ids(size, lo, hi, min_size, min_extent, labels.shape if border_aware else None)
+    labels[where] = lut[values]
+    return labels
+
+
+def _kept_ids(size, lo, hi, min_size, min_extent, shape) -> np.ndarray:
+    """New id of ids 0..n (0 stays 0): the objects :func:`.objects.keep_objects` keeps,
+    numbered 1..K in order; the others 0."""
+    keep = keep_objects(size, lo, hi, min_size, min_extent, shape)
+    new = np.zeros(size.size + 1, dtype=np.uint32)
     new[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return new[dense]
+    return new
 
 
 def median_of(planes: list[torch.Tensor]) -> torch.Tensor:
