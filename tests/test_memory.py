@@ -98,3 +98,15 @@ def test_it_can_be_switched_off_and_respects_the_environments_trim_threshold(mon
     assert memory._idle_trim_threshold() == 65536
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "not a number")
     assert memory._idle_trim_threshold() == memory.IDLE_TRIM_THRESHOLD
+
+
+def test_zeros_are_zeros_of_the_asked_type():
+    """memory.zeros (np.empty + fill, for huge pages) must equal np.zeros, also after the
+    allocator hands back memory that held other values."""
+    from empanada_napari.core.memory import zeros
+
+    junk = np.full((64, 256, 256), 7, np.uint32)
+    del junk
+    for dtype in (np.uint32, np.int64, np.uint8):
+        out = zeros((64, 256, 256), dtype)
+        assert out.dtype == dtype and out.shape == (64, 256, 256) and not out.any()

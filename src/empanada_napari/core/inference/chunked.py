@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, is_cancelled, report
-from ..memory import reuse_freed_memory
+from ..memory import reuse_freed_memory, zeros
 from ..output import ZarrOutput, check_not_input, check_writable, output_lock
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, BlockSettings, resolve, settings_for_model
@@ -251,7 +251,7 @@ def _run(job: Job, runner: Runner, image, plan: list[Block], store, progress, ca
         image.shape if job.stack.border_aware else None,
     )
     if store is None:
-        result = np.zeros(image.shape, np.uint32)
+        result = zeros(image.shape, np.uint32)
 
         def place(block: Block, core: np.ndarray) -> None:
             result[block.core] = core

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
-from ..memory import reuse_freed_memory
+from ..memory import reuse_freed_memory, zeros
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
@@ -347,7 +347,7 @@ class Engine2D:
         """
         check_image(stack, ndim=(3,))
         if out is None:
-            out = np.zeros(stack.shape, dtype=np.uint32)
+            out = zeros(stack.shape, np.uint32)
         elif tuple(out.shape) != tuple(stack.shape):
             raise InputError(f"Output shape {tuple(out.shape)} != input {tuple(stack.shape)}.")
         for start, labels in self.iter_batches(

@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, part_progress
-from ..memory import reuse_freed_memory
+from ..memory import reuse_freed_memory, zeros
 from ..metrics import label_overlap
 from ..preprocess import intensity_range
 from ..settings import OrthoSettings, StackSettings, resolve
@@ -106,10 +106,10 @@ def ortho_consensus(
     for v in views[1:]:
         fg |= v > 0
     cl = [lut[v[fg]] for lut, v in zip(luts, views, strict=True)]
-    best = np.zeros(cl[0].shape, dtype=id_type)
-    best_votes = np.zeros(cl[0].shape, dtype=vote_type)
+    best = zeros(cl[0].shape, id_type)
+    best_votes = zeros(cl[0].shape, vote_type)
     for k in range(len(views)):
-        votes = np.zeros(cl[0].shape, dtype=vote_type)
+        votes = zeros(cl[0].shape, vote_type)
         for m in range(len(views)):
             votes += cl[m] == cl[k]
         votes[cl[k] == 0] = 0
@@ -119,7 +119,7 @@ def ortho_consensus(
     one_view = 1 if allow_one_view else len(views) + 1
     thr = np.where(n_views == 1, one_view, pixel_vote_thr).astype(vote_type)  # per cluster
     kept = np.where((best > 0) & (best_votes >= thr[best]), best, 0)
-    out = np.zeros(shape, dtype=np.uint32 if id_type == np.int32 else np.int64)
+    out = zeros(shape, np.uint32 if id_type == np.int32 else np.int64)
     out[fg] = kept
     _split_weak_clusters(out, views, luts, fg, kept, cluster, mean_iou, cluster_iou_thr)
     # Splitting relabels only voxels of fg, so every label is in fg.

@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
-from ..memory import reuse_freed_memory
+from ..memory import reuse_freed_memory, zeros
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, LINKING, StackSettings, resolve
 from .engine import Engine2D
@@ -152,7 +152,7 @@ class SliceLinker:
             raise InputError(f"linking must be one of {LINKING}, got {linking!r}")
         self.iou_thr, self.ioa_thr = iou_thr, ioa_thr
         self.backward = linking == "legacy"
-        self.dense = np.zeros(shape, dtype=np.uint32) if out is None else out
+        self.dense = zeros(shape, np.uint32) if out is None else out
         self.fids: list[np.ndarray] = []  # per slice: dense index - 1 -> forward id
         self.next_id = 1
         # Per slice: voxel count, box start and box stop of each of its forward ids.
