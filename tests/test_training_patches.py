@@ -149,28 +149,3 @@ def test_bad_requests_get_clear_errors(lucchi):
         pick_patches(lucchi, depth=2, prefill="none")
     with pytest.raises(Cancelled):
         pick_patches(lucchi, 2, 64, prefill="none", cancel=lambda: True)
-
-
-def test_uncertain_picks_spread_over_planes(cdeep3m, monkeypatch):
-    """No plane gives more than twice its even share of the picks (the model's doubt gathers
-    on a few planes); a 2D image is not limited."""
-    from collections import Counter
-
-    from empanada_napari.core.training import patches as module
-    from empanada_napari.core.training.patches import plane_cap
-
-    assert plane_cap(16, 20) == 2 and plane_cap(16, 6) == 6 and plane_cap(16, 1) == 32
-    assert plane_cap(3, 10) == 1
-    # Two SBEM planes the bundled (FIB-SEM) model doubts, then four FIB-SEM planes it knows.
-    raw, _ = cdeep3m
-    fib = tifffile.imread(DATA / "lucchi_crop_raw.tif")[:4, :256, :256]
-    volume = np.concatenate([raw, fib])
-
-    def planes():
-        picked = pick_patches(volume, 6, 64, strategy="uncertain", device="cpu", prefill="none")
-        assert len(picked) == 6
-        return Counter(p.start[0] for p in picked)
-
-    assert max(planes().values()) <= plane_cap(6, 6) == 2
-    monkeypatch.setattr(module, "plane_cap", lambda n, n_planes: n)
-    assert max(planes().values()) > 2  # without the cap the doubt gathers on a few planes

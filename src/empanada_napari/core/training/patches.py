@@ -13,8 +13,7 @@ Strategies (``strategy=``):
   is the point's coordinate along ``axis``.
 * ``"uncertain"``: the model segments candidate planes; every non-overlapping tile is scored by
   the model's own doubt, weighted by how much of it the model calls mitochondria, and the
-  highest-scoring tiles win (see :func:`doubt_maps` and :func:`tile_score`), at most
-  :func:`plane_cap` of them from one plane.
+  highest-scoring tiles win (see :func:`doubt_maps` and :func:`tile_score`).
 
 Labels are prefilled (``prefill=``) with the model's prediction (``"model"``), cut from an
 existing label array (``"labels"``) or left empty (``"none"``), so correcting a patch means
@@ -54,14 +53,6 @@ FOREGROUND_FULL = 0.1
 EMPTY_WEIGHT = 0.25
 #: Two picks at the same place lie more than this many planes apart (neighbours look alike).
 PLANE_GAP = 3
-
-
-def plane_cap(n: int, n_planes: int) -> int:
-    """The most "uncertain" picks one plane may give: twice its even share of ``n`` over
-    ``n_planes`` candidate planes (no limit for a single plane). The model's doubt gathers on a
-    few planes (6 of 16 CDeep3M picks came from its last slice); spreading them finetuned
-    better and more steadily (docs/benchmarks.md, adaptation loop)."""
-    return max(1, -(-2 * n // max(1, n_planes)))
 
 
 @dataclass
@@ -354,12 +345,9 @@ def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, ca
             plans.append(_Plan(z, y0, x0, tile_score(parts, labels[box]), parts, labels[box]))
     plans.sort(key=lambda p: -p.score)
     picked: list[_Plan] = []
-    per_plane = plane_cap(n, len(chosen))
     for plan in plans:
         if len(picked) == n:
             break
-        if sum(p.z == plan.z for p in picked) >= per_plane:
-            continue
         # The same place a few planes away looks almost the same: one of them is enough.
         same_place = (
             (p.y0, p.x0) == (plan.y0, plan.x0) for p in picked if abs(p.z - plan.z) <= PLANE_GAP
