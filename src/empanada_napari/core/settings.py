@@ -261,8 +261,8 @@ class InferenceSettings(_Settings):
     )
     batch_size: int | None = setting(
         None,
-        "Slices per forward pass of the model (default: 8 on a GPU; on a CPU 2, up to 8 for "
-        "small slices).",
+        "Slices per forward pass of the model (default: 8 on a GPU; on a CPU about one "
+        "768 x 1024 image's worth of pixels, 2 to 8 slices).",
         minimum=1,
         advanced=True,
     )

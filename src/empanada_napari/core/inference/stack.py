@@ -279,9 +279,8 @@ def filter_objects(
     increasing order of their old ids)."""
     ids, dense, counts = _dense_ids(np.asarray(labels))
     size, lo, hi = sizes_and_boxes(dense, ids.size, size=counts)
-    return _kept_ids(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)[
-        dense
-    ]
+    lut = _kept_ids(size, lo, hi, min_size, min_extent, dense.shape if border_aware else None)
+    return lut[dense]
 
 
 def filter_labelled(
