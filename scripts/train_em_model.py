@@ -179,7 +179,7 @@ def score_validation(models: list[str], args) -> dict:
     for model in models:
         engine = Engine2D(model, args.device)
         for part, (raw, truth) in parts.items():
-            pred = engine.segment_stack(raw)
+            pred = engine.segment_slices(raw)
             fg = (truth > 0).astype(np.int64)
             s = evaluate(pred.astype(np.int64), fg, per_slice=True, relabel_2d_cc=True)
             row = {k: round(float(s[k]), 4) for k in ("semantic_iou", "f1@0.5", "pq")}
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from empanada_napari.core.models.loading import _resolve
+    from empanada_napari.core.models.loading import resolve_model
     from empanada_napari.core.training import MixedDataset, finetune
 
     if args.threads:
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     dataset = MixedDataset(
         sources, args.weights, samples_per_epoch=args.batch_size * 50, seed=args.seed
     )
-    base_name, base_path, base_config = _resolve(args.init, None, False)
+    base_name, base_path, base_config = resolve_model(args.init)
     module = torch.jit.load(str(base_path), map_location="cpu")
     snapshots = args.output / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
