@@ -120,6 +120,13 @@ def test_segment_errors_are_one_line(toy_model_file, disks_tif, tmp_path, capsys
     assert main(["segment", str(src), "-o", str(tmp_path / "w.tif"), "--model", str(broken)]) == 2
     assert "TorchScript" in capsys.readouterr().err
     assert not (tmp_path / "w.tif").exists()
+    # A TIFF cut short (an interrupted copy): a plain sentence first, tifffile's words after.
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(src.read_bytes()[:300])
+    assert main(["segment", str(cut), "-o", str(tmp_path / "v.tif"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable TIF file" in err and "Details:" in err and "Traceback" not in err
+    assert not (tmp_path / "v.tif").exists()
 
 
 def test_models_register_list_export_import(toy_model_file, tmp_path, capsys):

@@ -69,7 +69,11 @@ def read_image(path: str | Path, key: str | None = None):
     except EmpanadaError:
         raise
     except Exception as err:
-        raise InputError(f"Could not read {path}: {type(err).__name__}: {err}") from err
+        kind = "zarr store" if _is_zarr(path) else f"{suffix.lstrip('.').upper()} file"
+        raise InputError(
+            f"Could not read {path}: it is not a readable {kind} (truncated, corrupt or "
+            f"another format under this name?). Details: {type(err).__name__}: {err}"
+        ) from err
     raise InputError(f"Unsupported input {path.name}: expected one of {', '.join(IMAGE_SUFFIXES)}.")
 
 
