@@ -96,7 +96,7 @@ def test_segment_zarr_output_and_2d_input(toy_model_file, disks_tif, tmp_path):
     assert np.array_equal(tifffile.imread(out2), np.asarray(z[0]))
 
 
-def test_segment_errors_are_one_line(toy_model_file, disks_tif, tmp_path, capsys):
+def test_segment_errors_are_one_line(toy_model_file, disks_tif, tmp_path, capsys, caplog):
     src, _ = disks_tif
     out = tmp_path / "o.tif"
     out.write_bytes(b"precious")
@@ -126,6 +126,8 @@ def test_segment_errors_are_one_line(toy_model_file, disks_tif, tmp_path, capsys
     assert main(["segment", str(cut), "-o", str(tmp_path / "v.tif"), *args]) == 2
     err = capsys.readouterr().err
     assert "not a readable TIF file" in err and "Details:" in err and "Traceback" not in err
+    # tifffile's own cryptic log line about the broken tag is held back (not printed first).
+    assert not [r for r in caplog.records if r.name == "tifffile"]
     assert not (tmp_path / "v.tif").exists()
 
 
@@ -238,3 +240,19 @@ def test_manifest_validates():
         timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tifffile_log_is_held_only_when_the_read_fails(caplog):
+    import logging
+
+    from empanada_napari.core.io import _tifffile_log_held
+
+    log = logging.getLogger("tifffile")
+    with _tifffile_log_held():
+        log.warning("about a valid file")
+    with pytest.raises(ValueError), _tifffile_log_held():
+        log.error("about a broken tag")
+        raise ValueError("broken")
+    assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == [
+        "about a valid file"
+    ]

@@ -10,9 +10,12 @@ which keeps every finished chunk).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,35 @@ def _is_zarr(path: Path) -> bool:
     )
 
 
+class _Held(logging.Handler):
+    """Keeps the log records of a read (see :func:`_tifffile_log_held`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _tifffile_log_held() -> Iterator[_Held]:
+    """Hold back what tifffile logs while a file is read: a corrupt file makes it log a
+    cryptic line before raising, which the one-line error then repeats in words. A read
+    that succeeds passes the held records on, so warnings about valid files still show."""
+    log = logging.getLogger("tifffile")
+    held, propagate = _Held(), log.propagate
+    log.addHandler(held)
+    log.propagate = False
+    try:
+        yield held
+    finally:
+        log.removeHandler(held)
+        log.propagate = propagate
+    for record in held.records:  # only reached when the read succeeded
+        log.handle(record)
+
+
 def read_image(path: str | Path, key: str | None = None):
     """Open an image as a numpy, memory-mapped or zarr array (not read into memory if lazy).
 
@@ -53,10 +85,11 @@ def read_image(path: str | Path, key: str | None = None):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            try:
-                return tifffile.memmap(str(path), mode="r")
-            except (ValueError, OSError):  # compressed or tiled TIFF: read it
-                return tifffile.imread(str(path))
+            with _tifffile_log_held():
+                try:
+                    return tifffile.memmap(str(path), mode="r")
+                except (ValueError, OSError):  # compressed or tiled TIFF: read it
+                    return tifffile.imread(str(path))
         if suffix == ".png":
             from skimage.io import imread
 
