@@ -244,6 +244,7 @@ def test_manifest_validates():
 
 def test_tifffile_log_is_held_only_when_the_read_fails(caplog):
     import logging
+    import threading
 
     from empanada_napari.core.io import _tifffile_log_held
 
@@ -252,7 +253,11 @@ def test_tifffile_log_is_held_only_when_the_read_fails(caplog):
         log.warning("about a valid file")
     with pytest.raises(ValueError), _tifffile_log_held():
         log.error("about a broken tag")
+        other = threading.Thread(target=log.warning, args=("from another thread",))
+        other.start()
+        other.join()
         raise ValueError("broken")
     assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == [
-        "about a valid file"
+        "about a valid file",
+        "from another thread",
     ]

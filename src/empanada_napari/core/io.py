@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,32 +39,39 @@ def _is_zarr(path: Path) -> bool:
     )
 
 
-class _Held(logging.Handler):
-    """Keeps the log records of a read (see :func:`_tifffile_log_held`)."""
+_HOLD = threading.local()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+class _HoldFilter(logging.Filter):
+    """Keeps back tifffile's records in a thread inside :func:`_tifffile_log_held`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(_HOLD, "records", None)
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+
+_TIFFFILE_FILTER = _HoldFilter()
 
 
 @contextmanager
-def _tifffile_log_held() -> Iterator[_Held]:
-    """Hold back what tifffile logs while a file is read: a corrupt file makes it log a
-    cryptic line before raising, which the one-line error then repeats in words. A read
-    that succeeds passes the held records on, so warnings about valid files still show."""
+def _tifffile_log_held() -> Iterator[list[logging.LogRecord]]:
+    """Hold back what tifffile logs while this thread reads a file: a corrupt file makes it
+    log a cryptic line before raising, which the one-line error then repeats in words. A
+    read that succeeds passes the held records on, so warnings about valid files still show.
+    Per thread: other threads' reads log as usual."""
     log = logging.getLogger("tifffile")
-    held, propagate = _Held(), log.propagate
-    log.addHandler(held)
-    log.propagate = False
+    if _TIFFFILE_FILTER not in log.filters:
+        log.addFilter(_TIFFFILE_FILTER)
+    outer, held = getattr(_HOLD, "records", None), []
+    _HOLD.records = held
     try:
         yield held
     finally:
-        log.removeHandler(held)
-        log.propagate = propagate
-    for record in held.records:  # only reached when the read succeeded
+        _HOLD.records = outer
+    for record in held:  # only reached when the read succeeded
         log.handle(record)
 
 
