@@ -53,24 +53,23 @@ class _HoldFilter(logging.Filter):
         return False
 
 
-_TIFFFILE_FILTER = _HoldFilter()
+# Installed once; it holds nothing outside _tifffile_log_held (tifffile need not be imported).
+logging.getLogger("tifffile").addFilter(_HoldFilter())
 
 
 @contextmanager
-def _tifffile_log_held() -> Iterator[list[logging.LogRecord]]:
+def _tifffile_log_held() -> Iterator[None]:
     """Hold back what tifffile logs while this thread reads a file: a corrupt file makes it
     log a cryptic line before raising, which the one-line error then repeats in words. A
     read that succeeds passes the held records on, so warnings about valid files still show.
     Per thread: other threads' reads log as usual."""
-    log = logging.getLogger("tifffile")
-    if _TIFFFILE_FILTER not in log.filters:
-        log.addFilter(_TIFFFILE_FILTER)
     outer, held = getattr(_HOLD, "records", None), []
     _HOLD.records = held
     try:
-        yield held
+        yield
     finally:
         _HOLD.records = outer
+    log = logging.getLogger("tifffile")
     for record in held:  # only reached when the read succeeded
         log.handle(record)
 
