@@ -76,6 +76,35 @@ def test_flip_averaging_is_flip_equivariant_on_real_em():
         assert same_partition(np.flip(mirrored, axis), labels)
 
 
+def test_kept_views_are_the_flipped_outputs_and_change_nothing_else():
+    # keep_views (the "most uncertain" picking's doubt under flips) adds the four views'
+    # semantic probabilities; the outputs stay those of the settings, bit for bit.
+    import tifffile
+
+    from .conftest import DATA
+
+    image = tifffile.imread(DATA / "lucchi_crop_raw.tif")[0][:100, :90]  # padded to the grid
+    for tta in (False, True):
+        engine = Engine2D("default", "cpu", tta=tta)
+        batch = engine.normalize(image[None], (0, 255))
+        plain, kept = engine.infer(batch), engine.infer(batch, keep_views=True)
+        assert "sem_views" not in plain.extra
+        for key in ("sem_prob", "ctr_hmp", "offsets"):
+            assert torch.equal(getattr(plain, key), getattr(kept, key))
+        views = kept.extra["sem_views"]
+        assert views.shape == (4, *plain.sem_prob.shape)
+        if tta:
+            torch.testing.assert_close(views.mean(0), plain.sem_prob)
+        else:
+            assert torch.equal(views[0], plain.sem_prob)
+        # view 1 is the vertically flipped image's output flipped back
+        flipped = Engine2D("default", "cpu").infer(np.ascontiguousarray(batch[:, ::-1]))
+        h = image.shape[0]
+        torch.testing.assert_close(
+            views[1][..., :h, :], torch.flip(flipped.sem_prob[..., :h, :], (-2,))
+        )
+
+
 def test_batched_equals_single(toy_model, disks):
     image, _ = disks
     stack = np.stack([image, np.flipud(image), np.fliplr(image)])

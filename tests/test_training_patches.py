@@ -44,7 +44,7 @@ def test_patches_keep_their_coordinates_and_model_prefill(cdeep3m, strategy):
     if strategy == "uncertain":
         scores = [p.score for p in patches]
         assert scores == sorted(scores, reverse=True) and scores[0] > 0
-        assert set(patches[0].doubt) == {"semantic", "centres", "linking"}
+        assert set(patches[0].doubt) == {"semantic", "centres", "linking", "flips"}
     else:  # random patches of one plane do not overlap
         for i, a in enumerate(patches):
             for b in patches[i + 1 :]:
@@ -60,8 +60,9 @@ def test_uncertain_patches_are_where_the_model_hesitates_most(cdeep3m):
     raw, _ = cdeep3m
     best = pick_patches(raw[:1], 1, 64, strategy="uncertain", device="cpu", prefill="none")[0]
     engine = Engine2D("default", "cpu")
-    labels, prob, ctr = _predict(engine, raw[0], (0, 255))
-    maps = doubt_maps(labels, prob, ctr)
+    labels, prob, ctr, flips = _predict(engine, raw[0], (0, 255), views=True)
+    assert flips.shape == labels.shape and 0 < flips.mean() < 0.5
+    maps = doubt_maps(labels, prob, ctr, flips=flips)
     boxes = [np.s_[y : y + 64, x : x + 64] for y, x in _tiles(raw.shape[1:], (64, 64))]
     totals = [
         tile_score({k: float(m[box].mean()) for k, m in maps.items()}, labels[box]) for box in boxes
@@ -83,7 +84,7 @@ def test_tile_score_weights_doubt_by_predicted_foreground():
     assert tile_score(parts, empty) < tile_score(parts, some) < tile_score(parts, full)
 
 
-def test_doubt_maps_flag_threshold_pixels_weak_centres_and_unlinked_objects():
+def test_doubt_maps_flag_threshold_pixels_weak_centres_unlinked_objects_and_flips():
     labels = np.zeros((20, 20), np.int32)
     labels[2:6, 2:6] = 1
     labels[10:14, 10:14] = 2
@@ -94,8 +95,12 @@ def test_doubt_maps_flag_threshold_pixels_weak_centres_and_unlinked_objects():
     ctr[12, 12] = 0.2
     neighbour = np.zeros_like(labels)
     neighbour[2:6, 2:6] = 7  # object 1 continues in the next plane, object 2 does not
-    maps = doubt_maps(labels, prob, ctr, neighbours=[neighbour])
+    flips = np.zeros(labels.shape, bool)
+    flips[5:7, 5:7] = True  # the flipped views disagree at object 1's corner
+    maps = doubt_maps(labels, prob, ctr, neighbours=[neighbour], flips=flips)
     assert maps["semantic"].sum() == 1 and maps["semantic"][0, 0] == 1
+    np.testing.assert_array_equal(maps["flips"] > 0, flips)
+    assert "flips" not in doubt_maps(labels, prob, ctr)
     np.testing.assert_array_equal(maps["centres"] > 0, labels == 2)
     np.testing.assert_array_equal(maps["linking"] > 0, labels == 2)
 

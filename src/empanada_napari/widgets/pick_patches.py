@@ -51,7 +51,8 @@ class PickPatchesWidget(Container):
         self.strategy.tooltip = (
             "most uncertain: the model segments the image and the patches where it hesitates "
             "most (probability near the threshold, weak or touching centres, objects that do "
-            "not continue into the next slice) come first, so your corrections count most"
+            "not continue into the next slice, pixels its flipped views disagree on) come "
+            "first, so your corrections count most"
         )
         self.points = LayerPicker(napari_viewer, ("points",), label="points", visible=False)
         self.number = SpinBox(value=16, min=1, max=1000, label="patches")

@@ -141,10 +141,15 @@ class Engine2D:
             "offsets": out["offsets"][..., : h // grid, : w // grid],
         }
 
-    def infer(self, batch: np.ndarray, cancel: CancelFlag = None) -> RawOutputs:
+    def infer(
+        self, batch: np.ndarray, cancel: CancelFlag = None, *, keep_views: bool = False
+    ) -> RawOutputs:
         """Model outputs for normalised float32 slices (N, H, W) (see :meth:`normalize`).
 
-        With flip averaging, ``cancel`` is checked between the four views."""
+        With flip averaging, ``cancel`` is checked between the four views. ``keep_views``
+        runs the four flipped views even without flip averaging and keeps each view's
+        semantic probabilities, flipped back, in ``extra["sem_views"]`` (4, N, C, Hg, Wg);
+        the outputs themselves are those of the settings (the plain view without averaging)."""
         s = self.settings
         n, height, width = batch.shape
         d = s.downsample
@@ -166,23 +171,43 @@ class Engine2D:
                 return self._padded_forward(inp, render_steps, fine, d, grid)
             return self._tiled_forward(inp, render_steps, fine, d, grid)
 
-        if not s.tta:
+        extra = {}
+        if not s.tta and not keep_views:
             out = run(x)
             sem_prob = pp.semantic_probabilities(out["sem_logits"])
             ctr_hmp, offsets = out["ctr_hmp"], out["offsets"]
         else:
-            sem_prob, ctr_hmp, offsets = self._flip_average(run, x, cancel)
+            # Summed view by view (not kept as a list): flip averaging holds one set of
+            # outputs beside the running sum, as it always did.
+            views = self._flip_views(run, x, cancel)
+            total = next(views)
+            sems, n = [total[0]], 1
+            for view in views:
+                n += 1
+                if keep_views:
+                    sems.append(view[0])
+                if s.tta:
+                    total = tuple(a + b for a, b in zip(total, view, strict=True))
+            sem_prob, ctr_hmp, offsets = tuple(t / n for t in total) if s.tta else total
+            if keep_views:
+                extra["sem_views"] = torch.stack(sems)
         return RawOutputs(
-            sem_prob=sem_prob, ctr_hmp=ctr_hmp, offsets=offsets, shape=(height, width)
+            sem_prob=sem_prob,
+            ctr_hmp=ctr_hmp,
+            offsets=offsets,
+            shape=(height, width),
+            extra=extra,
         )
 
     @staticmethod
-    def _flip_average(run: Callable[[torch.Tensor], dict], x: torch.Tensor, cancel=None):
-        """Test-time augmentation: the mean of the outputs for the image and its three
-        flips (vertical, horizontal, both), each flipped back. Flipping an axis negates that
-        component of the offsets (dy, dx). The padded size is a multiple of the 1/4 grid, so
-        a flipped grid cell lands exactly on another cell."""
-        sem = ctr = off = None
+    def _flip_views(
+        run: Callable[[torch.Tensor], dict], x: torch.Tensor, cancel=None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(semantic probabilities, centre heat-map, offsets) for the image and its three
+        flips (vertical, horizontal, both), each flipped back; their mean is test-time
+        augmentation. Flipping an axis negates that component of the offsets (dy, dx). The
+        padded size is a multiple of the 1/4 grid, so a flipped grid cell lands exactly on
+        another cell."""
         flips = ((), (-2,), (-1,), (-2, -1))
         for k, dims in enumerate(flips):
             if k and is_cancelled(cancel):
@@ -194,11 +219,7 @@ class Engine2D:
                 p, c, o = torch.flip(p, dims), torch.flip(c, dims), torch.flip(o, dims)
                 for dim in dims:  # offsets channel 0 is dy (axis -2), channel 1 is dx
                     o[:, 0 if dim == -2 else 1] *= -1
-            sem = p if sem is None else sem + p
-            ctr = c if ctr is None else ctr + c
-            off = o if off is None else off + o
-        n = len(flips)
-        return sem / n, ctr / n, off / n
+            yield p, c, o
 
     def _tiled_forward(
         self, x: torch.Tensor, render_steps: int, fine: bool, scale: int, grid: int

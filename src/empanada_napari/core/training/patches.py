@@ -11,9 +11,10 @@ Strategies (``strategy=``):
 * ``"points"``: one patch centred on each point of an (N, D) array in the image's index
   space (a napari Points layer's data converted to the image's data coordinates); the plane
   is the point's coordinate along ``axis``.
-* ``"uncertain"``: the model segments candidate planes; every non-overlapping tile is scored by
-  the model's own doubt, weighted by how much of it the model calls mitochondria, and the
-  highest-scoring tiles win (see :func:`doubt_maps` and :func:`tile_score`).
+* ``"uncertain"``: the model segments candidate planes (and their flipped views); every
+  non-overlapping tile is scored by the model's own doubt, weighted by how much of it the model
+  calls mitochondria, and the highest-scoring tiles win (see :func:`doubt_maps` and
+  :func:`tile_score`).
 
 Labels are prefilled (``prefill=``) with the model's prediction (``"model"``), cut from an
 existing label array (``"labels"``) or left empty (``"none"``), so correcting a patch means
@@ -139,20 +140,34 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the model's doubt
 
 
-def _predict(engine, plane: np.ndarray, value_range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels (H, W), foreground probability (H, W) and centre heat-map (H, W) of a plane."""
+def _foreground(prob, h: int, w: int) -> np.ndarray:
+    """Foreground probability (H, W) from semantic probabilities (C, Hg, Wg): with several
+    classes, doubt about "is this an object at all" is 1 - P(background)."""
+    prob = prob.float()
+    fg = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
+    return fg[:h, :w].cpu().numpy()
+
+
+def _predict(
+    engine, plane: np.ndarray, value_range, *, views: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels (H, W), foreground probability (H, W) and centre heat-map (H, W) of a plane,
+    and with ``views`` where the model's four flipped views disagree (H, W bool: some call
+    the pixel foreground, some do not), else None."""
     batch = engine.normalize(plane[None], value_range)
-    raw = engine.infer(batch)
+    raw = engine.infer(batch, keep_views=views)
     labels = engine.postprocess(raw, 0)
     h, w = raw.shape
-    prob = raw.sem_prob[0].float()
-    # Several classes: doubt about "is this an object at all" is 1 - P(background).
-    fg = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
-    fg = fg[:h, :w].cpu().numpy()
+    fg = _foreground(raw.sem_prob[0], h, w)
     ctr = raw.ctr_hmp[0, 0].float().cpu().numpy()
     stride = max(1, -(-fg.shape[0] // ctr.shape[0]))
     ctr = np.repeat(np.repeat(ctr, stride, axis=0), stride, axis=1)[:h, :w]
-    return labels, fg, ctr
+    flips = None
+    if views:
+        thr = engine.settings.confidence_thr
+        votes = sum(_foreground(v[0], h, w) > thr for v in raw.extra["sem_views"])
+        flips = (votes > 0) & (votes < len(raw.extra["sem_views"]))
+    return labels, fg, ctr, flips
 
 
 def _touching(labels: np.ndarray) -> np.ndarray:
@@ -186,6 +201,7 @@ def doubt_maps(
     *,
     confidence_thr: float = 0.5,
     neighbours: Sequence[np.ndarray] = (),
+    flips: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-pixel 0/1 maps of the model's doubt on one plane (the "uncertain" strategy).
 
@@ -194,7 +210,9 @@ def doubt_maps(
     * ``centres``: pixels of objects whose centre heat-map peak is below
       :data:`WEAK_CENTRE`, or that touch another object (weak or competing centres);
     * ``linking``: pixels of objects that match nothing (IoU >= 0.25) in the neighbouring
-      planes' predictions (``neighbours``; empty for a 2D image).
+      planes' predictions (``neighbours``; empty for a 2D image);
+    * ``flips`` (when ``flips`` is given): pixels where the model's flipped views disagree,
+      so its answer depends on the orientation alone (see :func:`_predict`).
     """
     from scipy import ndimage as ndi
 
@@ -206,6 +224,8 @@ def doubt_maps(
         doubtful = np.union1d(ids[peaks < WEAK_CENTRE], _touching(labels))
     maps["centres"] = np.isin(labels, doubtful).astype(np.float32)
     maps["linking"] = np.isin(labels, _unlinked(labels, neighbours)).astype(np.float32)
+    if flips is not None:
+        maps["flips"] = np.asarray(flips, dtype=np.float32)
     return maps
 
 
@@ -325,20 +345,22 @@ def _candidate_planes(src: _Source, max_planes: int) -> list[int]:
 
 def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, cancel):
     chosen = _candidate_planes(src, max_planes)
-    # Neighbouring planes are predicted too, for the linking test.
+    # Neighbouring planes are predicted too, for the linking test; the flipped views, four
+    # model calls, only on the candidate planes themselves.
     needed = sorted({z + d for z in chosen for d in (-1, 0, 1) if 0 <= z + d < src.n_planes})
-    preds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    candidates = set(chosen)
+    preds: dict[int, tuple] = {}
     for i, z in enumerate(needed):
         check_cancelled(cancel, f"Cancelled after scoring {i} of {len(needed)} planes.")
         plane = src.read(z, slice(None), slice(None))
-        preds[z] = _predict(engine, plane, src.value_range)
+        preds[z] = _predict(engine, plane, src.value_range, views=z in candidates)
         report(progress, i + 1, len(needed) + 1, {"phase": "scoring planes"})
     plans = []
     thr = engine.settings.confidence_thr
     for z in chosen:
-        labels, prob, ctr = preds[z]
+        labels, prob, ctr, flips = preds[z]
         neighbours = [preds[k][0] for k in (z - 1, z + 1) if k in preds]
-        maps = doubt_maps(labels, prob, ctr, confidence_thr=thr, neighbours=neighbours)
+        maps = doubt_maps(labels, prob, ctr, confidence_thr=thr, neighbours=neighbours, flips=flips)
         for y0, x0 in _tiles(src.plane_shape, src.size):
             box = (slice(y0, y0 + src.size[0]), slice(x0, x0 + src.size[1]))
             parts = {k: float(m[box].mean()) for k, m in maps.items()}
