@@ -181,14 +181,14 @@ class Engine2D:
             # outputs beside the running sum, as it always did.
             views = self._flip_views(run, x, cancel)
             total = next(views)
-            sems, n = [total[0]], 1
+            sems, n_views = ([total[0]] if keep_views else []), 1
             for view in views:
-                n += 1
+                n_views += 1
                 if keep_views:
                     sems.append(view[0])
                 if s.tta:
                     total = tuple(a + b for a, b in zip(total, view, strict=True))
-            sem_prob, ctr_hmp, offsets = tuple(t / n for t in total) if s.tta else total
+            sem_prob, ctr_hmp, offsets = tuple(t / n_views for t in total) if s.tta else total
             if keep_views:
                 extra["sem_views"] = torch.stack(sems)
         return RawOutputs(
