@@ -36,6 +36,8 @@ CPU_BATCH_PIXELS = 3 << 18
 #: Images per call when the slice size is not known, and the fewest for large slices.
 CPU_MIN_BATCH = 2
 CPU_MAX_BATCH = 8
+#: The views of flip averaging: the image, flipped vertically, horizontally and both ways.
+FLIPS = ((), (-2,), (-1,), (-2, -1))
 
 
 @dataclass
@@ -179,16 +181,15 @@ class Engine2D:
         else:
             # Summed view by view (not kept as a list): flip averaging holds one set of
             # outputs beside the running sum, as it always did.
-            views = self._flip_views(run, x, cancel)
-            total = next(views)
-            sems, n_views = ([total[0]] if keep_views else []), 1
-            for view in views:
-                n_views += 1
+            total, sems = None, []
+            for view in self._flip_views(run, x, cancel):
                 if keep_views:
                     sems.append(view[0])
-                if s.tta:
+                if total is None:
+                    total = view
+                elif s.tta:
                     total = tuple(a + b for a, b in zip(total, view, strict=True))
-            sem_prob, ctr_hmp, offsets = tuple(t / n_views for t in total) if s.tta else total
+            sem_prob, ctr_hmp, offsets = tuple(t / len(FLIPS) for t in total) if s.tta else total
             if keep_views:
                 extra["sem_views"] = torch.stack(sems)
         return RawOutputs(
@@ -208,10 +209,9 @@ class Engine2D:
         augmentation. Flipping an axis negates that component of the offsets (dy, dx). The
         padded size is a multiple of the 1/4 grid, so a flipped grid cell lands exactly on
         another cell."""
-        flips = ((), (-2,), (-1,), (-2, -1))
-        for k, dims in enumerate(flips):
+        for k, dims in enumerate(FLIPS):
             if k and is_cancelled(cancel):
-                raise Cancelled(f"Cancelled after {k} of {len(flips)} flipped views.")
+                raise Cancelled(f"Cancelled after {k} of {len(FLIPS)} flipped views.")
             out = run(torch.flip(x, dims) if dims else x)
             p = pp.semantic_probabilities(out["sem_logits"])
             c, o = out["ctr_hmp"], out["offsets"]
