@@ -14,6 +14,19 @@ import yaml
 from ..errors import ModelError
 from ..models.loading import MITONET_NORMS
 
+#: Config keys that describe the files of the model a training run started from (or make it
+#: the default): a trained model's config must not inherit them.
+BASE_FILE_KEYS = frozenset(
+    {
+        "model_quantized",
+        "model_sha256",
+        "model_quantized_sha256",
+        "model_size_mb",
+        "model_quantized_size_mb",
+        "default_model",
+    }
+)
+
 
 @dataclass
 class TrainResult:
@@ -60,18 +73,8 @@ def export_model(
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"Could not save the trained model to {model_path}: {err}") from err
-    config = dict(config)
+    config = {k: v for k, v in config.items() if k not in BASE_FILE_KEYS}
     config["model"] = model_path.name
-    # These described the original model's files (or made it the default).
-    for key in (
-        "model_quantized",
-        "model_sha256",
-        "model_quantized_sha256",
-        "model_size_mb",
-        "model_quantized_size_mb",
-        "default_model",
-    ):
-        config.pop(key, None)
     with open(config_path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
     if register:
