@@ -203,3 +203,58 @@ def test_ctrl_c_during_a_chunked_run_keeps_finished_blocks_for_resume(tmp_path, 
     args[args.index("-o") + 1] = str(whole)
     assert main(args) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(whole))[:])
+
+
+@pytest.mark.parametrize("mode", ["2d", "stack"])
+def test_overwrite_refuses_a_folder_the_tool_did_not_write(tmp_path, toy_model_file, mode, capsys):
+    # Issue 35: `-o results.zarr --overwrite` where results.zarr is a folder of the user's
+    # files used to delete it. Also a zarr store of someone else's (no empanada attribute).
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, RAW)
+    user = tmp_path / "results.zarr"
+    user.mkdir()
+    (user / "notes.txt").write_text("three months of work")
+    (user / "sub").mkdir()
+    (user / "sub" / "cells.csv").write_text("1,2\n")
+    foreign = _zarr_input(tmp_path / "other.zarr")
+    for out in (user, foreign):
+        args = ["segment", str(src), "-o", str(out), "--overwrite", "--mode", mode]
+        assert main([*args, "--model", str(toy_model_file), "--no-progress"]) == 2
+        assert "Will not overwrite" in capsys.readouterr().err
+    assert (user / "notes.txt").read_text() == "three months of work"
+    assert (user / "sub" / "cells.csv").exists()
+    np.testing.assert_array_equal(zarr.open_array(str(foreign), mode="r")[:], RAW)
+    # The library refuses the same way (the widgets write through it).
+    with pytest.raises(InputError, match="did not write"):
+        segment_volume(RAW, toy_model_file, out=user, overwrite=True)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt", "sub"]
+
+
+def test_overwrite_replaces_only_labels_files(tmp_path, toy_model_file):
+    from empanada_napari.core.io import check_replaceable, export_array, write_labels
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, RAW)
+    image = tmp_path / "raw_copy.tif"  # somebody's image, not labels
+    tifffile.imwrite(image, RAW)
+    common = ["--model", str(toy_model_file), "--no-progress", "--overwrite"]
+    assert main(["segment", str(src), "-o", str(image), *common]) == 2
+    np.testing.assert_array_equal(tifffile.imread(image), RAW)
+    with pytest.raises(InputError, match="not a labels file"):
+        write_labels(image, np.zeros((4, 4), np.uint32), overwrite=True)
+    # The tool's own outputs (and labels TIFFs of other tools) are replaced as before.
+    ours = tmp_path / "labels.tif"
+    assert main(["segment", str(src), "-o", str(ours), *common]) == 0
+    assert main(["segment", str(src), "-o", str(ours), *common]) == 0
+    theirs = tmp_path / "theirs.tif"
+    tifffile.imwrite(theirs, np.ones((4, 4), np.int32))
+    check_replaceable(theirs)
+    # An export of an image carries the tool's mark, and a folder of exported slices too.
+    exported = export_array(RAW, tmp_path / "exp.tif", "tiff", kind="image")
+    check_replaceable(exported)
+    slices = export_array(RAW, tmp_path / "slices", "tiff-slices", kind="image")
+    export_array(RAW, slices, "tiff-slices", kind="image", overwrite=True)
+    (slices / "mine.txt").write_text("x")
+    with pytest.raises(InputError, match="did not write"):
+        export_array(RAW, slices, "tiff-slices", kind="image", overwrite=True)
+    assert (slices / "mine.txt").exists()

@@ -234,7 +234,7 @@ def _segment(args) -> int:
     from .core.errors import InputError
     from .core.inference.engine import Engine2D
     from .core.inference.slices import segment_slices_to
-    from .core.io import read_image
+    from .core.io import check_replaceable, read_image
     from .core.models.loading import load_model
     from .core.output import check_not_input, check_writable
     from .core.preprocess import check_image
@@ -263,6 +263,8 @@ def _segment(args) -> int:
     # must not cost a whole segmentation, and must never touch the input.
     check_not_input(output, [args.input])
     check_writable(output, folder=output.suffix.lower() == ".zarr")
+    if args.overwrite and not args.resume:
+        check_replaceable(output)
     settings = _settings_from_args(args)
     image = read_image(args.input, args.key)
     check_image(image, ndim=(2, 3))

@@ -142,6 +142,75 @@ def _disk_error(err: OSError, path: Path) -> EmpanadaError:
     return EmpanadaError(f"Could not write {path}: {err}")
 
 
+#: Written into every TIFF this package saves, so an overwrite can tell its own files.
+TIFF_MARK = "empanada-napari"
+#: Integer types of label images; a TIFF of another type is someone's image, not labels.
+_LABEL_DTYPES = ("uint32", "int32", "uint64", "int64")
+
+
+def _zarr_attrs(path: Path) -> dict | None:
+    """The attributes of the zarr array or group at ``path``; None when it is not one."""
+    if not ((path / ".zarray").exists() or (path / ".zgroup").exists()
+            or (path / "zarr.json").exists()):  # fmt: skip
+        return None
+    import zarr
+
+    try:
+        return dict(zarr.open(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - a folder that only looks like a store
+        return None
+
+
+def _own_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF this package wrote, or a labels TIFF (32/64-bit ids)."""
+    import tifffile
+
+    try:
+        with _tifffile_log_held(), tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages.first
+            if TIFF_MARK in (page.description or "") or TIFF_MARK in str(tif.shaped_metadata):
+                return True
+            return str(page.dtype) in _LABEL_DTYPES
+    except Exception:  # noqa: BLE001 - not a readable TIFF: not ours
+        return False
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse to overwrite anything but a result this package could have written.
+
+    ``overwrite`` replaces a zarr store that records the package's attribute (a segmentation
+    or an export), a folder of slices from the Export dock, an empty folder, or a labels
+    TIFF (written by the package, or of a 32/64-bit integer type); a folder of the user's
+    files, an image, or anything else is refused with the reason, before any work is done.
+    """
+    path = Path(path).expanduser()
+    if not path.exists() and not path.is_symlink():
+        return
+    why = None
+    if path.is_dir():
+        attrs = _zarr_attrs(path)
+        entries = sorted(p.name for p in path.iterdir())
+        slices = [n for n in entries if n.startswith(f"{path.name}_") and n.endswith(".tif")]
+        if attrs is not None and EXPORT_ATTR in attrs:
+            return
+        if not entries or (len(slices) == len(entries) and all(
+            (path / n).is_file() and _own_tiff(path / n) for n in slices
+        )):  # fmt: skip
+            return
+        kind = "a zarr store" if attrs is not None else "a folder"
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        why = f"it is {kind} this tool did not write ({len(entries)} entries: {shown})"
+    elif not path.is_file():
+        why = "it is not a regular file"
+    elif path.suffix.lower() not in (".tif", ".tiff") or not _own_tiff(path):
+        why = "it is not a labels file this tool wrote (an image or another kind of file)"
+    if why:
+        raise InputError(
+            f"Will not overwrite {path}: {why}. Overwriting only replaces a result of "
+            "empanada-napari; move or delete it yourself, or choose another output name."
+        )
+
+
 def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
     """Write a label array to ``.tif``/``.tiff`` (zlib) or ``.zarr``, keeping its dtype.
 
@@ -156,6 +225,7 @@ def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
         )
     if path.exists() and not overwrite:
         raise InputError(f"Output {path} exists; choose another name or allow overwriting.")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return export_array(labels, path, "zarr" if suffix == ".zarr" else "tiff", overwrite=True)
 
@@ -313,6 +383,7 @@ def export_array(
     meta = meta or {}
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; tick overwrite or choose another folder.")
+    check_replaceable(path)
     n = _slices(data)
 
     def step(k: int) -> None:
@@ -348,7 +419,11 @@ def export_array(
             for k in range(n):
                 name_k = f"{path.name}_{k:0{digits}d}.tif"
                 tifffile.imwrite(
-                    tmp / name_k, plane(k), compression="zlib", photometric="minisblack"
+                    tmp / name_k,
+                    plane(k),
+                    compression="zlib",
+                    photometric="minisblack",
+                    metadata={TIFF_MARK: kind},
                 )
                 step(k + 1)
         else:
@@ -367,6 +442,7 @@ def export_array(
                 dtype=data.dtype,
                 compression="zlib",
                 photometric="minisblack",
+                metadata={TIFF_MARK: kind},
             )
         _replace(tmp, path)
     except OSError as err:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmpanadaError, InputError
-from .io import _disk_error, create_zarr_labels
+from .io import _disk_error, check_replaceable, create_zarr_labels
 
 ATTR = "empanada"
 #: Regions read to fingerprint an input's content (a few small ones, wherever it lives).
@@ -216,6 +216,7 @@ class ZarrOutput:
             raise InputError(
                 f"Output {self.path} exists; resume an interrupted run or overwrite it."
             )
+        check_replaceable(self.path)
         self.target = self.staging if self.path.exists() else self.path
         if self.target.exists():  # a staging store left by an abandoned overwrite
             shutil.rmtree(self.target)
