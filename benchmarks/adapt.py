@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="seconds, on the crop in tests/data")
     p.add_argument("--json", type=Path, default=Path("runs/bench/adapt.json"))
+    p.add_argument(
+        "--keep", type=Path, default=None, help="keep the patches and models in this folder"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.patches, args.patch_size, args.train_size = 2, 96, 96
@@ -317,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     print("before", json.dumps(before), flush=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="adapt-") as tmp:
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
         for strategy in args.strategies.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                runs.append(one_run(args, parts, strategy, seed, before, Path(tmp)))
+                runs.append(one_run(args, parts, strategy, seed, before, workdir))
     summary = summarise(runs, before)
     settings = {
         k: getattr(args, k)

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Label of the "make a new layer" entry of output pickers.
 NEW_LAYER = "New Labels layer"
+#: Layer metadata key of the patches of Pick Training Patches (read by Save and the
+#: proofreading docks: patch labels are edited one patch, a plane, at a time).
+PATCHES_META = "empanada_patches"
 
 
 def notify_error(message: str) -> None:

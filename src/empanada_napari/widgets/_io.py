@@ -71,6 +71,9 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
         for key in ("scale", "translate"):
             if meta.get(key) is not None and len(meta[key]) == array.ndim:
                 kwargs[key] = tuple(meta[key])
+        if (meta.get("fingerprint") or {}).get("mode") == "2d":
+            # ids restart in every slice: the proofreading docks edit one plane at a time
+            kwargs["metadata"] = {"empanada": {"mode": "2d"}}
         units = meta.get("units")
         if units and len(units) == array.ndim and any(u != "pixel" for u in units):
             kwargs["units"] = tuple(units)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, SpinBox
 
-from ._common import JobPanel, image_problem, layer_array, watch_inputs
+from ._common import PATCHES_META, JobPanel, image_problem, layer_array, watch_inputs
 from ._pickers import LayerPicker, ModelPicker, device_picker
 from ._training import dock
 
@@ -31,7 +31,7 @@ PREFILLS = {
     "empty": "none",
 }
 AXES = {"z (slices of the stack)": 0, "y": 1, "x": 2}
-META = "empanada_patches"
+META = PATCHES_META
 
 
 class PickPatchesWidget(Container):

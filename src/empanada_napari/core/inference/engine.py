@@ -66,6 +66,20 @@ def _tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
     return sorted(set(starts))
 
 
+def unflip(
+    sem_prob: torch.Tensor, ctr_hmp: torch.Tensor, offsets: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs of a view flipped along ``dims`` brought back to the image's orientation:
+    each map flipped back, and the offset components along the flipped axes negated."""
+    if not dims:
+        return sem_prob, ctr_hmp, offsets
+    # torch.flip copies, so the sign change below edits no model output
+    p, c, o = torch.flip(sem_prob, dims), torch.flip(ctr_hmp, dims), torch.flip(offsets, dims)
+    for dim in dims:  # offsets channel 0 is dy (axis -2), channel 1 is dx
+        o[:, 0 if dim == -2 else 1] *= -1
+    return p, c, o
+
+
 class Engine2D:
     """Run a MitoNet-contract model on 2D images or stacks of slices.
 
@@ -214,12 +228,7 @@ class Engine2D:
                 raise Cancelled(f"Cancelled after {k} of {len(FLIPS)} flipped views.")
             out = run(torch.flip(x, dims) if dims else x)
             p = pp.semantic_probabilities(out["sem_logits"])
-            c, o = out["ctr_hmp"], out["offsets"]
-            if dims:  # torch.flip copies, so the sign change below edits no model output
-                p, c, o = torch.flip(p, dims), torch.flip(c, dims), torch.flip(o, dims)
-                for dim in dims:  # offsets channel 0 is dy (axis -2), channel 1 is dx
-                    o[:, 0 if dim == -2 else 1] *= -1
-            yield p, c, o
+            yield unflip(p, out["ctr_hmp"], out["offsets"], dims)
 
     def _tiled_forward(
         self, x: torch.Tensor, render_steps: int, fine: bool, scale: int, grid: int

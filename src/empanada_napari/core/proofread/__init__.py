@@ -18,7 +18,8 @@ Work that reads a whole volume (building the index, measuring, filtering, morphi
 label) takes ``progress`` and ``cancel`` as described in :mod:`empanada_napari.core.jobs`.
 
 Modules: ``index`` (the label index), ``edits`` (the Edit record, merge, delete), ``split``,
-``morph``, ``picking`` (points and lines to labels), ``filtering``, ``measure``.
+``morph``, ``picking`` (points and lines to labels), ``prompts`` (the model draws the
+object under a click or in a box), ``filtering``, ``measure``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from .index import LabelIndex
 from .measure import class_counts, column_titles, measure_labels, table_to_csv
 from .morph import MORPH_OPERATIONS, morph_labels
 from .picking import label_location, labels_at, path_coordinates
+from .prompts import Prompted, Prompter, segment_at, segment_in_box
 from .split import split_label
 
 __all__ = [
     "BLOCK_VOXELS",
     "MORPH_OPERATIONS",
+    "Prompted",
+    "Prompter",
     "Box",
     "Edit",
     "LabelIndex",
@@ -49,6 +53,8 @@ __all__ = [
     "merge_labels",
     "morph_labels",
     "path_coordinates",
+    "segment_at",
+    "segment_in_box",
     "split_label",
     "table_to_csv",
 ]

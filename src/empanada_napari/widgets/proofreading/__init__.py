@@ -9,13 +9,24 @@ undo, redo) by re-reading only the boxes those steps touched (``_tracking``); ev
 touches napari's private API is in ``widgets/_napari_compat.py``.
 
 Modules: ``_dock`` (picking, the dock base), ``edits`` (merge, split, delete, morph),
+``click`` (Click to Add: the model draws the clicked object),
 ``navigate`` (jump, next free id), ``measure`` (filter, measure).
 """
 
 from __future__ import annotations
 
-from ._dock import MODES, PLANE, VOLUME, ProofreadDock, fixed_axes, picked_ids, view_plane
+from ._dock import (
+    MODES,
+    PLANE,
+    VOLUME,
+    ProofreadDock,
+    fixed_axes,
+    per_plane,
+    picked_ids,
+    view_plane,
+)
 from ._tracking import LayerJob, get_index
+from .click import ClickToAdd
 from .edits import DeleteLabels, MergeLabels, MorphLabels, SplitLabels
 from .measure import FilterLabels, MeasureLabels
 from .navigate import JumpToLabel, NextAvailableLabel, jump_to
@@ -28,11 +39,13 @@ morph_labels_widget = MorphLabels
 jump_to_label_widget = JumpToLabel
 next_label_widget = NextAvailableLabel
 filter_labels_widget = FilterLabels
+click_to_add_widget = ClickToAdd
 
 __all__ = [
     "MODES",
     "PLANE",
     "VOLUME",
+    "ClickToAdd",
     "DeleteLabels",
     "FilterLabels",
     "JumpToLabel",
@@ -46,6 +59,7 @@ __all__ = [
     "fixed_axes",
     "get_index",
     "jump_to",
+    "per_plane",
     "picked_ids",
     "view_plane",
 ]

@@ -12,7 +12,7 @@ from magicgui.widgets import Container, Label, PushButton
 from ...core import jobs
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
-from .._common import JobPanel, notify_error, notify_info, watch_inputs
+from .._common import PATCHES_META, JobPanel, notify_error, notify_info, watch_inputs
 from .._layout import dock
 from .._pickers import LayerPicker
 from ._tracking import LayerJob
@@ -36,13 +36,26 @@ Work = Callable[[pr.LabelIndex, jobs.Progress, jobs.CancelFlag], Any]
 Finish = Callable[[LayerJob, Any], str]
 
 
+def per_plane(layer: Any) -> bool:
+    """Whether ``layer`` holds objects per plane, ids restarting in every slice (MitoNet's
+    2D convention): a 2D result of the 2D dock or of ``segment --mode 2d`` (read back from
+    zarr), or the patch labels of Pick Training Patches. On such a layer one id names
+    unrelated objects in different slices, so every edit stays in the plane pointed at."""
+    meta = getattr(layer, "metadata", None) or {}
+    made = meta.get("empanada") or {}
+    return made.get("mode") == "2d" or PATCHES_META in meta
+
+
 # --------------------------------------------------------------------------- picking
 def fixed_axes(
     viewer: napari.viewer.Viewer, layer: napari.layers.Labels, mode: str
 ) -> dict[int, int]:
     """Axes of ``layer`` held at the viewer's position: all hidden ones in plane mode, the
-    leading ones beyond the last three (time, channel) in 3D mode."""
+    leading ones beyond the last three (time, channel) in 3D mode. Labels made per slice
+    (:func:`per_plane`) are always edited in the plane on screen."""
     ndim = layer.ndim
+    if per_plane(layer):
+        mode = PLANE
     position = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
     position = np.clip(position, 0, np.array(layer.data.shape) - 1)
     offset = viewer.dims.ndim - ndim
@@ -165,7 +178,15 @@ class ProofreadDock(Container):
             head += [help_text, self.points, self.new_points_button]
         self.jobs = JobPanel(self.run_text, self.run)
         dock(self, [*head, *self.controls()], [], self.jobs)  # the plugin's one dock layout
+        self.labels_layer.changed.connect(self._layer_chosen)
+        self._layer_chosen()
         watch_inputs(self, viewer)
+
+    def _layer_chosen(self, *_: Any) -> None:
+        """On labels made per slice, the mode shows what happens: the current plane."""
+        layer, mode = self.labels_layer.value, getattr(self, "mode", None)
+        if layer is not None and mode is not None and per_plane(layer):
+            mode.value = PLANE
 
     def controls(self) -> list[Any]:
         """The dock's own parameter widgets."""
