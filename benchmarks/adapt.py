@@ -12,6 +12,13 @@ dataset (:func:`save_patches`) and the model is finetuned on them (:func:`finetu
 held-out part (CDeep3M: ``validation_*``; fafb: ``--score-z``) is scored slice by slice before
 and after (F1@0.5, PQ, semantic IoU; true instances: 2D connected components). Wall and CPU
 time of the finetuning are recorded. ``--quick`` runs in seconds on the crop in tests/data.
+
+``--rounds N`` runs the loop N times: each round picks with the model of the round before
+(never a place picked before: the dataset's manifest), saves into the same dataset, and
+finetunes that model on every patch so far. Each round also counts the effort a user would
+spend: the objects changed from the model's proposal to the correction (added, deleted,
+redrawn, merged, split; :mod:`empanada_napari.core.training.effort`), summed per round, and
+F1 per object changed.
 """
 
 from __future__ import annotations
@@ -125,7 +132,21 @@ def truth_instances(binary: np.ndarray) -> np.ndarray:
     return np.stack([label(b > 0, connectivity=1) for b in binary]).astype(np.int32)
 
 
+def truth_patch(truth: np.ndarray, patch) -> np.ndarray:
+    """The correction a user would make of ``patch``: the ground truth where it was cut."""
+    from skimage.segmentation import relabel_sequential
+
+    box = tuple(slice(a, b) for a, b in zip(patch.start, patch.stop, strict=True))
+    cut = truth[box].reshape(patch.labels.shape)
+    return relabel_sequential(cut)[0].astype(np.int32)
+
+
 def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) -> dict:
+    """``args.rounds`` rounds of the loop from ``args.model``: pick with the current model
+    (never a place picked before), "correct" with the ground truth (counting the objects a
+    user would change from the model's proposal), save into one dataset, finetune the
+    current model on every patch so far, score. The row describes the last round and holds
+    every round's scores and effort in ``rounds``."""
     from empanada_napari.core.training import (
         finetune,
         load_training_data,
@@ -133,74 +154,147 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
         save_patches,
         stack_patches,
     )
+    from empanada_napari.core.training.effort import correction_effort, total_effort
+    from empanada_napari.core.training.store import picked_places
 
     pick_raw, pick_bin, val_raw, val_bin, _ = parts
     truth = truth_instances(pick_bin)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    patches = pick_patches(
-        pick_raw,
-        args.patches,
-        args.patch_size,
-        strategy=strategy,
-        prefill="labels",
-        labels=truth,
-        model=args.model,
-        device=args.device,
-        seed=seed,
-        source="train",
-    )
-    pick_cpu, pick_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    images, masks = stack_patches(patches)
     folder = workdir / f"{strategy}-{seed}"
-    save_patches(
-        folder,
-        list(images),
-        list(masks),
-        source="train",
-        infos=[p.info() for p in patches],
-        prefilled_by="ground truth",
-        allow_empty=True,
-    )
-    data = load_training_data(
-        folder,
-        val_fraction=0.0,
-        patch_size=args.train_size,
-        batch_size=args.batch_size,
-        seed=seed,
-    )
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = finetune(
-        args.model,
-        data.dataset,
-        name=f"adapt-{strategy}-{seed}",
-        output_dir=folder / "model",
-        register=False,
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=seed,
-        device=args.device,
-        freeze_encoder=not args.train_encoder,
-        unfreeze=args.unfreeze,
-    )
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    after = score(result.model_path, val_raw, val_bin, args.device)
+    models = workdir / f"{strategy}-{seed}-models"  # beside the dataset: it holds patches only
+    model, rounds, result = args.model, [], None
+    changed_so_far = 0
+    for r in range(1, args.rounds + 1):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        patches = pick_patches(
+            pick_raw,
+            args.patches,
+            args.patch_size,
+            strategy=strategy,
+            prefill="model",
+            model=model,
+            device=args.device,
+            seed=seed + 1000 * (r - 1),
+            source="train",
+            exclude=picked_places(folder, "train"),
+        )
+        pick_cpu, pick_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        images, _ = stack_patches(patches)
+        corrections = [truth_patch(truth, p) for p in patches]
+        efforts = [
+            correction_effort(p.labels, c) for p, c in zip(patches, corrections, strict=True)
+        ]
+        save_patches(
+            folder,
+            list(images),
+            corrections,
+            source="train",
+            infos=[p.info() for p in patches],
+            prefilled_by=str(model),
+            allow_empty=True,
+            efforts=efforts,
+        )
+        data = load_training_data(
+            folder,
+            val_fraction=0.0,
+            patch_size=args.train_size,
+            batch_size=args.batch_size,
+            seed=seed,
+        )
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        result = finetune(
+            model,
+            data.dataset,
+            name=f"adapt-{strategy}-{seed}-r{r}",
+            output_dir=models,
+            register=False,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=seed,
+            device=args.device,
+            freeze_encoder=not args.train_encoder,
+            unfreeze=args.unfreeze,
+        )
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        after = score(result.model_path, val_raw, val_bin, args.device)
+        effort = total_effort(efforts)
+        changed_so_far += effort["changed"]
+        rounds.append(
+            {
+                "round": r,
+                "patches_so_far": data.n_train,
+                "objects_in_patches": effort["objects"],
+                "effort": effort,
+                "objects_changed_so_far": changed_so_far,
+                "pick_wall_s": round(pick_wall, 1),
+                "pick_cpu_s": round(pick_cpu, 1),
+                "finetune_cpu_min": round(cpu / 60, 2),
+                "finetune_wall_min": round(wall / 60, 2),
+                "f1@0.5": after["f1@0.5"],
+                "f1_per_object_changed": round(
+                    (after["f1@0.5"] - before["f1@0.5"]) / max(1, changed_so_far), 5
+                ),
+                "after": after,
+            }
+        )
+        print(json.dumps({"strategy": strategy, "seed": seed} | rounds[-1]), flush=True)
+        model = models / f"{result.name}.yaml"
+    last = rounds[-1]
     row = {
         "strategy": strategy,
         "seed": seed,
-        "patches": len(patches),
-        "objects_in_patches": int(sum(len(np.unique(m[m > 0])) for m in masks)),
-        "pick_cpu_s": round(pick_cpu, 1),
-        "pick_wall_s": round(pick_wall, 1),
-        "finetune_cpu_min": round(cpu / 60, 2),
-        "finetune_wall_min": round(wall / 60, 2),
+        "patches": last["patches_so_far"],
+        "objects_in_patches": sum(x["objects_in_patches"] for x in rounds),
+        "objects_changed": changed_so_far,
+        "pick_cpu_s": last["pick_cpu_s"],
+        "pick_wall_s": last["pick_wall_s"],
+        "finetune_cpu_min": last["finetune_cpu_min"],
+        "finetune_wall_min": last["finetune_wall_min"],
         "tuned_settings": result.config.get("inference_settings"),
-        "after": after,
-        "f1_gain": round(after["f1@0.5"] - before["f1@0.5"], 4),
-        "components_f1_gain": round(after["components_f1@0.5"] - before["components_f1@0.5"], 4),
+        "after": last["after"],
+        "f1_gain": round(last["after"]["f1@0.5"] - before["f1@0.5"], 4),
+        "components_f1_gain": round(
+            last["after"]["components_f1@0.5"] - before["components_f1@0.5"], 4
+        ),
+        "rounds": rounds,
     }
-    print(json.dumps(row), flush=True)
     return row
+
+
+def rounds_table(runs: list[dict], before: dict) -> str:
+    """One row per round of every run: patches so far, objects the user changed, F1."""
+    rows = []
+    for run in runs:
+        for r in run["rounds"]:
+            e = r["effort"]
+            rows.append(
+                (
+                    run["strategy"],
+                    run["seed"],
+                    r["round"],
+                    r["patches_so_far"],
+                    e["objects"],
+                    f"{e['changed']} ({e['added']} added, {e['deleted']} deleted, "
+                    f"{e['redrawn']} redrawn, {e['merged']} merged, {e['split']} split)",
+                    r["objects_changed_so_far"],
+                    f"{before['f1@0.5']:.3f} -> **{r['f1@0.5']:.3f}**",
+                    f"{1000 * r['f1_per_object_changed']:.2f}",
+                    f"{r['finetune_wall_min']:.1f}",
+                )
+            )
+    header = (
+        "strategy",
+        "seed",
+        "round",
+        "patches so far",
+        "objects in the round's patches",
+        "objects changed this round",
+        "objects changed so far",
+        "F1@0.5 (held out)",
+        "F1 gain per 1000 objects changed",
+        "finetune wall min",
+    )
+    return markdown_table(header, rows)
 
 
 def summarise(runs: list[dict], before: dict) -> list[dict]:
@@ -309,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--keep", type=Path, default=None, help="keep the patches and models in this folder"
     )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="rounds of the loop (pick again with the new model)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.patches, args.patch_size, args.train_size = 2, 96, 96
@@ -329,7 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         k: getattr(args, k)
         for k in ("model", "patches", "patch_size", "train_size", "iterations", "batch_size")
-    } | {"lr": args.lr, "unfreeze": args.unfreeze, "train_encoder": args.train_encoder}
+    } | {
+        "lr": args.lr,
+        "unfreeze": args.unfreeze,
+        "train_encoder": args.train_encoder,
+        "rounds": args.rounds,
+    }
     write_result(
         args.json,
         "adapt",
@@ -342,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     print(table(summary))
+    print(rounds_table(runs, before))
     return 0
 
 

@@ -197,8 +197,48 @@ def run(args) -> dict:
         box_ious = np.array(box_ious)
         result["box_success"] = float((box_ious >= 0.5).mean())
         result["box_mean_iou"] = float(box_ious.mean())
+    if args.follow:
+        result |= follow_3d(args, raw, prompter, value_range)
     result["clicks"] = clicks if args.details else None
     return result
+
+
+def follow_3d(args, raw: np.ndarray, prompter, value_range) -> dict:
+    """One click per true 3D object (3D connected components of the binary ground truth,
+    the data README's approximation), at the deepest point of its largest slice, followed
+    through the slices: 3D IoU with the object, slices found / true, seconds per object."""
+    from skimage.measure import label as cc_label
+
+    data = Path(args.data)
+    z = tuple(int(v) for v in args.z.split(",")) if args.z else None
+    name = (
+        "validation_mito_binary.tif"
+        if (data / "validation_raw.tif").exists()
+        else "mito_binary.tif"
+    )
+    truth3d = cc_label(_read(data / name, z) > 0, connectivity=1)
+    rows = []
+    for i in range(1, int(truth3d.max()) + 1):
+        obj = truth3d == i
+        areas = obj.sum(axis=(1, 2))
+        if obj.sum() < args.min_volume:
+            continue
+        zc = int(np.argmax(areas))
+        (_, (y, x)), *_ = deepest_points(obj[zc].astype(np.int64), 1)
+        t = time.perf_counter()
+        found = prompter.follow(raw, (zc, y, x), value_range=value_range)
+        seconds = time.perf_counter() - t
+        rows.append({"iou": iou(found.full(raw.shape), obj), "seconds": seconds,
+                     "slices_true": int((areas > 0).sum()),
+                     "slices_found": int(found.box[0].stop - found.box[0].start)})  # fmt: skip
+    ious = np.array([r["iou"] for r in rows])
+    return {
+        "follow_objects": len(rows),
+        "follow_success": float((ious >= 0.5).mean()) if rows else None,
+        "follow_mean_iou": float(ious.mean()) if rows else None,
+        "follow_seconds_median": statistics.median(r["seconds"] for r in rows) if rows else None,
+        "follow_rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--far", type=int, default=40, help="background: pixels from any object")
     parser.add_argument("--boxes", action="store_true", help="also one box prompt per object")
     parser.add_argument("--limit", type=int, default=0, help="at most this many objects")
+    parser.add_argument("--follow", action="store_true", help="also follow one click per 3D object")
+    parser.add_argument("--min-volume", type=int, default=500, help="follow: skip smaller objects")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--details", action="store_true", help="keep every click in the JSON")
     parser.add_argument("--quick", action="store_true", help="the small crop in tests/data")

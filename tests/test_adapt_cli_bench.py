@@ -42,12 +42,20 @@ def test_adapt_benchmark_quick(tmp_path):
     from benchmarks import adapt
 
     out = tmp_path / "adapt.json"
-    assert adapt.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    argv = ["--quick", "--device", "cpu", "--rounds", "2", "--json", str(out)]
+    assert adapt.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["command"].startswith("python -m benchmarks.adapt --quick")
     assert [s["strategy"] for s in result["summary"]] == ["random", "uncertain"]
     for run in result["runs"]:
-        assert run["patches"] == 2 and run["finetune_cpu_min"] >= 0
+        # Two rounds of 2 patches, the second picked by the first round's model elsewhere.
+        assert run["patches"] == 4 and run["finetune_cpu_min"] >= 0
+        assert [r["round"] for r in run["rounds"]] == [1, 2]
+        effort = run["rounds"][0]["effort"]
+        assert effort["changed"] == sum(
+            effort[k] for k in ("added", "deleted", "redrawn", "merged", "split")
+        )
+        assert run["objects_changed"] == sum(r["effort"]["changed"] for r in run["rounds"])
         assert 0 <= run["after"]["f1@0.5"] <= 1
         assert 0 <= run["after"]["components_f1@0.5"] <= 1
         assert 0 <= run["after"]["joined_f1@0.5"] <= 1

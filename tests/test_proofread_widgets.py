@@ -577,3 +577,46 @@ def test_no_deprecation_warnings_from_our_code(make_napari_viewer, qtbot, crop, 
     measure.export_button.clicked.emit()
     header = (tmp_path / "m.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("label,voxels,volume (nm³),z start (voxel)")
+
+
+@pytest.fixture(scope="module")
+def batch_result() -> np.ndarray:
+    """The bundled model's 2D batch result on the real crop: ids restart in every slice."""
+    from empanada_napari.core.inference.engine import Engine2D
+
+    raw = tifffile.imread(DATA / "lucchi_crop_raw.tif")[:6]
+    return Engine2D("default", "cpu").segment_slices(raw)
+
+
+@pytest.mark.parametrize(
+    "dock_name", ["Merge Labels", "Split Labels", "Delete Labels", "Morph Labels"]
+)
+def test_edits_on_a_2d_batch_result_stay_in_the_plane(
+    make_napari_viewer, qtbot, batch_result, messages, dock_name
+):
+    # Issue 37: merging two ids of a 2D result with the default 3D mode relabelled unrelated
+    # objects of other slices (the same ids name other objects there).
+    labels = batch_result
+    z = 3
+    ids = [int(i) for i in np.unique(labels[z]) if i]
+    shared = [i for i in ids if all((labels[k] == i).any() for k in range(len(labels)))]
+    assert len(shared) >= 2  # the same ids name objects in every slice
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels.copy(), metadata={"empanada": {"mode": "2d"}})
+    viewer.dims.set_point(0, z)
+    picks = [_point_on(labels, shared[0], z=z)]
+    if dock_name == "Merge Labels":
+        picks.append(_point_on(labels, shared[1], z=z))
+    points = viewer.add_points(picks)
+    w = _dock(viewer, dock_name)
+    w.labels_layer.value, w.points.value = layer, points
+    assert w.mode.value == pw.PLANE  # chosen for a 2D result
+    w.mode.value = "3D"  # and even when asked for 3D, the edit stays in the plane
+    if dock_name == "Split Labels":
+        w.min_distance.value = 3
+    _run(qtbot, w)
+    after = np.asarray(layer.data)
+    others = np.arange(len(labels)) != z
+    assert np.array_equal(after[others], labels[others]), (dock_name, messages)
+    if dock_name != "Split Labels":  # a split may find one piece only: then nothing changes
+        assert not np.array_equal(after[z], labels[z]), messages

@@ -150,10 +150,13 @@ def test_unfreeze_trains_only_the_chosen_stage(small_model_file, fixed_dataset):
     assert changed == {"layer4"}
 
 
-def test_cancel_stops_and_leaves_a_loadable_model(small_model_file, fixed_dataset, tmp_path):
+def test_cancel_keeps_the_best_validated_model_under_a_cancelled_name(
+    small_model_file, fixed_dataset, crop, tmp_path
+):
     from empanada_napari.core.models.loading import load_model
     from empanada_napari.core.training import TrainingCancelled
 
+    raw, inst = crop
     cancel = threading.Event()
 
     def progress(it, total, record):
@@ -166,6 +169,8 @@ def test_cancel_stops_and_leaves_a_loadable_model(small_model_file, fixed_datase
             fixed_dataset,
             name="c",
             output_dir=tmp_path,
+            val=([raw[5][:96, :96]], [inst[5][:96, :96]]),
+            val_every=1,
             iterations=50,
             batch_size=2,
             progress=progress,
@@ -175,12 +180,44 @@ def test_cancel_stops_and_leaves_a_loadable_model(small_model_file, fixed_datase
     assert isinstance(stop.value, TrainingCancelled)
     result = stop.value.result
     assert result.cancelled and result.iterations == 2 and len(result.history) == 2
-    assert result.model_path == tmp_path / "c.pth"
-    loaded = load_model("c", "cpu")  # registered, and it loads
+    # Issue 37: the name says it was cancelled, so it is never mistaken for a finished run.
+    assert result.name == "c_cancelled" and result.model_path == tmp_path / "c_cancelled.pth"
+    loaded = load_model("c_cancelled", "cpu")  # registered, and it loads
     with torch.inference_mode():
         out = loaded.module(torch.zeros(1, 1, 64, 64), 2, True)
     assert out["sem_logits"].shape[-2:] == (64, 64)
-    assert "Cancelled after 2 iterations" in result.config["description"]
+    description = result.config["description"]
+    assert "Cancelled after 2 of 50 iterations" in description
+    assert "post-processing not tuned" in description
+    # Finetuning it again does not repeat its sentences (they used to pile up).
+    again = finetune(
+        "c_cancelled", fixed_dataset, name="c2", iterations=1, batch_size=2, device="cpu",
+        register=False, tune=False,
+    )  # fmt: skip
+    assert again.config["description"].count("finetuned for") == 1
+    assert "Cancelled" not in again.config["description"]
+
+
+def test_cancel_before_the_first_validation_keeps_nothing(
+    small_model_file, fixed_dataset, tmp_path
+):
+    from empanada_napari.core.models.registry import get_registry
+
+    cancel = threading.Event()
+    with pytest.raises(Cancelled, match="nothing was kept"):
+        finetune(
+            small_model_file,
+            fixed_dataset,
+            name="unchecked",
+            output_dir=tmp_path,
+            iterations=50,
+            batch_size=2,
+            progress=lambda it, total, record: it == 2 and cancel.set(),
+            cancel=cancel,
+            device="cpu",
+        )
+    assert not list(tmp_path.glob("unchecked*.pth"))
+    assert not any(n.startswith("unchecked") for n in get_registry().names())
 
 
 def test_cancel_before_any_iteration_saves_nothing(small_model_file, fixed_dataset, tmp_path):

@@ -327,3 +327,21 @@ def test_patch_dataset_background_sampling(lucchi):
     )
     image, t = plain[0]
     assert image.shape == (1, 64, 64) and t["instances"].shape == (64, 64)
+
+
+def test_held_out_patches_hold_enough_objects_to_score():
+    # Issue 37: 2 held-out patches of 2-3 objects moved validation F1 in steps of 0.1.
+    from empanada_napari.core.training.store import VAL_OBJECTS, _held_out
+
+    sparse = [np.pad(np.eye(2, dtype=np.int32) * (k + 1), 3) for k in range(16)]  # 2 objects
+    held = _held_out(sparse, 0.15, seed=0)
+    assert len(held) == 16 // 3  # grown from round(16 * 0.15) = 2, capped at a third
+    crowded = []
+    for _ in range(16):
+        m = np.zeros((40, 40), np.int32)
+        for i in range(12):
+            m[3 * i, :2] = i + 1
+        crowded.append(m)  # 12 objects each
+    held = _held_out(crowded, 0.15, seed=0)
+    assert len(held) == 2 and sum(12 for _ in held) >= VAL_OBJECTS
+    assert _held_out(crowded, 0.15, seed=0) == held  # seeded

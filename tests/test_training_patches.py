@@ -154,3 +154,26 @@ def test_bad_requests_get_clear_errors(lucchi):
         pick_patches(lucchi, depth=2, prefill="none")
     with pytest.raises(Cancelled):
         pick_patches(lucchi, 2, 64, prefill="none", cancel=lambda: True)
+
+
+@pytest.mark.parametrize("strategy", ["random", "uncertain"])
+def test_a_second_round_never_picks_the_same_place_and_keeps_to_the_slices(cdeep3m, strategy):
+    raw, _ = cdeep3m
+    stack = np.concatenate([raw, raw[::-1], raw])  # 6 planes of real SBEM
+    kw = {"strategy": strategy, "device": "cpu", "seed": 0, "prefill": "none"}
+    first = pick_patches(stack, 4, 96, **kw)
+    second = pick_patches(stack, 4, 96, exclude=[p.info() for p in first], **kw)
+    for a in second:
+        for b in first:
+            near = abs(a.plane - b.plane) <= 3
+            overlap = all(
+                s0 < t1 and t0 < s1
+                for s0, s1, t0, t1 in zip(
+                    a.start[1:], a.stop[1:], b.start[1:], b.stop[1:], strict=True
+                )
+            )
+            assert not (near and overlap), (a.info(), b.info())
+    kept = pick_patches(stack, 3, 96, planes=(4, 6), **kw)
+    assert {p.plane for p in kept} <= {4, 5}
+    with pytest.raises(InputError, match="not inside"):
+        pick_patches(stack, 3, 96, planes=(4, 9), **kw)

@@ -146,3 +146,36 @@ def test_training_data_holds_out_validation_patches(tmp_path, pairs):
     small = tmp_path / "small"
     save_patches(small, images[:2], masks[:2])
     assert load_training_data(small).val is None  # too few to hold any out
+
+
+def test_manifest_records_rounds_and_effort_and_upgrades_old_manifests(tmp_path, pairs):
+    import csv
+
+    from empanada_napari.core.training.effort import correction_effort
+    from empanada_napari.core.training.store import MANIFEST_FIELDS, picked_places
+
+    images, masks = pairs
+    root = tmp_path / "ds"
+    root.mkdir()
+    # A manifest as earlier versions wrote it (fewer columns), with one row.
+    old = root / "manifest.csv"
+    old.write_text(
+        "name,folder,source,axis,start,stop,date,prefilled_by,corrected_by\n"
+        'old_0000,old,raw,0,"[0, 0, 0]","[1, 64, 64]",2026-12-01,Lucchi_Lite_v1,\n',
+        encoding="utf-8",
+    )
+    proposal = np.where(masks[0] == 1, 0, masks[0])  # the model missed object 1
+    effort = correction_effort(proposal, masks[0])
+    assert effort["added"] == 1
+    infos = [{"source": "raw", "axis": 0, "start": [0, 0, 0], "stop": [1, 64, 64], "doubt": 0.4}]
+    save_patches(root, images[:1], masks[:1], source="raw", infos=infos,
+                 prefilled_by="Lucchi_Lite_v1", efforts=[effort])  # fmt: skip
+    save_patches(root, images[1:2], masks[1:2], source="raw", infos=infos, prefilled_by="mine_1")
+    with open(old, newline="", encoding="utf-8") as fh:
+        assert tuple(next(csv.reader(fh))) == MANIFEST_FIELDS  # rewritten once, new header
+    rows = read_manifest(root)
+    assert [r["name"] for r in rows] == ["old_0000", "raw_0000", "raw_0001"]
+    # Round: the model's earlier round (the old row), then one more for a new model.
+    assert [r["round"] for r in rows] == ["", "1", "2"]
+    assert rows[1]["added"] == "1" and rows[1]["doubt"] == "0.4" and rows[2]["added"] == ""
+    assert len(picked_places(root, "raw")) == 3 and picked_places(root, "other") == []

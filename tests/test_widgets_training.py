@@ -118,31 +118,40 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     assert not np.array_equal(new_labels > 0, old_labels > 0)
 
 
-def test_cancel_keeps_a_loadable_model_and_selects_it(make_napari_viewer, qtbot, raw, tmp_path):
+def test_cancel_keeps_the_validated_model_but_not_as_the_next_start(
+    make_napari_viewer, qtbot, raw, tmp_path
+):
     from empanada_napari.core.models.loading import load_model
     from empanada_napari.core.training import save_patches
 
-    images = [raw[z, y : y + 64, x : x + 64] for z, y, x in ((0, 0, 0), (1, 64, 64))]
+    corners = ((0, 0, 0), (1, 64, 64), (0, 0, 64), (1, 128, 0))
+    images = [raw[z, y : y + 64, x : x + 64] for z, y, x in corners]
     masks = [(im < np.median(im)).astype(np.int32) for im in images]
     save_patches(tmp_path / "ds", images, masks)
     viewer = make_napari_viewer()
     w2d = open_widget(viewer, "2D Inference (Parameter Testing)")
     tune = open_widget(viewer, "Finetune Model")
+    start = tune.model.value
     rc = tune.run_controls
     rc.dataset.value = tmp_path / "ds"
     rc.name.value = "stopped"
     rc.iterations.value = 500
     rc.patch_size.value = 64
     rc.batch.value = 2
+    rc.val_fraction.value = 0.25  # one of the four patches (up to a third for objects)
+    rc.val_every.value = 1
     height = tune.jobs.run_button.native.height()
     tune.jobs.run_button.clicked()
-    qtbot.waitUntil(lambda: len(tune.plot.its) >= 2, timeout=300_000)
+    qtbot.waitUntil(lambda: len(tune.plot.f1) >= 2, timeout=300_000)
     assert tune.jobs.run_button.native.height() == height  # fixed-size buttons
     tune.jobs.cancel_button.clicked()
     wait_done(qtbot, tune)
-    assert "Cancelled; kept model 'stopped'" in tune.jobs.status.value, tune.jobs.status.value
-    qtbot.waitUntil(lambda: w2d.model.value == "stopped", timeout=5000)
-    assert load_model("stopped", "cpu").module is not None
+    status = tune.jobs.status.value
+    assert "kept the best validated weights as model 'stopped_cancelled'" in status, status
+    qtbot.waitUntil(lambda: w2d.model.value == "stopped_cancelled", timeout=5000)
+    assert load_model("stopped_cancelled", "cpu").module is not None
+    # Issue 37: the next finetune still starts from the model the user chose.
+    assert tune.model.value == start
 
 
 def test_bad_dataset_is_explained_in_the_dock(make_napari_viewer, qtbot, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ class _RegistryWatcher(QObject):
     """Registry listener that hops to the GUI thread: registrations may run in a worker."""
 
     changed = Signal()
-    chosen = Signal(str)
+    chosen = Signal(str, bool)
 
     def notify(self) -> None:
         try:
@@ -42,17 +42,18 @@ class _RegistryWatcher(QObject):
         except RuntimeError:  # the Qt object is gone; the registry drops dead listeners
             pass
 
-    def relay(self, name: str) -> None:
+    def relay(self, name: str, finished: bool) -> None:
         try:
-            self.chosen.emit(name)
+            self.chosen.emit(name, finished)
         except RuntimeError:  # the picker's Qt side is gone
             pass
 
 
 class _Selections(QObject):
-    """One signal for the whole plugin: "use this model now" (after finetuning, import)."""
+    """One signal for the whole plugin: "use this model now" (after finetuning, import), and
+    whether the model is a finished run (False: the best weights of a cancelled one)."""
 
-    selected = Signal(str)
+    selected = Signal(str, bool)
 
 
 _SELECTIONS: _Selections | None = None
@@ -66,18 +67,26 @@ def model_selections() -> _Selections:
     return _SELECTIONS
 
 
-def select_model(name: str) -> None:
-    """Select model ``name`` in every open model picker (inference docks, Model Manager)."""
-    model_selections().selected.emit(name)
+def select_model(name: str, *, finished: bool = True) -> None:
+    """Select model ``name`` in every open model picker (inference docks, Model Manager);
+    a model that is not ``finished`` (a cancelled run's) is not picked where a picker only
+    follows finished models (Finetune's "start from")."""
+    model_selections().selected.emit(name, finished)
 
 
 class ModelPicker(ComboBox):
-    """Model choice that refreshes whenever the registry changes (register/import/remove)."""
+    """Model choice that refreshes whenever the registry changes (register/import/remove).
 
-    def __init__(self, registry: ModelRegistry | None = None, **kwargs: Any) -> None:
+    It follows the plugin-wide "use this model now" selections; with ``only_finished`` it
+    ignores those of unfinished (cancelled) runs."""
+
+    def __init__(
+        self, registry: ModelRegistry | None = None, *, only_finished: bool = False, **kwargs: Any
+    ) -> None:
         from ..core.models.registry import get_registry
 
         self.registry = registry or get_registry()
+        self.only_finished = only_finished
         super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
         # Parented to the combo box: Qt deletes it with the widget, which drops its
         # connections, so a closed dock's picker is never asked to select or refresh.
@@ -88,7 +97,7 @@ class ModelPicker(ComboBox):
         self.registry.add_listener(self._watcher.notify)
         # Qt drops the connection with the watcher, so closed pickers stop listening.
         model_selections().selected.connect(self._watcher.relay)
-        self._watcher.chosen.connect(self.select)
+        self._watcher.chosen.connect(self._selected)
         self.value = self.default_name()
         self._update_tooltip()
         self.changed.connect(self._update_tooltip)
@@ -115,6 +124,10 @@ class ModelPicker(ComboBox):
         elif self.choices:
             self.value = self.default_name()
         self._update_tooltip()
+
+    def _selected(self, name: str, finished: bool) -> None:
+        if finished or not self.only_finished:
+            self.select(name)
 
     def select(self, name: str) -> None:
         """Choose ``name`` (re-reading the registry first if it is new here)."""

@@ -251,7 +251,7 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
             return stop.result
 
     def done(result) -> str:
-        select_model(result.name)
+        select_model(result.name, finished=not result.cancelled)
         plot.finish()
         best = ""
         if result.validation:
@@ -259,15 +259,18 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
             best = f"; best validation F1@0.5 {top:.3f}"
             if result.best_iteration is not None:
                 best += f" (iteration {result.best_iteration}, the weights kept)"
-        what = "Cancelled; kept" if result.cancelled else "Saved"
+        what = "Cancelled; kept the best validated weights as" if result.cancelled else "Saved"
         tuned = result.config.get("inference_settings")
         settings = ""
         if tuned:
             settings = f", with settings tuned on your patches: {_settings_text(tuned)}"
+        if result.cancelled:
+            settings = " (post-processing not tuned: the start model's settings or the defaults)"
         return (
             f"{what} model '{result.name}' after {result.iterations} iterations in "
             f"{_duration(result.seconds)}{best}. It is selected in the inference docks"
-            f"{settings}."
+            f"{settings}"
+            + ("; finetuning still starts from the model you chose." if result.cancelled else ".")
         )
 
     plot.reset()

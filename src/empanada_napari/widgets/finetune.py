@@ -1,6 +1,6 @@
 """Finetune Model: train a registered model on corrected patches, with a live loss curve
 and validation scores; the result is saved, registered and selected in every open
-inference dock (Cancel keeps the best model so far)."""
+inference dock (Cancel keeps the best validated model so far as <name>_cancelled)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ class FinetuneWidget(Container):
         "Finetune a model on patches you corrected (a dataset folder made by Save "
         "Training Patches): the new model is saved, registered and selected in every "
         "inference dock, with its post-processing settings tuned on your patches. Watch "
-        "the loss and validation curves; Cancel keeps the best model so far."
+        "the loss and validation curves; Cancel keeps the best validated model so far, named "
+        "..._cancelled (nothing before the first validation)."
     )
 
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         self.viewer = napari_viewer
-        self.model = ModelPicker(label="start from")
+        # A cancelled run's model is selected in the inference docks, never as the start of
+        # the next finetune (it would silently start from a few iterations).
+        self.model = ModelPicker(label="start from", only_finished=True)
         self.run_controls = RunControls(name="", iterations=300, batch=4, lr=0.001)
         self.unfreeze = ComboBox(choices=list(UNFREEZE), value="whole network", label="train")
         self.unfreeze.tooltip = (

@@ -384,10 +384,14 @@ class Prompter:
         """The object of slice ``z`` that continues ``mask`` (at ``box`` of the previous
         slice) by the stack linker's rule, as (box, mask); None when the object ends."""
         height, width = volume.shape[-2:]
-        cy = (box[0].start + box[0].stop) // 2
-        cx = (box[1].start + box[1].stop) // 2
-        size = max(self.window, 2 * (box[0].stop - box[0].start), 2 * (box[1].stop - box[1].start))
-        ys, xs = _span(cy, min(size, MAX_WINDOW), height), _span(cx, min(size, MAX_WINDOW), width)
+        # The window: the previous object's bounding box with a margin (it may move or grow).
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        oy0, oy1 = box[0].start + rows[0], box[0].start + rows[-1] + 1
+        ox0, ox1 = box[1].start + cols[0], box[1].start + cols[-1] + 1
+        size = min(
+            MAX_WINDOW, max(self.window, oy1 - oy0 + 2 * BOX_MARGIN, ox1 - ox0 + 2 * BOX_MARGIN)
+        )
+        ys, xs = _span((oy0 + oy1) // 2, size, height), _span((ox0 + ox1) // 2, size, width)
         raw, fg = self._outputs(volume, (z,), ys, xs, value_range)
         labels = self._instances(raw, threshold)
         # The previous slice's object in this window's coordinates.

@@ -8,8 +8,9 @@
 Both take a :class:`~.dataset.PatchDataset` or dataset folders (checked in words first by
 :func:`~.store.check_dataset`), run :func:`~.runner.run_loop` and save TorchScript + a config
 YAML in the original empanada-napari format, registered under ``name``
-(:mod:`.export`). Cancelling saves what was learned so far and raises
-:class:`~.runner.TrainingCancelled` carrying that result.
+(:mod:`.export`). Cancelling saves the best validated weights as ``<name>_cancelled`` and
+raises :class:`~.runner.TrainingCancelled` carrying that result; a run cancelled before its
+first validation keeps nothing (plain :class:`~..errors.Cancelled`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
     )
     if outcome.cancelled and outcome.iterations_done == 0:
         raise Cancelled("Training cancelled before the first iteration: no model was saved.")
+    if outcome.cancelled and outcome.best_iteration is None:
+        # A model never checked on held-out patches would become a trap: the next finetune
+        # or segmentation could start from a few iterations of noise without anyone knowing.
+        raise Cancelled(
+            f"Training cancelled after {outcome.iterations_done} of {settings.iterations} "
+            "iterations, before its first validation: nothing was kept. Hold out patches for "
+            "validation (or validate more often) to keep the best model of a cancelled run."
+        )
+    if outcome.cancelled:  # its name says so, wherever it is listed or picked
+        job = replace(job, name=f"{job.name}_cancelled")
     tuned = None
     if job.tune_on and not outcome.cancelled:
         tuned = _tune(module, config, device, job, outcome.iterations_done)
@@ -139,7 +150,11 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
         config[TUNED_KEY] = tuned.settings
         text += f" {tuned.describe()}"
     if outcome.cancelled:
-        text += f" Cancelled after {outcome.iterations_done} iterations."
+        kept = "its start model's" if config.get(TUNED_KEY) else "the default"
+        text += (
+            f" Cancelled after {outcome.iterations_done} of {settings.iterations} iterations; "
+            f"post-processing not tuned ({kept} settings)."
+        )
     if outcome.best_iteration is not None:
         text += (
             f" Best validation F1@0.5 {outcome.best_score:.3f} at iteration "
@@ -150,10 +165,10 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
         module, config, job.name, job.output_dir, job.register, job.registry, outcome, seconds
     )
     if outcome.cancelled:
-        kept = "the best validated weights" if outcome.best_iteration else "what was learned"
         raise TrainingCancelled(
             f"Training cancelled after {outcome.iterations_done} of {settings.iterations} "
-            f"iterations; {kept} so far is saved as model '{job.name}'.",
+            f"iterations; the best validated weights (iteration {outcome.best_iteration}) are "
+            f"saved as model '{job.name}'.",
             result,
         )
     return result
@@ -219,7 +234,8 @@ def finetune(
     :class:`LoadedModel` is re-read from its file, so the cached copy used for inference is
     not modified; a ScriptModule is trained as given. The encoder is frozen unless
     ``freeze_encoder=False``; ``unfreeze=("layer4",)`` trains chosen ResNet stages. Cancel
-    saves the best weights so far and raises :class:`TrainingCancelled` with the result.
+    saves the best validated weights as ``<name>_cancelled`` and raises
+    :class:`TrainingCancelled` with the result (nothing is kept before a first validation).
     """
     from ..device import resolve_device
 
@@ -239,7 +255,8 @@ def finetune(
     tune_on = _tuning_pairs(dataset, val) if settings.tune else None
     job = _Job(name, output_dir, register, registry, val, progress, cancel, tune_on)
     n = len(getattr(dataset, "records", dataset))
-    old = str(config.get("description", "")).strip()
+    # The start model is named, not its description repeated: finetuning a finetuned model
+    # would otherwise pile up every earlier run's sentences.
     return _train_and_save(
         module,
         dataset,
@@ -248,11 +265,8 @@ def finetune(
         config,
         job,
         lambda its, s: (
-            (
-                f"{base} finetuned for {its} iterations (batch {settings.batch_size}) on {n} "
-                f"patches in {s / 60:.1f} min on {device}."
-            )
-            + (f" {old}" if old else "")
+            f"{base} finetuned for {its} iterations (batch {settings.batch_size}) on {n} "
+            f"patches in {s / 60:.1f} min on {device}."
         ),
     )
 
@@ -299,7 +313,8 @@ def train(
     class, mitochondria); with several classes the masks hold ``class * 1000 + instance``
     (see :func:`~.store.load_training_data`). With ``pretrained`` (a path, URL or
     ``"cem1.5m"``) the ResNet encoder starts from those weights. The trained model is
-    scripted, saved and registered as ``name``; cancel saves it as far as it got.
+    scripted, saved and registered as ``name``; cancel keeps the best validated weights
+    as ``<name>_cancelled``.
     """
     from ..device import resolve_device
     from ..models.architectures import build_model

@@ -261,6 +261,10 @@ class _Source:
     depth: int
     value_range: tuple[float, float]
     name: str
+    #: Planes (along ``axis``) patches may be centred on: [first, stop); None for all.
+    planes: tuple[int, int] | None = None
+    #: Places picked before (plane, y0, x0, height, width): never picked again.
+    taken: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
     @property
     def ndim(self) -> int:
@@ -277,8 +281,21 @@ class _Source:
 
     @property
     def centres(self) -> tuple[int, int]:
-        """First and last plane a flipbook can be centred on."""
-        return self.depth // 2, self.n_planes - self.depth + self.depth // 2
+        """First and last plane a flipbook can be centred on (within ``planes``)."""
+        lo, hi = self.depth // 2, self.n_planes - self.depth + self.depth // 2
+        if self.planes is not None:
+            lo, hi = max(lo, self.planes[0]), min(hi, self.planes[1] - 1)
+        return lo, hi
+
+    def is_taken(self, z: int, y0: int, x0: int) -> bool:
+        """Whether a patch at (z, y0, x0) overlaps a place picked before (in a plane at
+        most :data:`PLANE_GAP` away: neighbouring planes look alike)."""
+        ph, pw = self.size
+        return any(
+            abs(z - tz) <= PLANE_GAP and y0 < ty + th and ty < y0 + ph and x0 < tx + tw
+            and tx < x0 + pw
+            for tz, ty, tx, th, tw in self.taken
+        )  # fmt: skip
 
     def read(self, planes: slice | int, ys: slice, xs: slice) -> np.ndarray:
         return _read(self.image, self.ndim, self.axis, planes, ys, xs)
@@ -306,6 +323,8 @@ def _random_plans(src: _Source, n: int, rng) -> list[_Plan]:
         y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         if any(p.z == z and abs(p.y0 - y0) < ph and abs(p.x0 - x0) < pw for p in plans):
             continue  # overlapping patches of one plane would be corrected twice
+        if src.is_taken(z, y0, x0):
+            continue  # picked in an earlier round
         plans.append(_Plan(z, y0, x0))
     return plans
 
@@ -334,9 +353,27 @@ def _point_plans(src: _Source, points) -> list[_Plan]:
     return plans
 
 
+def _taken_place(info: Mapping[str, Any]) -> tuple[int, int, int, int, int, int] | None:
+    """(plane, y0, x0, height, width, axis) of an earlier patch (a :meth:`Patch.info` dict
+    or a manifest row); None when it does not say where it was."""
+    try:
+        start = [int(v) for v in info["start"]]
+        stop = [int(v) for v in info["stop"]]
+        axis = int(info.get("axis") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(start) != len(stop) or len(start) not in (2, 3):
+        return None
+    a, b = _plane_axes(len(start), axis)
+    z = (start[axis] + stop[axis] - 1) // 2 if len(start) == 3 else 0
+    return z, start[a], start[b], stop[a] - start[a], stop[b] - start[b], axis
+
+
 def _candidate_planes(src: _Source, max_planes: int) -> list[int]:
     if src.ndim == 2:
         return [0]
+    if src.centres[1] < src.centres[0]:
+        return []
     lo, hi = src.centres
     if hi - lo + 1 <= max_planes:
         return list(range(lo, hi + 1))
@@ -362,6 +399,8 @@ def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, ca
         neighbours = [preds[k][0] for k in (z - 1, z + 1) if k in preds]
         maps = doubt_maps(labels, prob, ctr, confidence_thr=thr, neighbours=neighbours, flips=flips)
         for y0, x0 in _tiles(src.plane_shape, src.size):
+            if src.is_taken(z, y0, x0):
+                continue  # picked in an earlier round
             box = (slice(y0, y0 + src.size[0]), slice(x0, x0 + src.size[1]))
             parts = {k: float(m[box].mean()) for k, m in maps.items()}
             plans.append(_Plan(z, y0, x0, tile_score(parts, labels[box]), parts, labels[box]))
@@ -404,6 +443,8 @@ def pick_patches(
     max_planes: int = 32,
     source: str = "image",
     seed: int = 0,
+    planes: tuple[int, int] | None = None,
+    exclude: Sequence[Mapping[str, Any]] = (),
     progress: Progress | None = None,
     cancel: CancelFlag = None,
 ) -> list[Patch]:
@@ -415,6 +456,9 @@ def pick_patches(
     consecutive planes along ``axis``. Labels are prefilled from the ``model`` (``prefill=
     "model"``, with ``engine_params`` of 2D inference), from ``labels`` (an array of the image's
     shape) or left empty. Patches are smaller than ``patch_size`` only where the image is.
+    ``planes`` = (first, stop) limits the planes patches come from (e.g. keep slices for
+    checking); ``exclude`` lists places picked before (:meth:`Patch.info` dicts, or the rows
+    of a dataset's manifest: ``start``/``stop``/``axis``), never picked again.
     """
     from ..preprocess import check_image, intensity_range
 
@@ -444,6 +488,20 @@ def pick_patches(
     if src.depth > src.n_planes:
         raise InputError(f"Flipbooks of {depth} planes need an image with at least {depth}.")
     src.size = tuple(min(int(patch_size), s) for s in src.plane_shape)
+    if planes is not None and image.ndim == 3:
+        first, stop = (int(v) for v in planes)
+        if not 0 <= first < stop <= src.n_planes:
+            raise InputError(
+                f"The slice range {first}-{stop - 1} is not inside the image's "
+                f"{src.n_planes} slices."
+            )
+        src.planes = (first, stop)
+        if src.centres[1] < src.centres[0]:
+            raise InputError(
+                f"Flipbooks of {depth} slices do not fit in slices {first}-{stop - 1}."
+            )
+    src.taken = [t for t in map(_taken_place, exclude) if t is not None and t[-1] == axis]
+    src.taken = [t[:-1] for t in src.taken]
     engine = None
     if strategy == "uncertain" or prefill == "model":
         engine = _engine(model, device, engine_params)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from .dataset import IMAGE_SUFFIXES, _check_name, _index_folder, _read_plane, write_dataset
+from .effort import EFFORT_KEYS
 
 MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = (
@@ -42,6 +43,12 @@ MANIFEST_FIELDS = (
     "date",
     "prefilled_by",
     "corrected_by",
+    # The loop's round (the n-th model that prefilled patches of this dataset), the patch's
+    # doubt score, and what correcting it cost (objects changed, see .effort).
+    "round",
+    "doubt",
+    "objects",
+    *EFFORT_KEYS,
 )
 #: Fewest pairs a dataset must hold for finetuning or training.
 MIN_PAIRS = 2
@@ -168,15 +175,17 @@ def save_patches(
     infos: Sequence[dict[str, Any]] | None = None,
     prefilled_by: str = "",
     allow_empty: bool = False,
+    efforts: Sequence[dict[str, int]] | None = None,
 ) -> list[Path]:
     """Append corrected patches to the dataset at ``root`` (created if needed).
 
     Files are ``<root>/<source>/{images,masks}/<source>_<n:04d>.tiff`` with ``n`` continuing
     after the highest number already there; nothing is ever overwritten. ``infos`` (one dict
     per patch, see :meth:`~.patches.Patch.info`) go to ``manifest.csv`` with the date and
-    the model that prefilled the labels; ``corrected_by`` is left blank for the user. Patches
-    without any object are refused (naming them) unless ``allow_empty``. Returns the image
-    paths written.
+    the model that prefilled the labels, the loop's round (:func:`loop_round`) and, with
+    ``efforts`` (one :func:`~.effort.correction_effort` dict per patch), what correcting each
+    patch cost; ``corrected_by`` is left blank for the user. Patches without any object are
+    refused (naming them) unless ``allow_empty``. Returns the image paths written.
     """
     root = Path(root).expanduser()
     source = _check_name(source, "source name")
@@ -187,36 +196,87 @@ def save_patches(
     masks32 = _check_patches(images, masks, allow_empty)
     if infos is not None and len(infos) != len(images):
         raise InputError(f"Got {len(infos)} patch descriptions for {len(images)} patches.")
+    if efforts is not None and len(efforts) != len(images):
+        raise InputError(f"Got {len(efforts)} effort counts for {len(images)} patches.")
     first = _next_number(root / source, source)
     names = [f"{source}_{first + i:04d}" for i in range(len(images))]
     written = write_dataset(root, list(images), masks32, source=source, names=names)
-    _append_manifest(root, source, names, infos, prefilled_by)
+    _append_manifest(root, source, names, infos, prefilled_by, efforts)
     return written
 
 
-def _append_manifest(root, source, names, infos, prefilled_by) -> None:
+def loop_round(rows: Sequence[dict[str, Any]], prefilled_by: str) -> int:
+    """The round of the loop patches prefilled by ``prefilled_by`` belong to: the round of
+    that model's earlier patches, else one more than the last round (1 for a new dataset)."""
+    rounds = [int(r["round"]) for r in rows if str(r.get("round") or "").isdigit()]
+    for row in rows:
+        if prefilled_by and row.get("prefilled_by") == prefilled_by and row.get("round"):
+            return int(row["round"])
+    return max(rounds, default=0) + 1
+
+
+def _append_manifest(root, source, names, infos, prefilled_by, efforts) -> None:
     path = root / MANIFEST
-    new = not path.exists()
+    rows = read_manifest(root)
     today = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    round_ = loop_round(rows, prefilled_by)
+    new_rows = []
+    for i, name in enumerate(names):
+        info = dict(infos[i]) if infos is not None else {}
+        effort = dict(efforts[i]) if efforts is not None else {}
+        new_rows.append(
+            {
+                "name": name,
+                "folder": source,
+                "source": info.get("source", ""),
+                "axis": info.get("axis", ""),
+                "start": info.get("start", []),
+                "stop": info.get("stop", []),
+                "date": today,
+                "prefilled_by": prefilled_by,
+                "corrected_by": "",
+                "round": round_,
+                "doubt": info.get("doubt", ""),
+            }
+            | {k: effort.get(k, "") for k in ("objects", *EFFORT_KEYS)}
+        )
+    header = None
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    if header is not None and tuple(header) != MANIFEST_FIELDS:
+        # A manifest of an earlier version (fewer columns): rewritten once with the new
+        # header, its rows kept, so new rows never land under the wrong titles.
+        _write_manifest(path, rows + new_rows)
+        return
     with open(path, "a", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
-        if new:
+        if header is None:
             writer.writeheader()
-        for i, name in enumerate(names):
-            info = dict(infos[i]) if infos is not None else {}
-            writer.writerow(
-                {
-                    "name": name,
-                    "folder": source,
-                    "source": info.get("source", ""),
-                    "axis": info.get("axis", ""),
-                    "start": json.dumps(info.get("start", [])),
-                    "stop": json.dumps(info.get("stop", [])),
-                    "date": today,
-                    "prefilled_by": prefilled_by,
-                    "corrected_by": "",
-                }
-            )
+        writer.writerows(_manifest_cells(r) for r in new_rows)
+
+
+def _manifest_cells(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: row.get(k, "") for k in MANIFEST_FIELDS}
+    for key in ("start", "stop"):
+        out[key] = json.dumps(list(row.get(key) or []))
+    return out
+
+
+def _write_manifest(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the whole manifest beside it, then swap it in (a crash keeps the old one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(_manifest_cells(r) for r in rows)
+    os.replace(tmp, path)
+
+
+def picked_places(root: str | os.PathLike, source: str) -> list[dict[str, Any]]:
+    """Manifest rows of the patches already picked from ``source`` (an image's name), for
+    :func:`~.patches.pick_patches`' ``exclude``: the loop never picks a place twice."""
+    return [r for r in read_manifest(root) if r.get("source") == source]
 
 
 def read_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -406,6 +466,25 @@ def _middle(image: np.ndarray) -> np.ndarray:
     return image[image.shape[0] // 2] if image.ndim == 3 else image
 
 
+#: Held-out patches are added (up to a third of the patches) until they hold this many
+#: objects: F1 on 2 patches of 2-3 objects moved in steps of 0.1 (issue 37).
+VAL_OBJECTS = 20
+
+
+def _held_out(masks: Sequence[np.ndarray], fraction: float, seed: int) -> list[int]:
+    """Indices of the patches held out for validation: ``fraction`` of them (at least one),
+    in a seeded random order, then more while they hold fewer than :data:`VAL_OBJECTS`
+    objects, never more than a third of the patches (the rest must train the model)."""
+    n = len(masks)
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    k = max(1, round(n * fraction))
+    cap = max(k, n // 3)
+    objects = [len(np.unique(m[m > 0])) for m in masks]
+    while k < cap and sum(objects[i] for i in order[:k]) < VAL_OBJECTS:
+        k += 1
+    return order[:k]
+
+
 def load_training_data(
     folders: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -418,8 +497,9 @@ def load_training_data(
 ) -> TrainingData:
     """Check ``folders`` (:func:`check_dataset`) and turn them into training samples.
 
-    Validation pairs come from ``val_folders``, else ``val_fraction`` of the patches (at least
-    one) are held out when there are 4 or more. With several ``classes`` ({name: "instance" |
+    Validation pairs come from ``val_folders``, else patches are held out when there are 4
+    or more (:func:`_held_out`: ``val_fraction`` of them, more while they hold fewer than
+    :data:`VAL_OBJECTS` objects, at most a third). With several ``classes`` ({name: "instance" |
     "semantic"}, in label order 1, 2, ...) masks hold ``class * 1000 + instance``.
     """
     from .dataset import PatchDataset
@@ -437,8 +517,7 @@ def load_training_data(
             [_read_plane(m) for _, m in vsum.pairs],
         )
     elif val_fraction > 0 and len(images) >= 4:
-        k = max(1, round(len(images) * val_fraction))
-        held = set(np.random.default_rng(seed).choice(len(images), k, replace=False).tolist())
+        held = set(_held_out(masks, val_fraction, seed))
         val = (
             [_middle(images[i]) for i in sorted(held)],
             [masks[i] for i in sorted(held)],
