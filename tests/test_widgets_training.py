@@ -188,3 +188,57 @@ def test_docks_scroll_and_fit_a_laptop_screen(make_napari_viewer, name):
     # Everything but the scrolled content fits the 768 px of a 1366x768 laptop.
     assert widget.native.minimumSizeHint().height() < 700
     assert widget.native.minimumSizeHint().width() <= 450
+
+
+def test_patches_in_context_effort_counted_and_a_second_round_elsewhere(
+    make_napari_viewer, qtbot, raw, tmp_path
+):
+    from empanada_napari.core.training import read_manifest
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(raw, name="raw")
+    pick = open_widget(viewer, "Pick Training Patches")
+    pick.image.value = image
+    viewer.dims.set_current_step(0, 1)
+    pick.current_slice.value = True  # issue 37: pick from the slice on screen only
+    _pick(qtbot, pick, "random", count=3)
+    shapes, labels = viewer.layers["raw picked places"], viewer.layers[-1]
+    infos = labels.metadata["empanada_patches"]["patches"]
+    assert [i["start"][0] for i in infos] == [1, 1, 1]
+    assert len(shapes.data) == 3  # the places, drawn on the source image
+    assert pick.navigator.table.rowCount() == 3
+    pick.navigator.go_to(2)  # patch 2 is shown where it was cut, with its labels on top
+    y0, x0 = infos[2]["start"][1:]
+    assert tuple(labels.translate) == (1 - 2, y0, x0)
+    assert viewer.dims.point[0] == 1
+    # A correction: one object added to patch 0 (painted where the prefill had none).
+    edited = np.asarray(labels.data).copy()
+    edited[0, 2:10, 2:10] = edited.max() + 1
+    labels.data = edited
+    save = open_widget(viewer, "Save Training Patches")
+    save.folder.value = tmp_path / "ds"
+    save.keep_empty.value = True
+    save.jobs.run_button.clicked()
+    wait_done(qtbot, save)
+    assert "You changed" in save.jobs.status.value, save.jobs.status.value
+    rows = read_manifest(tmp_path / "ds")
+    assert [r["round"] for r in rows] == ["1", "1", "1"] and int(rows[0]["added"]) >= 1
+    tune = open_widget(viewer, "Finetune Model")
+    tune.run_controls.dataset.value = tmp_path / "ds"
+    assert "3 patches, round 1" in tune.run_controls.loop.value
+    # The next round never picks the same place again.
+    pick.skip_saved.value = tmp_path / "ds"
+    _pick(qtbot, pick, "random", count=3)
+    again = viewer.layers[-1].metadata["empanada_patches"]["patches"]
+    first = {tuple(i["start"]) for i in infos}
+    for info in again:
+        y, x = info["start"][1:]
+        assert all(abs(y - a[1]) >= 64 or abs(x - a[2]) >= 64 for a in first), (again, infos)
+
+
+def test_save_before_any_pick_says_pick_first(make_napari_viewer, qtbot, raw):
+    viewer = make_napari_viewer()
+    viewer.add_image(raw, name="raw")
+    viewer.add_labels(np.zeros((1, *raw.shape[1:]), np.uint32), name="raw 2D z1")
+    save = open_widget(viewer, "Save Training Patches")
+    assert "Pick patches first" in save.jobs.reason.value

@@ -167,9 +167,24 @@ class RunControls:
         self.device = device_picker()
         self.output = FileEdit(mode="d", label="save model in")
         self.output.tooltip = "optional: else the model lives in the registry's folder only"
+        self.loop = Label(value="")
+        self.loop.tooltip = "what the dataset holds: patches, the loop's round, your corrections"
+        self.loop.native.setWordWrap(True)
+        self.loop.native.setMinimumWidth(120)
+        self.dataset.changed.connect(self._describe)
+
+    def _describe(self, *_: Any) -> None:
+        """Say which round of the loop the chosen dataset is at (from its manifest)."""
+        from ..core.training.store import describe_loop
+
+        folders = [f for f in self.folders() if f.is_dir()]
+        try:
+            self.loop.value = describe_loop(folders[0]) if folders else ""
+        except (OSError, ValueError):  # an unreadable manifest: the dataset check will say
+            self.loop.value = ""
 
     def main(self) -> list[Any]:
-        return [self.dataset, self.name, self.iterations]
+        return [self.dataset, self.loop, self.name, self.iterations]
 
     def advanced(self) -> list[Any]:
         return [

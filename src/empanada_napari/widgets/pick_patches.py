@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
+from ..core.errors import EmpanadaError
 from ._common import PATCHES_META, JobPanel, image_problem, layer_array, watch_inputs
+from ._patch_nav import PatchNavigator, outlines
 from ._pickers import LayerPicker, ModelPicker, device_picker
 from ._training import dock
 
@@ -69,6 +71,18 @@ class PickPatchesWidget(Container):
         self.confidence = ComboBox(
             choices=[0.3, 0.4, 0.5, 0.6, 0.7], value=0.5, label="confidence (uncertain)"
         )
+        self.first_slice = SpinBox(value=0, min=0, max=100000, label="from slice")
+        self.first_slice.tooltip = "pick only from this slice on (keep other slices to check)"
+        self.last_slice = SpinBox(value=100000, min=0, max=100000, label="to slice")
+        self.last_slice.tooltip = "pick only up to this slice (included)"
+        self.current_slice = CheckBox(value=False, text="current slice only")
+        self.current_slice.tooltip = "pick only from the slice on screen"
+        self.skip_saved = FileEdit(mode="d", label="skip places saved in")
+        self.skip_saved.tooltip = (
+            "a dataset folder (Save Training Patches): places already picked from this image "
+            "and saved there are never picked again (the next round of the loop)"
+        )
+        self.navigator = PatchNavigator(napari_viewer)
         self.jobs = JobPanel("Pick patches", self.run)
         dock(
             self,
@@ -81,9 +95,21 @@ class PickPatchesWidget(Container):
                 self.prefill,
                 self.labels_layer,
                 self.model,
+                self.current_slice,
+                self.skip_saved,
             ],
-            [self.device, self.depth, self.axis, self.seed, self.max_planes, self.confidence],
+            [
+                self.first_slice,
+                self.last_slice,
+                self.device,
+                self.depth,
+                self.axis,
+                self.seed,
+                self.max_planes,
+                self.confidence,
+            ],
             self.jobs,
+            extra=[self.navigator.panel],
         )
         self.strategy.changed.connect(self._visibility)
         self.prefill.changed.connect(self._visibility)
@@ -124,7 +150,35 @@ class PickPatchesWidget(Container):
         depth = int(self.depth.value)
         if depth > 1 and data.ndim == 3 and data.shape[AXES[self.axis.value]] < depth:
             return f"Flipbooks of {depth} slices need at least {depth} slices."
+        if data.ndim == 3 and not self.current_slice.value:
+            n = data.shape[AXES[self.axis.value]]
+            if self.first_slice.value >= n or self.first_slice.value > self.last_slice.value:
+                return (
+                    f"'from slice' {self.first_slice.value} to 'to slice' "
+                    f"{self.last_slice.value}: choose slices within 0-{n - 1}."
+                )
         return None
+
+    def _planes(self, layer) -> tuple[int, int] | None:
+        """The slice range to pick from: the slice on screen, or from/to (None: all)."""
+        data = layer_array(layer)
+        if data.ndim != 3:
+            return None
+        n = data.shape[AXES[self.axis.value]]
+        if self.current_slice.value:
+            here = int(np.round(layer.world_to_data(self.viewer.dims.point)[AXES[self.axis.value]]))
+            here = int(np.clip(here, 0, n - 1))
+            return here, here + 1
+        first, last = int(self.first_slice.value), min(int(self.last_slice.value), n - 1)
+        return None if (first, last) == (0, n - 1) else (first, last + 1)
+
+    def _saved_places(self, layer) -> list[dict]:
+        folder = str(self.skip_saved.value or "").strip()
+        if folder in ("", "."):
+            return []
+        from ..core.training.store import picked_places
+
+        return picked_places(folder, layer.name)
 
     def _points(self, layer) -> np.ndarray | None:
         pts = self.points.value
@@ -155,7 +209,13 @@ class PickPatchesWidget(Container):
             "max_planes": int(self.max_planes.value),
             "source": layer.name,
             "seed": int(self.seed.value),
+            "planes": self._planes(layer),
         }
+        try:
+            kwargs["exclude"] = self._saved_places(layer)
+        except EmpanadaError as err:
+            self.jobs.refuse(str(err))
+            return
         data = layer_array(layer)
 
         def work(progress, cancel):
@@ -182,22 +242,41 @@ class PickPatchesWidget(Container):
             return "No patch could be picked (the image is smaller than a patch?)."
         images, labels = stack_patches(patches)
         depth = patches[0].image.shape[0] if patches[0].image.ndim == 3 else 1
+        infos = [p.info() for p in patches]
         meta = {
             META: {
                 "source": layer.name,
                 "prefilled_by": prefilled_by,
                 "depth": depth,
-                "patches": [p.info() for p in patches],
+                "patches": infos,
+                # The prefill as proposed: Save counts the objects the user changed from it.
+                "proposal": labels.copy(),
             }
         }
         name = f"{layer.name} patches"
-        self.viewer.add_image(images, name=name, metadata=meta, contrast_limits=_limits(layer))
-        self.viewer.add_labels(labels, name=f"{layer.name} patch labels", metadata=meta)
-        self.viewer.dims.set_current_step(0, 0)
+        boxes = outlines(infos, layer_array(layer).ndim)
+        if boxes:  # where the patches were cut, on the source image
+            self.viewer.add_shapes(
+                boxes,
+                shape_type="rectangle",
+                name=f"{layer.name} picked places",
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+                scale=layer.scale,
+                translate=layer.translate,
+                text={"string": [str(k) for k in range(len(boxes))], "color": "yellow"},
+            )
+        added = [
+            self.viewer.add_image(images, name=name, metadata=meta, contrast_limits=_limits(layer)),
+            self.viewer.add_labels(labels, name=f"{layer.name} patch labels", metadata=meta),
+        ]
+        self.navigator.show(layer, added, infos)
         where = " (middle slice of each flipbook)" if depth > 1 else ""
         return (
-            f"Added {len(patches)} patches. Correct their labels{where} with napari's "
-            "brush, eraser and fill, then save them with 'Save Training Patches'."
+            f"Added {len(patches)} patches, shown where they were cut (Previous / Next, or "
+            f"click a row). Correct their labels{where} with Click to Add, napari's brush, "
+            "eraser and fill, then save them with 'Save Training Patches'."
         )
 
 

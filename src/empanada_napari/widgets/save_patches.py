@@ -57,14 +57,16 @@ class SavePatchesWidget(Container):
     def problem(self) -> str | None:
         """Why saving cannot run now, or None."""
         patches, labels = self.patches.value, self.labels_layer.value
-        if patches is None:
-            return "Pick patches first ('Pick Training Patches'), or choose an image layer."
+        picked = any(META in getattr(layer, "metadata", {}) for layer in self.viewer.layers)
+        if patches is None or (not picked and META not in patches.metadata):
+            return "Pick patches first with 'Pick Training Patches', then correct and save them."
         if labels is None:
             return "Choose the Labels layer with the corrected patches."
         if tuple(patches.data.shape) != tuple(labels.data.shape):
             return (
                 f"'{labels.name}' {tuple(labels.data.shape)} does not match the patches "
-                f"'{patches.name}' {tuple(patches.data.shape)}."
+                f"'{patches.name}' {tuple(patches.data.shape)}: choose the patch labels that "
+                "Pick Training Patches made with them."
             )
         if patches.data.ndim not in (3, 4):
             return f"'{patches.name}' is not a stack of patches (n, [slices,] height, width)."
@@ -91,11 +93,19 @@ class SavePatchesWidget(Container):
         folder = Path(str(self.folder.value))
         keep_empty = bool(self.keep_empty.value)
         prefilled_by = str(meta.get("prefilled_by", ""))
+        proposal = meta.get("proposal")
+        if proposal is not None and tuple(np.shape(proposal)) != tuple(labels.data.shape):
+            proposal = None  # not the stack these labels were prefilled for
+        proposals = patch_masks(np.asarray(proposal), depth) if proposal is not None else None
 
         def work(progress, _cancel):
+            from ..core.training.effort import correction_effort, total_effort
             from ..core.training.store import check_dataset, save_patches
 
             progress(0, 1)
+            efforts = None
+            if proposals is not None:  # what correcting each patch cost: for the manifest
+                efforts = [correction_effort(a, b) for a, b in zip(proposals, masks, strict=True)]
             written = save_patches(
                 folder,
                 images,
@@ -104,19 +114,27 @@ class SavePatchesWidget(Container):
                 infos=infos,
                 prefilled_by=prefilled_by,
                 allow_empty=keep_empty,
+                efforts=efforts,
             )
             total = len(check_dataset(folder, min_pairs=1).pairs)
             progress(1, 1)
-            return written, total
+            return written, total, total_effort(efforts) if efforts else None
 
-        self.jobs.start(
-            work,
-            lambda out: (
-                f"Saved {len(out[0])} patches in {folder / source} ({out[1]} in the dataset "
-                "now). Next: 'Finetune Model' on this folder."
-            ),
-            description="Saving patches",
-        )
+        def done(out) -> str:
+            written, total, effort = out
+            changed = ""
+            if effort is not None:
+                changed = (
+                    f" You changed {effort['changed']} of {effort['objects']} objects "
+                    f"({effort['added']} added, {effort['deleted']} deleted, {effort['redrawn']} "
+                    f"redrawn, {effort['merged']} merged, {effort['split']} split)."
+                )
+            return (
+                f"Saved {len(written)} patches in {folder / source} ({total} in the dataset "
+                f"now).{changed} Next: 'Finetune Model' on this folder."
+            )
+
+        self.jobs.start(work, done, description="Saving patches")
 
 
 def _safe(name: str) -> str:

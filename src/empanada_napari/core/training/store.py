@@ -160,8 +160,9 @@ def _check_patches(
     if empty and not allow_empty:
         raise InputError(
             f"Patch(es) {', '.join(empty)} have no labelled object: paint the mitochondria "
-            "in them, remove them, or keep them on purpose as background examples "
-            "(allow_empty)."
+            "in them, remove them, or keep them on purpose as background examples (tick "
+            "'keep patches without objects' in Save Training Patches; allow_empty=True in "
+            "Python)."
         )
     return out
 
@@ -271,6 +272,24 @@ def _write_manifest(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(_manifest_cells(r) for r in rows)
     os.replace(tmp, path)
+
+
+def describe_loop(root: str | os.PathLike) -> str:
+    """One line on a dataset's rounds of the loop, from its manifest: patches and rounds, the
+    last round's patches, and the objects the user changed ("" without a manifest)."""
+    rows = read_manifest(root)
+    if not rows:
+        return ""
+    rounds = [int(r["round"]) for r in rows if str(r.get("round") or "").isdigit()]
+    last = max(rounds, default=0)
+    text = f"{len(rows)} patches"
+    if last:
+        text += f", round {last} of the loop ({rounds.count(last)} patches from it)"
+    counted = [r for r in rows if str(r.get("added") or "").isdigit()]
+    changed = [sum(int(r.get(k) or 0) for k in EFFORT_KEYS) for r in counted]
+    if changed:
+        text += f"; {sum(changed)} objects corrected by hand so far"
+    return text
 
 
 def picked_places(root: str | os.PathLike, source: str) -> list[dict[str, Any]]:
