@@ -137,7 +137,14 @@ class JobPanel(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         for button in (self.run_button, self.cancel_button):
             button.native.setFixedHeight(BUTTON_HEIGHT)
+        self.run_tip = f"{run_text} with the choices above"
+        self.run_button.tooltip = self.run_tip
+        self.cancel_button.tooltip = (
+            "Stop the running job at the next slice, block or iteration; a cancelled job "
+            "leaves no half-made result"
+        )
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.progress.tooltip = "How far the running job is (slices, blocks or iterations)"
         self.status = Label(value="")
         self.reason = Label(value="", visible=False)
         buttons = Container(
@@ -183,7 +190,7 @@ class JobPanel(Container):
         if self.busy:
             return
         self.run_button.enabled = problem is None
-        self.run_button.tooltip = problem or ""
+        self.run_button.tooltip = problem or self.run_tip
         self.reason.value = problem or ""
         self.reason.visible = problem is not None
 

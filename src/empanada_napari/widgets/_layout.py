@@ -110,22 +110,45 @@ def help_text(widget: Any, widgets: list[Any]) -> str:
 
 
 def _help_button(widget: Any, widgets: list[Any]) -> Any:
-    """A small "?" button (top right) that shows :func:`help_text` in a message box."""
+    """A small "?" button (top right) that shows :func:`help_text` in a window that scrolls
+    and never grows taller than most of the screen (a 768 px laptop keeps its Close button
+    in view)."""
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QMessageBox, QToolButton
+    from qtpy.QtWidgets import QToolButton
 
     button = QToolButton()
     button.setText("?")
     button.setToolTip("What this dock does and what every setting means, with defaults")
 
     def show() -> None:
-        box = QMessageBox(widget.native)
-        box.setWindowTitle("Help")
-        box.setTextFormat(Qt.TextFormat.RichText)
-        box.setText(help_text(widget, widgets))
-        box.setStandardButtons(QMessageBox.StandardButton.Close)
+        box = help_dialog(widget.native, help_text(widget, widgets))
+        box.setWindowModality(Qt.WindowModality.NonModal)  # the viewer stays usable
         widget.help_box = box
-        box.open()  # not modal to the application: the viewer stays usable
+        box.show()
 
     button.clicked.connect(show)
     return button
+
+
+def help_dialog(parent: Any, html_text: str) -> Any:
+    """A dialog with ``html_text`` in a scrolling text view and a Close button, at most
+    80 % of the screen's height."""
+    from qtpy.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
+
+    box = QDialog(parent)
+    box.setWindowTitle("Help")
+    view = QTextBrowser(box)
+    view.setOpenExternalLinks(True)
+    view.setHtml(html_text)
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, parent=box)
+    buttons.rejected.connect(box.close)
+    layout = QVBoxLayout(box)
+    layout.addWidget(view)
+    layout.addWidget(buttons)
+    screen = box.screen() if hasattr(box, "screen") else None
+    height = screen.availableGeometry().height() if screen is not None else 768
+    view.document().setTextWidth(460)
+    wanted = int(view.document().size().height()) + 80
+    box.resize(500, max(200, min(wanted, int(0.8 * height))))
+    box.text = view.toHtml  # what the dialog says (tests, scripts)
+    return box

@@ -40,6 +40,7 @@ class ExportWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.include_images = CheckBox(value=False, text="also list image layers")
+        self.include_images.tooltip = "Offer Image layers for export too (labels only otherwise)."
         self.layers = Select(choices=self._choices, label="layers")
         self.format = ComboBox(choices=list(FORMATS), value="tiff stack", label="format")
         self.folder = FileEdit(mode="d", value="", label="folder")

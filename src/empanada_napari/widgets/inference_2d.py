@@ -61,7 +61,9 @@ class Inference2DWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
-        self.image = LayerPicker(napari_viewer, ("image",), label="image")
+        self.image = LayerPicker(
+            napari_viewer, ("image",), label="image", tooltip="The EM image to segment (greyscale)."
+        )
         self.model = ModelPicker()
         self.device = device_picker()
         self.region = ComboBox(choices=REGIONS, value=REGIONS[0], label="region")
@@ -69,7 +71,13 @@ class Inference2DWidget(Container):
             "What to segment: the slice on screen, the part of it in view, the rectangle(s) of "
             "a Shapes layer, or every slice of the stack (each on its own)."
         )
-        self.roi = LayerPicker(napari_viewer, ("shapes",), label="ROI shapes", visible=False)
+        self.roi = LayerPicker(
+            napari_viewer,
+            ("shapes",),
+            label="ROI shapes",
+            visible=False,
+            tooltip="The Shapes layer whose rectangles (selected ones, else all) bound the ROI.",
+        )
         self.output = LayerPicker(
             napari_viewer, ("labels",), extra=((NEW_LAYER, NEW_LAYER),), label="output"
         )

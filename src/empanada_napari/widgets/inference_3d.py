@@ -62,7 +62,12 @@ class Inference3DWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
-        self.image = LayerPicker(napari_viewer, ("image",), label="image")
+        self.image = LayerPicker(
+            napari_viewer,
+            ("image",),
+            label="image",
+            tooltip="The EM volume to segment (greyscale, 3D).",
+        )
         self.model = ModelPicker()
         self.device = device_picker()
         from ..core.settings import BlockSettings, OrthoSettings, StackSettings

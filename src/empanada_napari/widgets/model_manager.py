@@ -42,24 +42,37 @@ class ModelManagerWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         self.viewer = napari_viewer
         self.table = Table(value=[], label="models")
+        self.table.tooltip = (
+            "Every model: built-in, registered or downloaded; click one to choose it."
+        )
         self.selected = ModelPicker(label="selected")
         self.registry = self.selected.registry
         self.details = Label(value="")
         self.details.native.setWordWrap(True)
         self.download_button = PushButton(text="Download")
+        self.download_button.tooltip = "Fetch the selected model's file now (it is checked)."
         self.remove_button = PushButton(text="Remove")
+        self.remove_button.tooltip = "Remove the selected user model (built-in ones stay)."
         self.export_path = FileEdit(mode="w", filter="*.empanada", label="export to")
+        self.export_path.tooltip = "The .empanada archive to write the selected model to."
         self.export_overwrite = CheckBox(value=False, text="replace an existing archive")
+        self.export_overwrite.tooltip = "Replace an archive of that name (else it is refused)."
         self.export_button = PushButton(text="Export .empanada")
+        self.export_button.tooltip = "Write the selected model and its config as one archive."
         self.new_name = LineEdit(value="", label="new name")
+        self.new_name.tooltip = "The name to register the model under."
         self.config = FileEdit(mode="r", filter="*.yaml *.yml", label="config YAML")
+        self.config.tooltip = "The model's config (the original plugin's YAML format)."
         self.model_file = LineEdit(value="", label="model file")
         self.model_file.tooltip = "optional: a path or https URL that replaces the config's 'model'"
         self.register_button = PushButton(text="Register")
+        self.register_button.tooltip = "Register the config (and model file) under the new name."
         self.archive = FileEdit(mode="r", filter="*.empanada", label="archive")
+        self.archive.tooltip = "A .empanada archive (this plugin's or the original's)."
         self.import_name = LineEdit(value="", label="import as")
         self.import_name.tooltip = "optional: a new name (default: the archive's own)"
         self.import_button = PushButton(text="Import .empanada")
+        self.import_button.tooltip = "Register the archive's model (checked first)."
         self.jobs = JobPanel("Refresh list", self.refresh)
         # The plugin's one dock layout: scrolls on a laptop screen instead of growing past it.
         dock(

@@ -49,6 +49,7 @@ class PickPatchesWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.image = LayerPicker(napari_viewer, ("image",), label="image")
+        self.image.tooltip = "The EM image (2D or a stack) to cut patches from."
         self.strategy = ComboBox(choices=list(STRATEGIES), label="pick")
         self.strategy.tooltip = (
             "most uncertain: the model segments the image and the patches where it hesitates "
@@ -57,19 +58,35 @@ class PickPatchesWidget(Container):
             "first, so your corrections count most"
         )
         self.points = LayerPicker(napari_viewer, ("points",), label="points", visible=False)
+        self.points.tooltip = "The Points layer: one patch is centred on each point."
         self.number = SpinBox(value=16, min=1, max=1000, label="patches")
+        self.number.tooltip = "How many patches to pick. Default: 16."
         self.patch_size = SpinBox(value=256, min=32, max=2048, step=32, label="patch size")
+        self.patch_size.tooltip = "Side of each patch in pixels. Default: 256."
         self.prefill = ComboBox(choices=list(PREFILLS), label="prefill labels with")
+        self.prefill.tooltip = (
+            "What the patch labels start from: the model's prediction (correct, not paint), "
+            "an existing Labels layer, or nothing"
+        )
         self.labels_layer = LayerPicker(napari_viewer, ("labels",), label="labels", visible=False)
+        self.labels_layer.tooltip = "The Labels layer (of the image's shape) to prefill from."
         self.model = ModelPicker()
         self.device = device_picker()
         self.depth = SpinBox(value=1, min=1, max=15, step=2, label="flipbook slices")
         self.depth.tooltip = "1: 2D patches; 3, 5...: that many consecutive slices per patch"
         self.axis = ComboBox(choices=list(AXES), label="slices along")
+        self.axis.tooltip = "The axis patches are sliced along (z: the stack's own slices)."
         self.seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed (random)")
+        self.seed.tooltip = "Random seed of random picking: the same seed picks the same places."
         self.max_planes = SpinBox(value=32, min=1, max=1000, label="slices scored (uncertain)")
+        self.max_planes.tooltip = (
+            "Most uncertain: how many evenly spaced slices the model scores. Default: 32."
+        )
         self.confidence = ComboBox(
             choices=[0.3, 0.4, 0.5, 0.6, 0.7], value=0.5, label="confidence (uncertain)"
+        )
+        self.confidence.tooltip = (
+            "Most uncertain: the probability threshold the doubt is measured around. Default: 0.5."
         )
         self.first_slice = SpinBox(value=0, min=0, max=100000, label="from slice")
         self.first_slice.tooltip = "pick only from this slice on (keep other slices to check)"

@@ -29,7 +29,9 @@ class SavePatchesWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
         self.patches = LayerPicker(napari_viewer, ("image",), label="patches")
+        self.patches.tooltip = "The patches layer made by Pick Training Patches."
         self.labels_layer = LayerPicker(napari_viewer, ("labels",), label="corrected labels")
+        self.labels_layer.tooltip = "The patch labels, corrected (one object, one id)."
         self.folder = FileEdit(mode="d", label="dataset folder")
         self.folder.tooltip = "an empty folder or an existing dataset: new patches are added"
         self.source = LineEdit(value="", label="group name")

@@ -168,12 +168,17 @@ class ProofreadDock(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.labels_layer = LayerPicker(viewer, ("labels",), label="labels")
+        self.labels_layer.tooltip = "The Labels layer to edit."
         head: list[Any] = [self.labels_layer]
         if self.pick_help:
             help_text = Label(value=self.pick_help)
             help_text.native.setWordWrap(True)
             self.points = LayerPicker(viewer, ("points",), label="points")
+            self.points.tooltip = "The Points layer whose points pick the labels."
             self.new_points_button = PushButton(text="New points layer")
+            self.new_points_button.tooltip = (
+                "Add an empty Points layer over the labels, selected and ready to click"
+            )
             self.new_points_button.changed.connect(lambda *_: self.new_points_layer())
             head += [help_text, self.points, self.new_points_button]
         self.jobs = JobPanel(self.run_text, self.run)

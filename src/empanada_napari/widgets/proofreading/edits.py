@@ -45,6 +45,7 @@ class MergeLabels(ProofreadDock):
         self.shapes = LayerPicker(
             self.viewer, ("shapes",), extra=(("none", None),), label="lines/paths"
         )
+        self.shapes.tooltip = "Optional: a Shapes layer whose lines pick every label they cross."
         self.mode = _mode_picker()
         return [self.shapes, self.mode]
 
@@ -79,6 +80,7 @@ class SplitLabels(ProofreadDock):
 
     def controls(self) -> list[Any]:
         self.use_points_as_markers = CheckBox(value=False, text="use points as markers")
+        self.use_points_as_markers.tooltip = "One point in each piece: the split follows them."
         self.min_distance = SpinBox(
             value=10,
             min=1,
@@ -152,8 +154,11 @@ class MorphLabels(ProofreadDock):
 
     def controls(self) -> list[Any]:
         self.operation = ComboBox(choices=pr.MORPH_OPERATIONS, value="dilate", label="operation")
+        self.operation.tooltip = "What to do to the labels. Default: dilate."
         self.radius = SpinBox(value=1, min=1, max=50, label="radius (voxels)")
+        self.radius.tooltip = "Radius of the ball (a disk in plane mode). Default: 1."
         self.apply_to = ComboBox(choices=("picked labels", "all labels"), label="apply to")
+        self.apply_to.tooltip = "The picked labels only, or every label of the layer."
         self.mode = _mode_picker()
         return [self.operation, self.radius, self.apply_to, self.mode]
 

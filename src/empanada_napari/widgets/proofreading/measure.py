@@ -30,7 +30,9 @@ class FilterLabels(ProofreadDock):
 
     def controls(self) -> list[Any]:
         self.min_size = SpinBox(value=500, min=0, max=2**31 - 1, label="min size (voxels)")
+        self.min_size.tooltip = "Labels smaller than this are removed. Default: 500."
         self.remove_touching_border = CheckBox(value=False, text="remove touching border")
+        self.remove_touching_border.tooltip = "Also remove labels that touch the image border."
         self.per_plane = CheckBox(value=False, text="per plane", tooltip=PER_PLANE_TIP)
         return [self.min_size, self.remove_touching_border, self.per_plane]
 
@@ -81,6 +83,7 @@ class MeasureLabels(ProofreadDock):
         self.image_combo = LayerPicker(
             self.viewer, ("image",), extra=(("none", None),), label="image"
         )
+        self.image_combo.tooltip = "Optional: an image whose mean intensity per label is measured."
         self.divisor = SpinBox(
             label="label divisor", value=0, min=0, max=2**31 - 1, tooltip=NO_DIVISOR_TIP
         )

@@ -62,6 +62,7 @@ class JumpToLabel(ProofreadDock):
 
     def controls(self) -> list[Any]:
         self.label_id = SpinBox(value=1, min=1, max=2**31 - 1, label="label id")
+        self.label_id.tooltip = "The id of the label to go to."
         return [self.label_id]
 
     def prepare(self, layer: napari.layers.Labels):
@@ -86,6 +87,7 @@ class NextAvailableLabel(ProofreadDock):
 
     def controls(self) -> list[Any]:
         self.class_id = SpinBox(value=1, min=0, max=2**31 - 1, label="class id")
+        self.class_id.tooltip = "With a label divisor: the class whose next free id is wanted."
         self.label_divisor = SpinBox(
             value=0, min=0, max=2**31 - 1, label="label divisor", tooltip=NO_DIVISOR_TIP
         )
