@@ -55,12 +55,13 @@ def test_patches_keep_their_coordinates_and_model_prefill(cdeep3m, strategy):
 
 def test_uncertain_patches_are_where_the_model_hesitates_most(cdeep3m):
     from empanada_napari.core.inference.engine import Engine2D
-    from empanada_napari.core.training.patches import _predict, _tiles, tile_score
+    from empanada_napari.core.training.doubt import predict_plane, tile_score
+    from empanada_napari.core.training.patches import _tiles
 
     raw, _ = cdeep3m
     best = pick_patches(raw[:1], 1, 64, strategy="uncertain", device="cpu", prefill="none")[0]
     engine = Engine2D("default", "cpu")
-    labels, prob, ctr, flips = _predict(engine, raw[0], (0, 255), views=True)
+    labels, prob, ctr, flips = predict_plane(engine, raw[0], (0, 255), views=True)
     assert flips.shape == labels.shape and 0 < flips.mean() < 0.5
     maps = doubt_maps(labels, prob, ctr, flips=flips)
     boxes = [np.s_[y : y + 64, x : x + 64] for y, x in _tiles(raw.shape[1:], (64, 64))]
@@ -72,7 +73,7 @@ def test_uncertain_patches_are_where_the_model_hesitates_most(cdeep3m):
 
 
 def test_tile_score_weights_doubt_by_predicted_foreground():
-    from empanada_napari.core.training.patches import EMPTY_WEIGHT, tile_score
+    from empanada_napari.core.training.doubt import EMPTY_WEIGHT, tile_score
 
     empty = np.zeros((10, 10), np.int32)
     full = np.ones((10, 10), np.int32)

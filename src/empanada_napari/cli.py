@@ -234,7 +234,7 @@ def _segment(args) -> int:
     from .core.errors import InputError
     from .core.inference.engine import Engine2D
     from .core.inference.slices import segment_slices_to
-    from .core.io import check_replaceable, read_image
+    from .core.io import check_input_path, check_replaceable, read_image
     from .core.models.loading import load_model
     from .core.output import check_not_input, check_writable
     from .core.preprocess import check_image
@@ -250,17 +250,14 @@ def _segment(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"OUTPUT must end in .tif, .tiff or .zarr, got {output.name}.")
-    chunked_opts = (args.chunks, args.halo, args.scheduler, args.workers) != (None,) * 4
-    if args.mode == "2d" and chunked_opts:
-        raise InputError(
-            "--chunks, --halo, --scheduler and --workers are for --mode stack or ortho."
-        )
+    _check_mode_options(args)
     if args.resume and output.suffix.lower() != ".zarr":
         raise InputError("--resume needs a .zarr OUTPUT (it is written as the run goes).")
     if output.exists() and not args.overwrite and not args.resume:
         raise InputError(f"Output {output} exists; pass --overwrite to replace it.")
     # Everything that can be checked before the model runs is checked first: a bad output
     # must not cost a whole segmentation, and must never touch the input.
+    check_input_path(args.input)
     check_not_input(output, [args.input])
     check_writable(output, folder=output.suffix.lower() == ".zarr")
     if args.overwrite and not args.resume:
@@ -303,6 +300,37 @@ def _segment(args) -> int:
     if args.sample:  # first run from the README: say how to look at the result
         print(f"open it with: napari {shlex.join([args.input, str(output)])}", file=sys.stderr)
     return 0
+
+
+def _check_mode_options(args) -> None:
+    """Refuse options the chosen mode would ignore: a setting that silently does nothing
+    (--axis xz in 2d mode) is worse than an error."""
+    from .core.errors import InputError
+    from .core.settings import SETTINGS_CLASSES, cli_flag, setting_fields
+
+    if args.mode == "2d":
+        chunked = (args.chunks, args.halo, args.scheduler, args.workers) != (None,) * 4
+        if chunked:
+            raise InputError(
+                "--chunks, --halo, --scheduler and --workers are for --mode stack or ortho."
+            )
+    used = {"2d": ("inference",), "stack": ("inference", "stack", "blocks")}
+    groups = used.get(args.mode, tuple(SETTINGS_CLASSES))
+    ignored = [
+        cli_flag(f)
+        for name, cls in SETTINGS_CLASSES.items()
+        if name not in groups
+        for f in setting_fields(cls)
+        if cli_flag(f) is not None and getattr(args, f.name) != f.default
+    ]
+    if args.mode == "ortho" and args.axis != "xy":
+        ignored.append("--axis")  # ortho slices along all three axes
+    if ignored:
+        verb, them = ("does", "it") if len(ignored) == 1 else ("do", "them")
+        raise InputError(
+            f"{', '.join(ignored)} {verb} nothing in --mode {args.mode}; leave {them} out or "
+            f"choose the mode that uses {them} (see --help)."
+        )
 
 
 def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:

@@ -8,6 +8,7 @@ model's prediction and appends them to a dataset folder, to be corrected in any 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -34,15 +35,16 @@ def add_patches(sub) -> None:
     q.add_argument("--device", default="auto")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--source", help="group name in the dataset (default: the input's name)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = psub.add_parser("check", help="check a dataset folder and summarise it")
     q.add_argument("dataset", nargs="+")
 
 
 def run_patches(args) -> int:
     """Run ``patches pick`` or ``patches check``."""
-    import numpy as np
+    from tqdm import tqdm
 
-    from .core.io import read_image
+    from .core.io import read_image, read_points
     from .core.training import check_dataset, pick_patches, save_patches
 
     if args.patches_cmd == "check":
@@ -58,21 +60,33 @@ def run_patches(args) -> int:
         )
         return 0
     image = read_image(args.input)
-    points = np.loadtxt(args.points, delimiter=",", ndmin=2) if args.points else None
+    points = read_points(args.points) if args.points else None
     source = args.source or Path(args.input).stem.replace(".", "_")
-    patches = pick_patches(
-        image,
-        args.number,
-        args.patch_size,
-        strategy=args.strategy,
-        points=points,
-        depth=args.depth,
-        axis=args.axis,
-        model=args.model,
-        device=args.device,
-        seed=args.seed,
-        source=source,
-    )
+    bar = tqdm(total=0, desc="pick", unit="step", file=sys.stderr, disable=args.no_progress)
+
+    def progress(done: int, total: int, info=None) -> None:
+        bar.total, bar.n = total, done
+        bar.set_description((info or {}).get("phase", "pick"), refresh=False)
+        bar.refresh()
+
+    try:
+        patches = pick_patches(
+            image,
+            args.number,
+            args.patch_size,
+            strategy=args.strategy,
+            points=points,
+            depth=args.depth,
+            axis=args.axis,
+            model=args.model,
+            device=args.device,
+            seed=args.seed,
+            source=source,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    _say_what_differs(args, patches)
     written = save_patches(
         args.dataset,
         [p.image for p in patches],
@@ -84,3 +98,21 @@ def run_patches(args) -> int:
     )
     print(json.dumps({"dataset": str(args.dataset), "written": [str(w) for w in written]}))
     return 0
+
+
+def _say_what_differs(args, patches) -> None:
+    """Warn, on stderr, where the patches are not what was asked for: fewer of them (random
+    places that do not overlap ran out), or smaller (the image's planes are)."""
+    if patches and max(patches[0].labels.shape) < args.patch_size:
+        shape = " x ".join(map(str, patches[0].labels.shape))
+        print(
+            f"warning: the patches are {shape} pixels, the size of the image's planes "
+            f"(--patch-size {args.patch_size} is larger)",
+            file=sys.stderr,
+        )
+    if args.strategy != "points" and len(patches) < args.number:
+        print(
+            f"warning: {len(patches)} of the {args.number} patches asked for were picked: no "
+            "other places that do not overlap them (or earlier picks) were found",
+            file=sys.stderr,
+        )

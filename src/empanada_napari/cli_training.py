@@ -164,9 +164,28 @@ def run_train(args) -> int:
     return _fit(args, train, args.architecture, encoder=args.encoder, pretrained=args.pretrained)
 
 
+def _check_request(args) -> None:
+    """What can be refused before the dataset is read or a minute is trained: the name (it
+    names files in --output, and the registry entry), the output folder, and patches that
+    cannot fit in memory."""
+    from pathlib import Path
+
+    from .core.errors import InputError
+    from .core.models.config import check_name
+    from .core.training.dataset import check_patch_memory
+
+    check_name(args.name)  # the registry's rule: no '/', no '..', no hidden names
+    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise InputError(
+            f"--output {args.output} is a file; give a folder for the model's .pth and .yaml."
+        )
+    check_patch_memory(args.patch_size, args.batch_size)
+
+
 def _fit(args, fit, what: str, **options) -> int:
     """Run ``fit(what, dataset, ...)`` (finetune or train) with the common options, a
     progress bar, and the JSON summary."""
+    _check_request(args)
     dataset, val = _training_inputs(args)
     bar, update = _train_progress(args.iterations, args.no_progress)
     try:

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -74,15 +75,55 @@ def _tifffile_log_held() -> Iterator[None]:
         log.handle(record)
 
 
+def check_input_path(path: str | Path) -> Path:
+    """``path`` if it can be read as an input: a regular file or a folder (a zarr store).
+
+    A missing file, a link that points to itself and anything that is not a regular file (a
+    pipe would block the read forever, a device never ends) are refused in one sentence.
+    """
+    path = Path(path).expanduser()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"Input {path} does not exist.") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(f"Input {path} is a link that leads back to itself.") from None
+        raise InputError(f"Input {path} cannot be opened: {err.strerror}.") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise InputError(
+            f"Input {path} is not a regular file (a pipe, socket or device); give an image "
+            "file or a .zarr folder."
+        )
+    return path
+
+
+def read_region(source, region: tuple, what: str, *, in_task: bool = False) -> np.ndarray:
+    """``source[region]`` as a numpy array; a part of the input that cannot be read (a
+    corrupt or missing chunk, a truncated file) is an InputError naming ``what`` instead of
+    a decompressor's traceback. ``in_task``: a dask source is computed in this thread (a
+    task of a chunked run must not start threads of its own)."""
+    try:
+        data = source[region]
+        if in_task and hasattr(data, "compute"):
+            data = data.compute(scheduler="sync")
+        return np.asarray(data)
+    except (EmpanadaError, MemoryError):
+        raise
+    except Exception as err:
+        raise InputError(
+            f"Could not read {what} of the input (a corrupt or missing chunk?): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
 def read_image(path: str | Path, key: str | None = None):
     """Open an image as a numpy, memory-mapped or zarr array (not read into memory if lazy).
 
     ``key`` selects an array inside a zarr group (e.g. ``"0"``); for an OME-Zarr multiscale
     group the first (full-resolution) level is used by default.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"Input {path} does not exist.")
+    path = check_input_path(path)
     suffix = path.suffix.lower()
     if key is not None and not _is_zarr(path):
         raise InputError(f"{path.name} is not a zarr store; a key selects an array inside one.")
@@ -115,6 +156,49 @@ def read_image(path: str | Path, key: str | None = None):
             f"another format under this name?). Details: {type(err).__name__}: {err}"
         ) from err
     raise InputError(f"Unsupported input {path.name}: expected one of {', '.join(IMAGE_SUFFIXES)}.")
+
+
+def read_points(path: str | Path) -> np.ndarray:
+    """Point coordinates (N, D) from a CSV file: one point per line (z,y,x or y,x), after an
+    optional header line; a CSV that napari saved from a Points layer (``index,axis-0,...``)
+    is read by its ``axis-`` columns. Anything else is an InputError naming the line."""
+    import csv
+
+    path = check_input_path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"Could not read points from {path}: {err}") from None
+    rows = [(k, row) for k, row in enumerate(csv.reader(lines), start=1) if "".join(row).strip()]
+    columns = None
+    if rows and not all(_is_number(cell) for cell in rows[0][1]):  # a header line
+        names = [cell.strip().lower() for cell in rows[0][1]]
+        columns = [i for i, name in enumerate(names) if name.startswith("axis-")] or None
+        rows = rows[1:]
+    points = []
+    for k, row in rows:
+        cells = [row[i] for i in columns if i < len(row)] if columns else row
+        if (
+            not cells
+            or not all(_is_number(cell) for cell in cells)
+            or (points and len(cells) != len(points[0]))
+        ):
+            raise InputError(
+                f"Line {k} of {path} is not a point like the others ({','.join(row)!r}): "
+                "expected one point per line, as finite numbers z,y,x or y,x."
+            )
+        points.append([float(cell) for cell in cells])
+    if not points:
+        raise InputError(f"{path} holds no points (one per line: z,y,x or y,x).")
+    return np.array(points)
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` is a finite number."""
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
 
 
 def _open_zarr(path: Path, key: str | None):
@@ -211,12 +295,22 @@ def check_replaceable(path: str | Path) -> None:
         )
 
 
+def _check_array(value: Any, function: str, argument: str) -> None:
+    """A TypeError naming ``argument`` of ``function`` unless ``value`` is an array."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(
+            f"{function}: '{argument}' must be an array (numpy, dask or zarr), not "
+            f"{type(value).__name__}."
+        )
+
+
 def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
     """Write a label array to ``.tif``/``.tiff`` (zlib) or ``.zarr``, keeping its dtype.
 
     The output appears only once it is complete, and an old one is replaced only then
     (see :func:`export_array`).
     """
+    _check_array(labels, "write_labels", "labels")
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if suffix not in LABEL_SUFFIXES:
@@ -379,6 +473,7 @@ def export_array(
     """
     import tifffile
 
+    _check_array(data, "export_array", "data")
     path = Path(path)
     meta = meta or {}
     if path.exists() and not overwrite:

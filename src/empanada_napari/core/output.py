@@ -39,7 +39,10 @@ _SAMPLES = 9
 
 def real_path(path: str | os.PathLike) -> Path:
     """``path`` with ``~``, links and ``..`` resolved (it need not exist)."""
-    return Path(path).expanduser().resolve()
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError on a loop
+        raise InputError(f"{path} is a link that leads back to itself.") from err
 
 
 def source_path(array: Any) -> Path | None:

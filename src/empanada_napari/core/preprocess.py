@@ -8,6 +8,10 @@ The rule (documented in the README and docs/inference.md):
   the whole volume for a stack, estimated on a strided sample of at most ~4 M voxels), then
   clipped. A narrow-range uint16 image (e.g. values 1,000..1,400) therefore looks the same to
   the model as its uint8 conversion, where the original plugin divided by 65,535 and saw black.
+* 64-bit images are rescaled in float64, and 64-bit integers beyond float64's exact integers
+  (values near 2**62) get an exact range (a ``Fraction``, offsets from the minimum taken as
+  integers), so they, like float64 images of denormal values, look to the model like the same
+  image at an ordinary range.
 * The [0, 1] values are then standardised with the model's ``norms``: ``(v - mean) / std``.
 
 ``bool``, complex and object arrays, NaN/inf values, empty arrays and arrays with the wrong
@@ -20,10 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
+from numbers import Rational
 
 import numpy as np
 
 from .errors import InputError
+from .io import read_region
 
 #: Percentiles used for the robust intensity range of non-uint8 images.
 ROBUST_PERCENTILES = (0.05, 99.95)
@@ -70,12 +77,10 @@ def check_image(image, ndim: Sequence[int] = (2, 3), what: str = "image") -> Non
 def _strided_sample(image, max_samples: int = MAX_RANGE_SAMPLES) -> np.ndarray:
     """Read an evenly strided subset of ``image`` (numpy, dask or zarr) of bounded size."""
     size = math.prod(image.shape)
-    if size <= max_samples:
-        return np.asarray(image)
     # Equal stride along every axis, at least 1, so a tall stack is sampled in z too.
-    step = max(1, math.ceil((size / max_samples) ** (1.0 / image.ndim)))
-    sample = image[tuple(slice(None, None, step) for _ in image.shape)]
-    return np.asarray(sample)
+    step = 1 if size <= max_samples else math.ceil((size / max_samples) ** (1.0 / image.ndim))
+    region = tuple(slice(None, None, step) for _ in image.shape)
+    return read_region(image, region, "the voxels sampled for its intensity range")
 
 
 def check_finite(values: np.ndarray, what: str = "image") -> None:
@@ -97,8 +102,36 @@ def intensity_range(
         return 0.0, 255.0
     sample = _strided_sample(image)
     check_finite(sample)
+    if sample.dtype.kind in "iu" and sample.dtype.itemsize == 8 and not _exact_in_float64(sample):
+        return _integer_range(sample, percentiles)
     low, high = np.percentile(sample, percentiles)
     return float(low), float(high)
+
+
+def _exact_in_float64(values: np.ndarray) -> bool:
+    """Whether every integer in ``values`` is exact in float64 (magnitudes up to 2**53)."""
+    limit = 1 << 53
+    return values.size == 0 or (-limit <= int(values.min()) and int(values.max()) <= limit)
+
+
+def _offsets(values: np.ndarray, base: int) -> np.ndarray:
+    """``values - base`` (``base`` <= every value) as float64, exact whatever the magnitudes:
+    subtracted as 64-bit integers first (uint64 holds any difference of two int64s)."""
+    u64 = (
+        values.astype(np.uint64, copy=False) if values.dtype.kind == "u" else values.view(np.uint64)
+    )
+    return (u64 - np.uint64(base % (1 << 64))).astype(np.float64)
+
+
+def _integer_range(
+    sample: np.ndarray, percentiles: tuple[float, float]
+) -> tuple[Fraction, Fraction]:
+    """The range of 64-bit integers beyond float64's exact integers (values near 2**62):
+    percentiles of the offsets from the minimum, returned as exact fractions, where float64
+    would have made every value the same (and the image one grey)."""
+    base = int(sample.min())
+    low, high = np.percentile(_offsets(sample, base), percentiles)
+    return base + Fraction(float(low)), base + Fraction(float(high))
 
 
 def to_unit_range(image, value_range: tuple[float, float]) -> np.ndarray:
@@ -111,7 +144,15 @@ def to_unit_range(image, value_range: tuple[float, float]) -> np.ndarray:
     if values.dtype.itemsize > 4:
         # float64 (and 64-bit integers) may hold values beyond float32's range or below its
         # resolution (1e300, 1e-300): rescale in float64 first, then cast the [0, 1] result.
-        out64 = (values - np.float64(low)) * np.float64(1.0 / (high - low))
+        # Divided, not multiplied by 1 / (high - low), which overflows for a denormal range.
+        if isinstance(low, Rational) and values.dtype.kind in "iu":  # exact (_integer_range)
+            info = np.iinfo(values.dtype)
+            base = min(max(math.floor(low), int(info.min)), int(info.max))
+            out64 = _offsets(np.maximum(values, values.dtype.type(base)), base)
+            out64 -= float(low - base)
+        else:
+            out64 = values - np.float64(low)
+        out64 /= float(high - low)
         np.clip(out64, 0.0, 1.0, out=out64)
         return out64.astype(np.float32)
     out = values.astype(np.float32, copy=True)

@@ -125,6 +125,8 @@ def _fraction(obj: Any, name: str, *, low_open: bool = False) -> None:
 
 
 def _integer(obj: Any, name: str, minimum: int, maximum: int | None = None) -> None:
+    if maximum is None:  # the field's own bound (the widgets' too): a config's 2**40 is refused
+        maximum = next(f.metadata.get("maximum") for f in fields(obj) if f.name == name)
     value = getattr(obj, name)
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     if maximum is not None:

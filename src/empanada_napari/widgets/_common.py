@@ -42,13 +42,30 @@ NEW_LAYER = "New Labels layer"
 PATCHES_META = "empanada_patches"
 
 
+#: napari shows a notification as one elided line (about this many characters at 1366 px),
+#: and clips the underscores of a path in it; longer messages are shortened there and shown
+#: whole, wrapped and selectable, in the dock's status line.
+NOTIFICATION_CHARS = 70
+
+
+def short_message(message: str, limit: int = NOTIFICATION_CHARS) -> str:
+    """``message`` as a notification shows it whole: itself when short, else its start cut
+    at a word, with a pointer to the dock where the whole text stands."""
+    message = " ".join(str(message).split())
+    if len(message) <= limit:
+        return message
+    cut = message[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return f"{cut}... (the dock says more)"
+
+
 def notify_error(message: str) -> None:
-    """Show a user-caused problem as a napari error notification (no traceback)."""
-    show_error(message)
+    """Show a user-caused problem as a napari error notification (no traceback); the caller
+    shows the whole message in its dock."""
+    show_error(short_message(message))
 
 
 def notify_info(message: str) -> None:
-    show_info(message)
+    show_info(short_message(message))
 
 
 # --------------------------------------------------------------------------- jobs
@@ -204,6 +221,7 @@ class JobPanel(Container):
         False when there is none. Every dock's ``run`` starts with this check."""
         if problem is None or problem == "":
             return False
+        self.status.value = problem  # whole here; the notification may be shortened
         notify_error(problem)
         return True
 

@@ -14,7 +14,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, Pus
 
 from ..core.errors import EmpanadaError
 from ..core.jobs import check_cancelled
-from ._common import JobPanel, notify_error, notify_info
+from ._common import JobPanel, notify_info
 from ._layout import dock
 from ._pickers import ModelPicker
 
@@ -207,7 +207,7 @@ class ModelManagerWidget(Container):
         """Download the selected model's file into the cache (in a worker, with progress)."""
         name = self.selected.value
         if name is None:
-            notify_error("No model selected.")
+            self.jobs.refuse("No model selected.")
             return
         registry = self.registry
 
@@ -229,12 +229,12 @@ class ModelManagerWidget(Container):
         """Remove the selected user model (built-in ones are refused)."""
         name = self.selected.value
         if name is None:
-            notify_error("No model selected.")
+            self.jobs.refuse("No model selected.")
             return
         try:
             self.registry.remove(name)
         except EmpanadaError as exc:
-            notify_error(str(exc))
+            self.jobs.refuse(str(exc))
             return
         notify_info(f"Removed model {name!r}.")
 
@@ -243,7 +243,7 @@ class ModelManagerWidget(Container):
         name = self.selected.value
         dest = str(self.export_path.value or "").strip()
         if name is None or dest in ("", "."):
-            notify_error("Choose a model and an archive path to export to.")
+            self.jobs.refuse("Choose a model and an archive path to export to.")
             return
         registry = self.registry
         overwrite = self.export_overwrite.value
@@ -264,10 +264,10 @@ class ModelManagerWidget(Container):
         config = str(self.config.value or "").strip()
         model = self.model_file.value.strip() or None
         if not name:
-            notify_error("Give the new model a name.")
+            self.jobs.refuse("Give the new model a name.")
             return
         if config in ("", ".") or not Path(config).is_file():
-            notify_error("Choose the model's config YAML file.")
+            self.jobs.refuse("Choose the model's config YAML file.")
             return
         registry = self.registry
 
@@ -295,12 +295,12 @@ class ModelManagerWidget(Container):
 
         archive = str(self.archive.value or "").strip()
         if archive in ("", ".") or not Path(archive).is_file():
-            notify_error("Choose a .empanada archive to import.")
+            self.jobs.refuse("Choose a .empanada archive to import.")
             return
         try:
             name = self.import_name.value.strip() or archive_model_name(archive)
         except EmpanadaError as exc:
-            notify_error(str(exc))
+            self.jobs.refuse(str(exc))
             return
         if name in self.registry:
             suggestion = self._free_name(name)

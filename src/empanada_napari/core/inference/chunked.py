@@ -25,6 +25,7 @@ is valid from the start, records its settings and status, and keeps the work fil
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import uuid
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, is_cancelled, report
-from ..memory import reuse_freed_memory, zeros
+from ..memory import check_fits, reuse_freed_memory, zeros
 from ..output import ZarrOutput, check_not_input, check_writable, output_lock
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, BlockSettings, resolve, settings_for_model
@@ -45,6 +46,7 @@ from .blocks.plan import (
     MODES,
     Block,
     Job,
+    check_blocking,
     default_chunks,
     default_halo,
     grid_alignment,
@@ -119,6 +121,12 @@ def segment_volume(
     if store is not None:
         check_not_input(store, [image])
         check_writable(store, folder=True)
+    if store is None:  # the labels are returned whole: they must fit
+        check_fits(
+            math.prod(shape) * np.dtype(np.uint32).itemsize,
+            f"Keeping the labels of a {' x '.join(map(str, shape))} volume",
+            "write them to a .zarr output (out=..., written block by block)",
+        )
     runner = Runner(scheduler, workers)
     try:
         # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
@@ -127,6 +135,7 @@ def segment_volume(
             shape, mode, stack.axis, runner.task_memory(), slots=runner.slots
         )
         chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+        check_blocking(shape, chunks, halo, mode, stack.axis)  # type: ignore[arg-type]
         blocks = blocks.updated(chunks=chunks, halo=halo)
         plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))  # type: ignore[arg-type]
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
@@ -147,7 +156,7 @@ def segment_volume(
             stack=stack,
             ortho=settings["ortho"],
             blocks=blocks,
-            value_range=tuple(float(v) for v in value_range),  # type: ignore[arg-type]
+            value_range=tuple(value_range),  # type: ignore[arg-type]
             work="",
             torch_threads=runner.worker_threads(),
             cancel_event=cancel_event,

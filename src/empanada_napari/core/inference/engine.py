@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled, InputError
+from ..io import read_region
 from ..jobs import CancelFlag, Progress, is_cancelled
-from ..memory import reuse_freed_memory, zeros
+from ..memory import check_fits, reuse_freed_memory, zeros
 from ..models.loading import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
@@ -36,6 +37,10 @@ CPU_BATCH_PIXELS = 3 << 18
 #: Images per call when the slice size is not known, and the fewest for large slices.
 CPU_MIN_BATCH = 2
 CPU_MAX_BATCH = 8
+#: Bytes per pixel a slice needs at least while it is segmented, whatever the model: the
+#: float32 image and its padded copy, the probabilities, the ids (int64 while they are
+#: post-processed) and the uint32 labels. Bounds a run against memory before it starts.
+SLICE_BYTES_PER_PIXEL = 24
 #: The views of flip averaging: the image, flipped vertically, horizontally and both ways.
 FLIPS = ((), (-2,), (-1,), (-2, -1))
 
@@ -118,6 +123,19 @@ class Engine2D:
             pixels = max(1, int(np.prod(plane[-2:]))) if plane is not None else CPU_BATCH_PIXELS
             bs = min(CPU_MAX_BATCH, max(CPU_MIN_BATCH, CPU_BATCH_PIXELS // pixels))
         return bs if self.model.supports_batch else 1
+
+    def check_memory(self, shape: tuple[int, ...], *, whole_result: bool = False) -> None:
+        """Refuse a stack (N, H, W) whose batch of slices, and with ``whole_result`` its
+        whole label volume, cannot fit in this computer's memory (before any work)."""
+        n, h, w = (int(v) for v in shape)
+        batch = min(n, self.default_batch_size((h, w)))
+        need = batch * h * w * SLICE_BYTES_PER_PIXEL
+        what = f"Segmenting slices of {h} x {w} pixels ({batch} at a time)"
+        check_fits(need, what, "crop or shrink the image first")
+        if whole_result:
+            need += n * h * w * np.dtype(np.uint32).itemsize
+            what = f"Segmenting {n} slices of {h} x {w} pixels into one array"
+            check_fits(need, what, "write the labels to a .zarr output (written slice by slice)")
 
     def _forward(self, x: torch.Tensor, render_steps: int, fine: bool) -> dict:
         """One model call on a padded batch; AMP on CUDA; outputs as float32."""
@@ -340,6 +358,7 @@ class Engine2D:
         ``progress(done, total)`` is called after each batch.
         """
         check_image(stack, ndim=(3,))
+        self.check_memory(stack.shape)
         if value_range is None:
             value_range = intensity_range(stack)
         total = stack.shape[0]
@@ -348,7 +367,10 @@ class Engine2D:
             for start in range(first, total, bs):
                 if is_cancelled(cancel):
                     raise Cancelled(f"Cancelled after {start} of {total} slices.")
-                batch = self.normalize(np.asarray(stack[start : start + bs]), value_range)
+                stop = min(start + bs, total)
+                region = (slice(start, stop),)
+                data = read_region(stack, region, f"slices {start}-{stop - 1}")
+                batch = self.normalize(data, value_range)
                 raw = self.infer(batch, cancel)
                 if is_cancelled(cancel):
                     raise Cancelled(f"Cancelled after {start} of {total} slices.")
@@ -377,6 +399,7 @@ class Engine2D:
         """
         check_image(stack, ndim=(3,))
         if out is None:
+            self.check_memory(stack.shape, whole_result=True)
             out = zeros(stack.shape, np.uint32)
         elif tuple(out.shape) != tuple(stack.shape):
             raise InputError(f"Output shape {tuple(out.shape)} != input {tuple(stack.shape)}.")

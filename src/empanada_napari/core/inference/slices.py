@@ -71,12 +71,13 @@ def segment_slices_to(
         labels = engine.segment_slices(stack, progress=progress, cancel=cancel)
         write_labels(path, labels if image.ndim == 3 else labels[0], overwrite=overwrite)
         return {"output": str(path), "objects": count_objects(labels), "slices": len(labels)}
+    engine.check_memory(stack.shape)  # before the output exists
     value_range = intensity_range(stack)
     fingerprint = {
         "version": FORMAT_VERSION,
         "mode": "2d",
         "input": input_fingerprint(image, source),
-        "value_range": list(value_range),
+        "value_range": [float(v) for v in value_range],  # a Fraction (64-bit images) as a number
         "model_file": str(engine.model.path),
         "inference": engine.settings.to_dict(),
     }

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError, ModelFileError
 from ._files import new_temp_dir, new_temp_file
-from .config import MODEL_KEYS, dump_yaml, is_url, parse_yaml, url_scheme
+from .config import MAX_CONFIG_BYTES, MODEL_KEYS, dump_yaml, is_url, parse_yaml, url_scheme
 from .download import sha256_of
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ ARCHIVE_SUFFIX = ".empanada"
 #: archive's size (TorchScript files are zips already and barely compress), plus 1 MiB.
 MAX_EXPANSION = 10
 _SLACK = 1 << 20
-_MAX_YAML = 1 << 20
+_MAX_YAML = MAX_CONFIG_BYTES  # the bound of every config, read before parse_yaml checks it
 
 
 def _check_member(member: zipfile.ZipInfo, archive: Path) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "MITONET_NORMS",
     "ModelEntry",
     "check_name",
+    "check_padding_factor",
     "dump_yaml",
     "file_url_to_path",
     "is_url",
@@ -42,6 +43,19 @@ __all__ = [
 ]
 
 DEFAULT_PADDING_FACTOR = 16
+#: Bounds of a model config. A real one is a few kB with a dozen keys two levels deep; these
+#: refuse a hostile one (a "billion laughs" of aliases, endless nesting) before anything walks
+#: it, wherever it is read: registration, listing, loading, archives.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000  # with every alias expanded where it is used
+MAX_CONFIG_DEPTH = 32
+#: Bounds of its numbers (MitoNet_v1_mini pads to 128; images are scaled to [0, 1] before
+#: ``norms`` apply; label ids times ``label_divisor`` must fit in uint32).
+MAX_PADDING_FACTOR = 512
+NORM_MEAN_LIMIT = 10.0
+NORM_STD_RANGE = (1e-6, 10.0)
+MAX_LABEL = 1000
+MAX_SIZE_MB = 100_000
 #: Norms of MitoNet (and of the bundled model), used when a bare .pth has no config.
 MITONET_NORMS = {"mean": 0.57571, "std": 0.12765}
 #: The name that always means "the default model"; never a registered model's own name.
@@ -75,12 +89,67 @@ def file_url_to_path(url: str) -> Path:
     return Path(url2pathname(parsed.path))
 
 
+def _check_extent(root: yaml.Node, where: str) -> None:
+    """Refuse a YAML document that expands to more than :data:`MAX_CONFIG_VALUES` values or
+    nests deeper than :data:`MAX_CONFIG_DEPTH`, aliases counted where they are used.
+
+    Walks the composed nodes (an alias is the same node object), each once: a billion
+    laughs is measured in microseconds instead of being expanded by whoever reads it next.
+    """
+    seen: dict[int, tuple[int, int]] = {}  # node id -> (values, depth), aliases expanded
+    path: set[int] = set()
+
+    def walk(node: yaml.Node) -> tuple[int, int]:
+        key = id(node)
+        if key in seen:
+            return seen[key]
+        if key in path:
+            raise ModelError(f"model config {where} refers to itself (a recursive alias)")
+        if len(path) >= MAX_CONFIG_DEPTH:
+            raise ModelError(f"model config {where} nests deeper than {MAX_CONFIG_DEPTH} levels")
+        path.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        values, depth = 1, 0
+        for child in children:
+            n, d = walk(child)
+            values, depth = min(values + n, MAX_CONFIG_VALUES + 1), max(depth, d)
+        path.discard(key)
+        if values > MAX_CONFIG_VALUES or depth + 1 > MAX_CONFIG_DEPTH:
+            raise ModelError(
+                f"model config {where} is too large: over {MAX_CONFIG_VALUES} values or "
+                f"{MAX_CONFIG_DEPTH} levels once its aliases are expanded"
+            )
+        seen[key] = (values, depth + 1)
+        return seen[key]
+
+    walk(root)
+
+
+def _too_large(where: str | Path) -> ModelError:
+    return ModelError(f"model config {where} is larger than {MAX_CONFIG_BYTES >> 10} kB")
+
+
 def parse_yaml(text: str | bytes, where: str) -> dict[str, Any]:
-    """Parse a YAML mapping; bad YAML or another type is a ModelError naming ``where``."""
+    """Parse a YAML mapping; bad YAML, another type or a config beyond the size bounds
+    (:data:`MAX_CONFIG_BYTES`, aliases expanded) is a ModelError naming ``where``."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _too_large(where)
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_extent(node, where)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise ModelError(f"model config {where} is not valid YAML: {exc}") from exc
+    except RecursionError:  # the parser's own recursion, on nesting beyond any real config
+        raise ModelError(f"model config {where} nests too deeply to be read") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ModelError(
             f"model config {where} must be a mapping of keys, not {type(data).__name__}"
@@ -89,10 +158,20 @@ def parse_yaml(text: str | bytes, where: str) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """:func:`parse_yaml` of a file; an unreadable file is an InputError."""
+    """:func:`parse_yaml` of a file; an unreadable file or one that is not a regular file
+    (a pipe would block) is an InputError."""
+    if not Path(path).is_file():
+        raise InputError(f"cannot read model config {path}: it is not a regular file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as fh:  # no more than the bound: a huge file is not read whole
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read model config {path}: {exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_large(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise InputError(f"cannot read model config {path}: {exc}") from exc
     return parse_yaml(text, str(path))
 
@@ -144,6 +223,17 @@ def _check_sources(config: dict[str, Any], where: str) -> None:
             raise ModelError(f"{where}: key '{key}' uses unsupported URL scheme '{scheme}'")
 
 
+def check_padding_factor(value: Any, where: str) -> int:
+    """``value`` as a padding factor (a multiple of 4 up to :data:`MAX_PADDING_FACTOR`: the
+    instance outputs live on a 1/4 grid), else ModelError: from a config or a module alike."""
+    if not _is_int(value) or not 0 < value <= MAX_PADDING_FACTOR or value % 4:
+        raise ModelError(
+            f"{where}: key 'padding_factor' must be a positive multiple of 4 up to "
+            f"{MAX_PADDING_FACTOR} (got {value!r})"
+        )
+    return int(value)
+
+
 def _check_norms_and_padding(config: dict[str, Any], where: str) -> None:
     norms = config.get("norms")
     if not isinstance(norms, Mapping) or not {"mean", "std"} <= set(norms):
@@ -152,25 +242,31 @@ def _check_norms_and_padding(config: dict[str, Any], where: str) -> None:
         value = norms[key]
         if not _is_number(value) or not math.isfinite(value):
             raise ModelError(f"{where}: key 'norms.{key}' must be a finite number (got {value!r})")
-    if norms["std"] <= 0:
-        raise ModelError(f"{where}: key 'norms.std' must be positive (got {norms['std']!r})")
-    padding = config.get("padding_factor", DEFAULT_PADDING_FACTOR)
-    # The instance outputs live on a 1/4 grid: padded sizes must divide by 4.
-    if not _is_int(padding) or padding <= 0 or padding % 4:
+    low, high = NORM_STD_RANGE
+    if not low <= norms["std"] <= high:
         raise ModelError(
-            f"{where}: key 'padding_factor' must be a positive multiple of 4 (got {padding!r})"
+            f"{where}: key 'norms.std' must be positive, from {low:g} to {high:g} "
+            f"(got {norms['std']!r})"
         )
+    if abs(norms["mean"]) > NORM_MEAN_LIMIT:
+        raise ModelError(
+            f"{where}: key 'norms.mean' must lie between {-NORM_MEAN_LIMIT:g} and "
+            f"{NORM_MEAN_LIMIT:g} (got {norms['mean']!r}); images are scaled to [0, 1] first"
+        )
+    check_padding_factor(config.get("padding_factor", DEFAULT_PADDING_FACTOR), where)
 
 
 def _check_classes(config: dict[str, Any], where: str) -> None:
     for key in ("labels", "thing_list"):
         value = config.get(key)
         if value is not None and not (
-            isinstance(value, list) and value and all(_is_int(v) and v > 0 for v in value)
+            isinstance(value, list)
+            and value
+            and all(_is_int(v) and 0 < v <= MAX_LABEL for v in value)
         ):
             raise ModelError(
-                f"{where}: key '{key}' must be a non-empty list of positive integers "
-                f"(got {value!r})"
+                f"{where}: key '{key}' must be a non-empty list of positive integers up to "
+                f"{MAX_LABEL} (got {value!r})"
             )
     labels = config.get("labels") or [1]
     if len(set(labels)) != len(labels):
@@ -221,8 +317,11 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
         config[key] = digest
     for key in ("model_size_mb", "model_quantized_size_mb"):
         value = config.get(key)
-        if value is not None and (not _is_number(value) or not value > 0):
-            raise ModelError(f"{where}: key '{key}' must be a positive number (got {value!r})")
+        if value is not None and (not _is_number(value) or not 0 < value <= MAX_SIZE_MB):
+            raise ModelError(
+                f"{where}: key '{key}' must be a positive number up to {MAX_SIZE_MB} "
+                f"(got {value!r})"
+            )
     _check_classes(config, where)
     if config.get("FINETUNE") is not None and not isinstance(config["FINETUNE"], Mapping):
         raise ModelError(f"{where}: key 'FINETUNE' must be a mapping")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError, ModelFileError
+from .config import check_padding_factor
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +123,8 @@ def check_model_file(
         return
     module = load_torchscript(path, "cpu")
     padding = config.get("padding_factor") or getattr(module, "padding_factor", 16)
-    probe_model(module, int(padding), config.get("labels") or [1], name=name or path.stem)
+    padding = check_padding_factor(padding, f"model {name or path.stem}")
+    probe_model(module, padding, config.get("labels") or [1], name=name or path.stem)
 
 
 # --------------------------------------------------------------------------- the probe

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ModelError, ModelFileError
-from .config import DEFAULT_PADDING_FACTOR, MITONET_NORMS, ModelEntry, sidecar_config
+from ..errors import InputError, ModelFileError
+from .config import (
+    DEFAULT_PADDING_FACTOR,
+    MITONET_NORMS,
+    ModelEntry,
+    check_padding_factor,
+    sidecar_config,
+)
 from .contract import load_torchscript, probe_model
 from .optimize import prepare_for_inference
 
@@ -92,11 +98,7 @@ class LoadedModel:
         ``[1]``; thing classes: the labels.
         """
         padding = config.get("padding_factor") or getattr(module, "padding_factor", None)
-        padding = int(padding or DEFAULT_PADDING_FACTOR)
-        if padding <= 0 or padding % 4:
-            raise ModelError(
-                f"Model {name} has padding_factor {padding}; it must be a positive multiple of 4."
-            )
+        padding = check_padding_factor(padding or DEFAULT_PADDING_FACTOR, f"Model {name}")
         norms = config.get("norms") or MITONET_NORMS
         labels = [int(v) for v in config.get("labels") or [1]]
         return cls(

@@ -267,9 +267,10 @@ class ModelRegistry:
 
         ``model``/``quantized_model`` override the config's ``model``/``model_quantized``.
         Local files are copied into the user folder after checking the model contract (they
-        load as TorchScript and pass a probe forward); URLs are stored and downloaded on
-        first :meth:`fetch`. Relative paths in a dict config are relative to ``base_dir``
-        (default: the current folder).
+        load as TorchScript and pass a probe forward); a ``file://`` URL is checked the same
+        way and used in place; https URLs are stored and downloaded on first :meth:`fetch`.
+        Relative paths in a dict config are relative to ``base_dir`` (default: the current
+        folder).
         """
         if isinstance(config, str | os.PathLike):
             config_path = Path(config).expanduser().resolve()
@@ -334,18 +335,22 @@ class ModelRegistry:
 
         key, sha_key, _ = MODEL_KEYS[quantized]
         source = config.get(key)
-        if not source or is_url(source):
-            return  # URLs (file:// included) are kept as they are and fetched on use
-        path = Path(source).expanduser()
+        if not source or url_scheme(source) == "https":
+            return  # downloaded on first use, and checked then
+        in_place = is_url(source)  # file://: used where it is, but a model file all the same
+        path = file_url_to_path(source) if in_place else Path(source).expanduser()
         path = (path if path.is_absolute() else base_dir / path).resolve()
         if not path.is_file():
             raise ModelFileError(f"model file for key '{key}' of {name!r} not found: {path}")
-        target = staging / (f"{name}_quantized.pth" if quantized else f"{name}.pth")
-        shutil.copyfile(path, target)
+        target = path
+        if not in_place:
+            target = staging / (f"{name}_quantized.pth" if quantized else f"{name}.pth")
+            shutil.copyfile(path, target)
         if config.get(sha_key) and sha256_of(target) != config[sha_key]:
             raise ModelFileError(f"{path} does not match the config's '{sha_key}' checksum")
         check_model_file(target, config, quantized=quantized, name=name)
-        config[key] = target.name  # relative to the YAML, so the home folder can move
+        if not in_place:
+            config[key] = target.name  # relative to the YAML, so the home folder can move
 
     def remove(self, name: str) -> None:
         """Delete a user model (its folder and its cached downloads); built-ins are refused."""

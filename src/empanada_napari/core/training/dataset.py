@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from ..memory import check_fits
 from ..preprocess import check_image, intensity_range, normalize
 from .augment import random_augment, region_size
 from .targets import panoptic_targets
@@ -326,6 +327,18 @@ class ImageRecord:
     stack: np.ndarray | None = None  # the full flipbook (Z, H, W) when the image was one
 
 
+def check_patch_memory(patch_size: int, batch_size: int = 1) -> None:
+    """Refuse patches whose batch cannot fit in memory, before any is cut: per pixel a sample
+    holds at least its region (float32 image, int32 mask) and its image and targets (six
+    float32 maps, int64 ids), twice over while a batch is collated; the network needs far
+    more."""
+    check_fits(
+        2 * batch_size * patch_size**2 * (2 * 4 + 6 * 4 + 8),
+        f"Training on {patch_size} x {patch_size} pixel patches in batches of {batch_size}",
+        "choose a smaller patch size (256 is the default) or batch size",
+    )
+
+
 class PatchDataset(Dataset):
     """2D training samples: (image float32 normalised (1, P, P), targets dict) from a dataset
     folder or in-memory arrays.
@@ -360,6 +373,7 @@ class PatchDataset(Dataset):
     ) -> None:
         if int(patch_size) != patch_size or patch_size < 8:
             raise InputError(f"patch_size must be an integer >= 8, got {patch_size}.")
+        check_patch_memory(int(patch_size))
         if not 0.0 <= foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}.")
         if samples_per_epoch is not None and samples_per_epoch < 1:
@@ -419,7 +433,7 @@ class PatchDataset(Dataset):
                     name,
                     plane,
                     mask2d,
-                    (float(vrange[0]), float(vrange[1])),
+                    (vrange[0], vrange[1]),  # ints stay exact (64-bit images)
                     np.flatnonzero(mask2d),
                     stack,
                 )

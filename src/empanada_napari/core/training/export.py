@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from ..errors import ModelError
+from ..models.config import check_name
 from ..models.loading import MITONET_NORMS
 
 #: Config keys that describe the files of the model a training run started from (or make it
@@ -55,6 +56,7 @@ def export_model(
     registry,
 ) -> tuple[Path | None, Path | None]:
     """Save TorchScript + YAML (original format) and register the model."""
+    check_name(name)  # it names the files: '../x' would write outside ``output_dir``
     if output_dir is None:
         if not register:
             return None, None

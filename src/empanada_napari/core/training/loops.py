@@ -57,6 +57,19 @@ __all__ = [
 Val = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 
 
+def _check_request(name: str, output_dir, patch_size: int, batch_size: int) -> None:
+    """What can be refused before a minute is trained or a file written: the model's name
+    (it names files and the registry entry: the registry's own rule), an output folder
+    that is a file, and patches whose batch cannot fit in memory."""
+    from ..models.config import check_name
+    from .dataset import check_patch_memory
+
+    check_name(name)
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise InputError(f"The output {output_dir} is a file; give a folder for the model.")
+    check_patch_memory(patch_size, batch_size)
+
+
 def _resolve_settings(settings: TrainSettings | None, overrides: dict) -> TrainSettings:
     settings = replace(settings or TrainSettings(), **overrides)
     if isinstance(settings.unfreeze, str):
@@ -240,6 +253,7 @@ def finetune(
     from ..device import resolve_device
 
     settings = _resolve_settings(settings, overrides)
+    _check_request(name, output_dir, patch_size, settings.batch_size)
     dataset, val = _as_dataset(dataset, val, settings, patch_size, None)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
@@ -321,6 +335,7 @@ def train(
 
     overrides.setdefault("freeze_encoder", False)
     settings = _resolve_settings(settings, overrides)
+    _check_request(name, output_dir, patch_size, settings.batch_size)
     class_names, labels, things, channels = _class_config(classes)
     dataset, val = _as_dataset(dataset, val, settings, patch_size, classes)
     device = resolve_device(settings.device)

@@ -33,27 +33,17 @@ import numpy as np
 from ..errors import InputError
 from ..jobs import CancelFlag, Progress, check_cancelled, report
 from ..memory import reuse_freed_memory
-from ..settings import StackSettings
+from .doubt import doubt_maps, predict_plane, tile_score
 
 STRATEGIES = ("random", "points", "uncertain")
 PREFILLS = ("model", "labels", "none")
 #: Pixels of context around a patch given to the model when prefilling random/point patches,
 #: so objects cut by the patch border are segmented as in the whole image.
 CONTEXT = 64
-#: A pixel is doubtful when its foreground probability is this close to the threshold.
-SEMANTIC_MARGIN = 0.25
-#: An object whose centre heat-map peak is below this is "weakly centred".
-WEAK_CENTRE = 0.5
-#: Objects of neighbouring planes link at this IoU (the 3D stack mode's own threshold).
-LINK_IOU = StackSettings().slice_link_iou
-#: A tile the model finds (almost) empty teaches little however doubtful it is: a tile's doubt
-#: is weighted by its predicted foreground, EMPTY_WEIGHT at none, 1 from FOREGROUND_FULL up
-#: (docs/benchmarks.md, adaptation loop: without it the picks held half the objects of random
-#: patches and finetuned worse).
-FOREGROUND_FULL = 0.1
-EMPTY_WEIGHT = 0.25
 #: Two picks at the same place lie more than this many planes apart (neighbours look alike).
 PLANE_GAP = 3
+#: Patches per call at most: each is segmented by the model and then corrected by hand.
+MAX_PATCHES = 10_000
 
 
 @dataclass
@@ -137,107 +127,6 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.int32)
 
 
-# --------------------------------------------------------------------------- the model's doubt
-
-
-def _foreground(prob, h: int, w: int) -> np.ndarray:
-    """Foreground probability (H, W) from semantic probabilities (C, Hg, Wg): with several
-    classes, doubt about "is this an object at all" is 1 - P(background)."""
-    prob = prob.float()
-    fg = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
-    return fg[:h, :w].cpu().numpy()
-
-
-def _predict(
-    engine, plane: np.ndarray, value_range, *, views: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Labels (H, W), foreground probability (H, W) and centre heat-map (H, W) of a plane,
-    and with ``views`` where the model's four flipped views disagree (H, W bool: some call
-    the pixel foreground, some do not), else None."""
-    batch = engine.normalize(plane[None], value_range)
-    raw = engine.infer(batch, keep_views=views)
-    labels = engine.postprocess(raw, 0)
-    h, w = raw.shape
-    fg = _foreground(raw.sem_prob[0], h, w)
-    ctr = raw.ctr_hmp[0, 0].float().cpu().numpy()
-    stride = max(1, -(-fg.shape[0] // ctr.shape[0]))
-    ctr = np.repeat(np.repeat(ctr, stride, axis=0), stride, axis=1)[:h, :w]
-    flips = None
-    if views:
-        thr = engine.settings.confidence_thr
-        votes = sum(_foreground(v[0], h, w) > thr for v in raw.extra["sem_views"])
-        flips = (votes > 0) & (votes < len(raw.extra["sem_views"]))
-    return labels, fg, ctr, flips
-
-
-def _touching(labels: np.ndarray) -> np.ndarray:
-    """Ids of objects sharing a border with another object (a split the model had to make)."""
-    ids = []
-    for a, b in ((labels[1:, :], labels[:-1, :]), (labels[:, 1:], labels[:, :-1])):
-        edge = (a != b) & (a > 0) & (b > 0)
-        ids += [a[edge], b[edge]]
-    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, labels.dtype)
-
-
-def _unlinked(labels: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray:
-    """Ids of objects with no partner of IoU >= LINK_IOU in any of the neighbouring planes."""
-    from ..metrics import label_overlap
-
-    ids = np.unique(labels[labels > 0])
-    if not neighbours or ids.size == 0:
-        return np.zeros(0, labels.dtype)
-    linked = np.zeros(0, labels.dtype)
-    for other in neighbours:
-        ov = label_overlap(labels, other)
-        ok = ov.pair_ious() >= LINK_IOU
-        linked = np.union1d(linked, ov.pred_ids[ov.pair_pred[ok]])
-    return np.setdiff1d(ids, linked)
-
-
-def doubt_maps(
-    labels: np.ndarray,
-    prob: np.ndarray,
-    ctr: np.ndarray,
-    *,
-    confidence_thr: float = 0.5,
-    neighbours: Sequence[np.ndarray] = (),
-    flips: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-pixel 0/1 maps of the model's doubt on one plane (the "uncertain" strategy).
-
-    * ``semantic``: the foreground probability lies within :data:`SEMANTIC_MARGIN` of the
-      threshold (the model hesitates between object and background);
-    * ``centres``: pixels of objects whose centre heat-map peak is below
-      :data:`WEAK_CENTRE`, or that touch another object (weak or competing centres);
-    * ``linking``: pixels of objects that match nothing (IoU >= 0.25) in the neighbouring
-      planes' predictions (``neighbours``; empty for a 2D image);
-    * ``flips`` (when ``flips`` is given): pixels where the model's flipped views disagree,
-      so its answer depends on the orientation alone (see :func:`_predict`).
-    """
-    from scipy import ndimage as ndi
-
-    maps = {"semantic": (np.abs(prob - confidence_thr) < SEMANTIC_MARGIN).astype(np.float32)}
-    ids = np.unique(labels[labels > 0])
-    doubtful = np.zeros(0, labels.dtype)
-    if ids.size:
-        peaks = np.asarray(ndi.maximum(ctr, labels, index=ids))
-        doubtful = np.union1d(ids[peaks < WEAK_CENTRE], _touching(labels))
-    maps["centres"] = np.isin(labels, doubtful).astype(np.float32)
-    maps["linking"] = np.isin(labels, _unlinked(labels, neighbours)).astype(np.float32)
-    if flips is not None:
-        maps["flips"] = np.asarray(flips, dtype=np.float32)
-    return maps
-
-
-def tile_score(parts: Mapping[str, float], labels: np.ndarray) -> float:
-    """Rank of a candidate tile for the "uncertain" strategy: the sum of its mean doubt maps
-    (``parts``), weighted by the fraction of the tile the model labels (``labels``):
-    :data:`EMPTY_WEIGHT` for none, 1 from :data:`FOREGROUND_FULL` up."""
-    fg = float((np.asarray(labels) > 0).mean()) if np.size(labels) else 0.0
-    weight = EMPTY_WEIGHT + (1.0 - EMPTY_WEIGHT) * min(1.0, fg / FOREGROUND_FULL)
-    return float(sum(parts.values())) * weight
-
-
 def _tiles(shape: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int]]:
     """Top-left corners of non-overlapping ``size`` tiles covering the middle of ``shape``."""
     starts = []
@@ -316,16 +205,23 @@ class _Plan:
 def _random_plans(src: _Source, n: int, rng) -> list[_Plan]:
     (lo, hi), (h, w), (ph, pw) = src.centres, src.plane_shape, src.size
     plans: list[_Plan] = []
+    # Plans by (plane, cell of the patch grid): a patch can only overlap those of the 3 x 3
+    # cells around its own, so a try costs the same with 10 or 10,000 plans.
+    cells: dict[tuple[int, int, int], list[_Plan]] = {}
     for _ in range(200 * n):
         if len(plans) == n:
             break
         z = int(rng.integers(lo, hi + 1))
         y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        if any(p.z == z and abs(p.y0 - y0) < ph and abs(p.x0 - x0) < pw for p in plans):
+        cy, cx = y0 // ph, x0 // pw
+        near = (p for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                for p in cells.get((z, cy + dy, cx + dx), ()))  # fmt: skip
+        if any(abs(p.y0 - y0) < ph and abs(p.x0 - x0) < pw for p in near):
             continue  # overlapping patches of one plane would be corrected twice
         if src.is_taken(z, y0, x0):
             continue  # picked in an earlier round
         plans.append(_Plan(z, y0, x0))
+        cells.setdefault((z, cy, cx), []).append(plans[-1])
     return plans
 
 
@@ -390,7 +286,7 @@ def _uncertain_plans(src: _Source, n: int, engine, max_planes: int, progress, ca
     for i, z in enumerate(needed):
         check_cancelled(cancel, f"Cancelled after scoring {i} of {len(needed)} planes.")
         plane = src.read(z, slice(None), slice(None))
-        preds[z] = _predict(engine, plane, src.value_range, views=z in candidates)
+        preds[z] = predict_plane(engine, plane, src.value_range, views=z in candidates)
         report(progress, i + 1, len(needed) + 1, {"phase": "scoring planes"})
     plans = []
     thr = engine.settings.confidence_thr
@@ -502,6 +398,10 @@ def pick_patches(
             )
     src.taken = [t for t in map(_taken_place, exclude) if t is not None and t[-1] == axis]
     src.taken = [t[:-1] for t in src.taken]
+    if strategy == "points" and points is not None and len(points) > MAX_PATCHES:
+        raise InputError(f"Got {len(points)} points; at most {MAX_PATCHES} patches per call.")
+    if strategy != "points":
+        _check_number(src, strategy, int(n), max_planes)
     engine = None
     if strategy == "uncertain" or prefill == "model":
         engine = _engine(model, device, engine_params)
@@ -521,6 +421,29 @@ def pick_patches(
         patches.append(_make_patch(src, plan, prefill, labels, engine))
         report(progress, i + 1, len(plans), {"phase": "cutting patches"})
     return patches
+
+
+def _check_number(src: _Source, strategy: str, n: int, max_planes: int) -> None:
+    """Refuse more patches than fit in the image without overlapping (non-overlapping squares
+    per plane times the planes drawn from; "uncertain": planes more than PLANE_GAP apart) or
+    than anyone corrects, before the model runs and a search for places that do not exist."""
+    if n > MAX_PATCHES:
+        raise InputError(f"{n} patches asked for; at most {MAX_PATCHES} per call.")
+    (h, w), (ph, pw), (lo, hi) = src.plane_shape, src.size, src.centres
+    planes = max(0, hi - lo + 1) if src.ndim == 3 else 1
+    if strategy == "uncertain":
+        kept: list[int] = []
+        for z in _candidate_planes(src, max_planes):
+            kept += [z] if not kept or z - kept[-1] > PLANE_GAP else []
+        planes = len(kept)
+    fit = planes * (h // ph) * (w // pw)
+    if n > fit:
+        where = f"{src.n_planes} planes of {h} x {w}" if src.ndim == 3 else f"{h} x {w} pixels"
+        raise InputError(
+            f"Only {fit} patch(es) of {ph} x {pw} pixels fit without overlapping in this image "
+            f"({where}) with the {strategy!r} strategy; ask for at most {fit}, or for smaller "
+            "patches."
+        )
 
 
 def _make_patch(src: _Source, plan: _Plan, prefill: str, labels, engine) -> Patch:

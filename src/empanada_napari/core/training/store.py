@@ -525,6 +525,9 @@ def load_training_data(
 
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    from .dataset import check_patch_memory
+
+    check_patch_memory(patch_size, batch_size)  # before any image is read
     summary = check_dataset(folders)
     images = [_read_plane(i) for i, _ in summary.pairs]
     masks = [_read_plane(m) for _, m in summary.pairs]

@@ -11,7 +11,7 @@ from napari.utils.notifications import show_warning
 
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError
-from .._common import notify_error, notify_info
+from .._common import notify_info
 from .._pickers import LayerPicker
 from ._dock import NO_DIVISOR_TIP, ProofreadDock
 from .navigate import jump_to
@@ -179,15 +179,15 @@ class MeasureLabels(ProofreadDock):
     def export(self) -> None:
         """Write the table to the CSV path, with the column titles shown in the dock."""
         if not self.table:
-            notify_error("measure first: the table is empty")
+            self.jobs.refuse("measure first: the table is empty")
             return
         path = Path(self.csv_path.value)
         if path.is_dir() or path.suffix.lower() != ".csv":
-            notify_error("choose a .csv file to export to")
+            self.jobs.refuse("choose a .csv file to export to")
             return
         try:
             pr.table_to_csv(self.table, path, self.titles)
         except OSError as err:
-            notify_error(f"cannot write {path}: {err.strerror or err}")
+            self.jobs.refuse(f"cannot write {path}: {err.strerror or err}")
             return
         notify_info(f"{len(self.table['label'])} rows written to {path}")

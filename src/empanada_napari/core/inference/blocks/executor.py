@@ -17,6 +17,25 @@ from ...errors import Cancelled, InputError
 from ...jobs import CancelFlag, is_cancelled
 
 _DISTRIBUTED_HINT = "dask.distributed is needed for --workers/--scheduler: pip install distributed"
+#: Seconds to wait for a scheduler to answer before saying that none did.
+CONNECT_TIMEOUT = 10.0
+
+
+def _connect(client_cls, address: str):
+    """A client of the scheduler at ``address``; a malformed address or a scheduler that
+    does not answer within :data:`CONNECT_TIMEOUT` is one InputError saying which."""
+    try:
+        return client_cls(address, timeout=CONNECT_TIMEOUT)
+    except ValueError as err:  # distributed's parser: "missing port number", unknown scheme
+        raise InputError(
+            f"{address!r} is not a scheduler address ({err}); give tcp://host:port, or "
+            "local:N for N local processes."
+        ) from None
+    except (OSError, TimeoutError) as err:
+        raise InputError(
+            f"No dask scheduler answered at {address} within {CONNECT_TIMEOUT:g} s: start it "
+            "there, or check the host and port."
+        ) from err
 
 
 def _client_classes():
@@ -76,7 +95,9 @@ class Runner:
             self.slots = workers
         elif scheduler is not None:
             client_cls, _ = _client_classes()
-            self.client = scheduler if isinstance(scheduler, client_cls) else client_cls(scheduler)
+            self.client = (
+                scheduler if isinstance(scheduler, client_cls) else _connect(client_cls, scheduler)
+            )
             if self.client is not scheduler:
                 self._own = [self.client]
             self.slots = max(1, sum(self.client.nthreads().values()))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import InputError
+from ...memory import total_memory
 from ...settings import AXES, BlockSettings, InferenceSettings, OrthoSettings, StackSettings
 
 # One block when the whole volume has at most this many voxels (about 0.5-1 GB of working
@@ -33,6 +34,13 @@ OUTPUT_CHUNK = (64, 512, 512)
 # than the cheapest cut: blocks cut only along the stack axis give the unchunked foreground.
 WHOLE_PLANE_SLACK = 1.25
 MODES = ("stack", "ortho")
+#: Blockings refused before a run starts, as hours of work that look like a hang: blocks
+#: whose padded reads add up to more than MAX_WORK_FACTOR times the volume (tiny blocks in
+#: a wide halo: --chunks 1,8,8 makes the network see every voxel hundreds of times), blocks
+#: thinner than MIN_CHUNK pixels in the image planes the network sees, or more blocks than
+#: MAX_BLOCKS (each is a task with its own files).
+MAX_WORK_FACTOR = 16
+MAX_BLOCKS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,39 @@ def plan_blocks(
             padded.append(_padded(start, stop, s, h, a))
         blocks.append(Block(tuple(index), tuple(core), tuple(padded)))  # type: ignore[arg-type]
     return blocks
+
+
+def check_blocking(
+    shape: tuple[int, int, int],
+    chunks: tuple[int, int, int],
+    halo: tuple[int, int, int],
+    mode: str,
+    axis: str = "xy",
+) -> None:
+    """Refuse blocks that would turn a run into hours of repeated work (see
+    :data:`MAX_WORK_FACTOR`), with the estimate, before anything runs."""
+    given = ",".join(map(str, chunks))
+    plane_axes = range(3) if mode == "ortho" else AXES[axis][1:]
+    for k in plane_axes:
+        if chunks[k] < min(MIN_CHUNK, shape[k]):
+            raise InputError(
+                f"Blocks of {given} are thinner than {MIN_CHUNK} pixels in the image planes "
+                f"the network sees (axis {'zyx'[k]}); use larger chunks."
+            )
+    align = grid_alignment(mode, axis)
+    count, work = 1, 1.0
+    for s, c, h, a in zip(shape, chunks, halo, align, strict=True):
+        starts = range(0, s, c)
+        count *= len(starts)
+        reads = (_padded(b, min(b + c, s), s, h, a) for b in starts)
+        work *= sum(r.stop - r.start for r in reads) / s
+    if count > MAX_BLOCKS or work > MAX_WORK_FACTOR:
+        raise InputError(
+            f"Blocks of {given} with a halo of {','.join(map(str, halo))} cut this "
+            f"{'x'.join(map(str, shape))} volume into {count} blocks that make the network "
+            f"see every voxel about {work:.0f} times; use larger chunks (or none: blocks "
+            "that fit this computer's memory)."
+        )
 
 
 def _padded(start: int, stop: int, size: int, halo: int, align: int) -> slice:
@@ -216,17 +257,6 @@ def _cheapest(shape, per_axis, budget, slots):
                 if slots == 1:
                     break  # larger pieces along the last axis come first: the first fit wins
     return best
-
-
-def total_memory() -> int:
-    """Physical memory of this machine in bytes (0 when unknown: then blocks by size only).
-
-    Total, not available, memory: the default blocks must not change between a run and its
-    resume, which checks that the blocks are the same."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # not available on this platform
-        return 0
 
 
 def default_halo(mode: str, axis: str = "xy") -> tuple[int, int, int]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import Cancelled, EmpanadaError, InputError
+from ...errors import Cancelled
+from ...io import read_region
 from ...jobs import CancelFlag, Progress, is_cancelled
 from .plan import Block, Job
 from .store import save_block
@@ -54,19 +55,10 @@ def cancel_flag(job: Job, local: CancelFlag) -> CancelFlag:
 
 def read_block(source, block: Block) -> np.ndarray:
     """The padded block's voxels from any sliceable source (dask computed in this task)."""
-    try:
-        region = source[block.padded]
-        if hasattr(region, "compute"):  # dask: compute here, inside this task
-            region = region.compute(scheduler="sync")
-        return np.asarray(region)
-    except EmpanadaError:
-        raise
-    except Exception as err:
-        where = ", ".join(f"{s.start}:{s.stop}" for s in block.padded)
-        raise InputError(
-            f"Could not read block {block.name} (z, y, x = {where}) of the input: "
-            f"{type(err).__name__}: {err}"
-        ) from err
+    where = ", ".join(f"{s.start}:{s.stop}" for s in block.padded)
+    return read_region(
+        source, block.padded, f"block {block.name} (z, y, x = {where})", in_task=True
+    )
 
 
 def segment_block(

@@ -149,7 +149,7 @@ def fingerprint(volume, model, job: Job) -> dict:
             {
                 "version": FORMAT_VERSION,
                 "input": input_fingerprint(volume),
-                "value_range": list(job.value_range),
+                "value_range": [float(v) for v in job.value_range],
                 "mode": job.mode,
                 "model": model.name,
                 "model_file": str(path),
