@@ -155,7 +155,7 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
         stack_patches,
     )
     from empanada_napari.core.training.effort import correction_effort, total_effort
-    from empanada_napari.core.training.store import picked_places
+    from empanada_napari.core.training.layout import picked_places
 
     pick_raw, pick_bin, val_raw, val_bin, _ = parts
     truth = truth_instances(pick_bin)
@@ -212,7 +212,7 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
             lr=args.lr,
             seed=seed,
             device=args.device,
-            freeze_encoder=not args.train_encoder,
+            freeze_encoder=args.freeze_encoder or bool(args.unfreeze),
             unfreeze=args.unfreeze,
         )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -377,6 +377,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from empanada_napari.core.settings import FINETUNE
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cdeep3m_sbem"))
     p.add_argument("--model", default="default", help="start model: registry name or YAML/.pth")
@@ -384,12 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--patches", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=256, help="size of the picked patches")
-    p.add_argument("--train-size", type=int, default=256, help="training crop size")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.001)
+    # The finetuning preset's values (core.settings.FINETUNE): what the CLI and docks use.
+    p.add_argument("--train-size", type=int, default=FINETUNE.patch_size, help="training crop")
+    p.add_argument("--iterations", type=int, default=FINETUNE.iterations)
+    p.add_argument("--batch-size", type=int, default=FINETUNE.batch_size)
+    p.add_argument("--lr", type=float, default=FINETUNE.lr)
     p.add_argument("--unfreeze", default="", help="encoder stages to train (frozen otherwise)")
-    p.add_argument("--train-encoder", action="store_true", help="train the whole encoder")
+    p.add_argument(
+        "--freeze-encoder", action="store_true", help="train the heads only (and --unfreeze)"
+    )
+    p.add_argument(
+        "--train-encoder", action="store_true", help="the whole network: the default now"
+    )
     p.add_argument(
         "--pick-z",
         type=_pair,
@@ -429,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     } | {
         "lr": args.lr,
         "unfreeze": args.unfreeze,
-        "train_encoder": args.train_encoder,
+        "train_encoder": not (args.freeze_encoder or bool(args.unfreeze)),
         "rounds": args.rounds,
     }
     write_result(

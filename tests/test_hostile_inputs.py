@@ -261,7 +261,11 @@ def test_bad_and_silent_schedulers_are_one_sentence(tmp_path, toy_model_file, ca
 def test_patches_larger_than_memory_are_refused(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     args = ["train", "--data", str(tmp_path / "data"), "--name", "ok", "--patch-size", "100000"]
-    assert main(args) == 2
+    assert main(args) == 2  # beyond the setting's own bound
+    assert "patch_size must be an integer 64..2048" in capsys.readouterr().err
+    # Within the bounds but beyond this machine's memory: the estimate, before any reading.
+    big = ["--patch-size", "2048", "--batch-size", "256"]
+    assert main([*args[:-2], *big]) == 2
     assert "GiB of memory" in capsys.readouterr().err
 
 

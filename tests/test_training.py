@@ -107,6 +107,7 @@ def test_finetune_saves_a_changed_torchscript_model_and_registers_it(
         iterations=3,
         batch_size=2,
         device="cpu",
+        freeze_encoder=True,
     )
     reloaded = torch.jit.load(str(result.model_path))
     x = torch.randn(1, 1, 64, 64)
@@ -114,7 +115,7 @@ def test_finetune_saves_a_changed_torchscript_model_and_registers_it(
         a, b = original(x, 2, True), reloaded(x, 2, True)
     assert not torch.allclose(a["sem_logits"], b["sem_logits"])
     before, after = dict(original.named_parameters()), dict(reloaded.named_parameters())
-    # Frozen encoder (the default) is unchanged, BN statistics included; the heads moved.
+    # A frozen encoder is unchanged, BN statistics included; the heads moved.
     for key in before:
         if key.startswith("encoder."):
             assert torch.equal(before[key], after[key]), key
@@ -135,6 +136,7 @@ def test_unfreeze_trains_only_the_chosen_stage(small_model_file, fixed_dataset):
         small_model_file,
         fixed_dataset,
         name="l4",
+        freeze_encoder=True,
         unfreeze="layer4",
         iterations=3,
         batch_size=2,

@@ -4,6 +4,7 @@ shows in napari's activity dock, tooltips everywhere, result layers say what mad
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,33 @@ def test_only_jobs_that_run_long_show_in_the_activity_dock(qtbot, monkeypatch):
     release.set()
     qtbot.waitUntil(lambda: not panel.busy)
     assert panel.status.value == "slow" and bars[0].n == 2
+
+
+def _dock_names() -> list[str]:
+    import yaml
+
+    manifest = Path(__file__).parents[1] / "src" / "empanada_napari" / "napari.yaml"
+    widgets = yaml.safe_load(manifest.read_text())["contributions"]["widgets"]
+    return [w["display_name"] for w in widgets]
+
+
+@pytest.mark.parametrize("name", _dock_names())
+def test_every_control_has_a_tooltip_and_is_in_the_help(make_napari_viewer, name, monkeypatch):
+    # Issue 37: Finetune's help listed none of its main settings.
+    from magicgui.widgets import Label
+
+    from empanada_napari.widgets._layout import _controls, help_text
+
+    monkeypatch.setenv("EMPANADA_NAPARI_PRELOAD", "0")
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, name)
+    parts = [widget.form] + ([widget.advanced_section._inner] if widget.advanced_section else [])
+    controls = [c for part in parts for c in _controls(list(part)) if not isinstance(c, Label)]
+    missing = [c.label or c.name for c in controls if not (c.tooltip or "").strip()]
+    assert not missing, missing
+    page = help_text(widget, [widget.form, *(parts[1:])])
+    for c in controls:
+        label = str(getattr(c, "label", "") or getattr(c, "text", "") or "").strip()
+        if label:
+            assert f"<b>{html.escape(label, quote=False)}</b>" in page, label
+    assert len(controls) >= 3

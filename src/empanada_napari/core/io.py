@@ -220,7 +220,7 @@ def _open_zarr(path: Path, key: str | None):
     )
 
 
-def _disk_error(err: OSError, path: Path) -> EmpanadaError:
+def disk_error(err: OSError, path: Path) -> EmpanadaError:
     if err.errno == errno.ENOSPC:
         return EmpanadaError(f"No space left on the device while writing {path}; nothing kept.")
     return EmpanadaError(f"Could not write {path}: {err}")
@@ -347,7 +347,7 @@ def create_zarr_labels(
             str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
         )
     except OSError as err:
-        raise _disk_error(err, path) from err
+        raise disk_error(err, path) from err
 
 
 # --------------------------------------------------------------------------- export
@@ -447,7 +447,7 @@ def read_ngff(path: str | Path) -> tuple[Any, dict[str, Any]] | None:
     return array, meta
 
 
-def _slices(data) -> int:
+def slice_count(data) -> int:
     return int(data.shape[0]) if data.ndim >= 3 else 1
 
 
@@ -479,7 +479,7 @@ def export_array(
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; tick overwrite or choose another folder.")
     check_replaceable(path)
-    n = _slices(data)
+    n = slice_count(data)
 
     def step(k: int) -> None:
         report(progress, k, n)
@@ -541,7 +541,7 @@ def export_array(
             )
         _replace(tmp, path)
     except OSError as err:
-        raise _disk_error(err, path) from err
+        raise disk_error(err, path) from err
     finally:
         _remove(tmp)
     return path

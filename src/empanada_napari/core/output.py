@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmpanadaError, InputError
-from .io import _disk_error, check_replaceable, create_zarr_labels
+from .io import check_replaceable, create_zarr_labels, disk_error
 
 ATTR = "empanada"
 #: Regions read to fingerprint an input's content (a few small ones, wherever it lives).
@@ -149,7 +149,7 @@ class _Lock:
                 "(or stop it) before starting or resuming this one."
             ) from None
         except OSError as err:
-            raise _disk_error(err, self._path) from err
+            raise disk_error(err, self._path) from err
         return self
 
     def __exit__(self, *exc) -> None:
@@ -227,7 +227,7 @@ class ZarrOutput:
         try:
             array.attrs[ATTR] = {"status": "running", "fingerprint": self.fingerprint}
         except OSError as err:
-            raise _disk_error(err, self.target) from err
+            raise disk_error(err, self.target) from err
         return array
 
     def _reopen_same_job(self, store: Path):
@@ -272,7 +272,7 @@ class ZarrOutput:
         try:
             array.attrs[ATTR] = merged
         except OSError as err:
-            raise _disk_error(err, self.target) from err
+            raise disk_error(err, self.target) from err
 
     # -- finishing
     def finish(self, **meta: Any):

@@ -21,13 +21,24 @@ at that boundary. Field names are unique across the four classes so that this is
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from .errors import InputError
+from .settings_meta import (
+    SettingsBase,
+    check,
+    check_fraction,
+    check_integer,
+    cli_flag,
+    is_finite,
+    setting,
+    setting_fields,
+    tooltip,
+    widget_label,
+)
 
 __all__ = [
     "AXES",
@@ -36,9 +47,16 @@ __all__ = [
     "InferenceSettings",
     "OrthoSettings",
     "StackSettings",
+    "TrainSettings",
+    "FINETUNE",
+    "TRAIN",
+    "PRESETS",
     "resolve",
+    "cli_flag",
     "setting",
     "setting_fields",
+    "tooltip",
+    "widget_label",
 ]
 
 #: Stack axis name -> transpose order that brings that axis first (volume axes are z, y, x).
@@ -50,113 +68,8 @@ LINKING = ("separate", "legacy")
 T = TypeVar("T")
 
 
-def setting(
-    default: Any,
-    help: str,
-    *,
-    flag: str | None = "",
-    label: str = "",
-    minimum: float | None = None,
-    maximum: float | None = None,
-    step: float | None = None,
-    choices: tuple | None = None,
-    advanced: bool = False,
-) -> Any:
-    """A dataclass field with the metadata the CLI and the widgets present it with.
-
-    ``flag``: the CLI option (``""``: derived from the field name; ``None``: no CLI option).
-    ``label``: the widget label (default: the field name in words). ``advanced``: shown in
-    the widgets' collapsible "advanced" section.
-    """
-    meta = {
-        "help": help,
-        "flag": flag,
-        "label": label,
-        "minimum": minimum,
-        "maximum": maximum,
-        "step": step,
-        "choices": choices,
-        "advanced": advanced,
-    }
-    return field(default=default, metadata=meta)
-
-
-def setting_fields(cls_or_obj) -> list[Field]:
-    """The fields of a settings class (or object) that carry :func:`setting` metadata."""
-    return [f for f in fields(cls_or_obj) if "help" in f.metadata]
-
-
-def cli_flag(f: Field) -> str | None:
-    """The CLI option of field ``f`` (``--min-size``), or None when it has none."""
-    flag = f.metadata.get("flag", "")
-    if flag is None:
-        return None
-    return flag or "--" + f.name.replace("_", "-")
-
-
-def widget_label(f: Field) -> str:
-    """The widget label of field ``f``."""
-    return f.metadata.get("label") or f.name.replace("_", " ")
-
-
-def tooltip(f: Field) -> str:
-    """Help text with the default, for tooltips and ``--help``."""
-    default = f.default if f.default is not MISSING else None
-    shown = "none" if default is None else default
-    return f"{f.metadata['help']} Default: {shown}."
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _fraction(obj: Any, name: str, *, low_open: bool = False) -> None:
-    value = getattr(obj, name)
-    ok = _finite(value) and (0 < value <= 1 if low_open else 0 <= value <= 1)
-    _check(ok, f"{name} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
-
-
-def _integer(obj: Any, name: str, minimum: int, maximum: int | None = None) -> None:
-    if maximum is None:  # the field's own bound (the widgets' too): a config's 2**40 is refused
-        maximum = next(f.metadata.get("maximum") for f in fields(obj) if f.name == name)
-    value = getattr(obj, name)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    if maximum is not None:
-        ok = ok and value <= maximum
-    bound = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
-    _check(ok, f"{name} must be an integer {bound}, got {value!r}")
-
-
-class _Settings:
-    """Shared helpers of the settings dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (for JSON, fingerprints and layer metadata)."""
-        return asdict(self)  # type: ignore[call-overload]
-
-    def updated(self: T, **changes: Any) -> T:
-        """A copy with ``changes`` applied (validated)."""
-        return replace(self, **changes)  # type: ignore[type-var]
-
-    def _check_booleans(self) -> None:
-        """Every on/off setting is a bool (numpy's too): a config's ``tta: "no"`` would
-        otherwise count as on."""
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if str(f.type) == "bool" and type(value).__name__ not in ("bool", "bool_"):
-                raise InputError(f"{f.name} must be true or false, got {value!r}")
-
-
 @dataclass(frozen=True)
-class InferenceSettings(_Settings):
+class InferenceSettings(SettingsBase):
     """2D panoptic inference of each image or slice (docs/design.md s.3; defaults of the GUI)."""
 
     confidence_thr: float = setting(
@@ -279,22 +192,22 @@ class InferenceSettings(_Settings):
 
     def __post_init__(self) -> None:
         self._check_booleans()
-        _fraction(self, "confidence_thr")
-        _fraction(self, "center_confidence_thr")
-        _integer(self, "min_distance_object_centers", 1)
-        _integer(self, "min_area", 0)
-        _check(
+        check_fraction(self, "confidence_thr")
+        check_fraction(self, "center_confidence_thr")
+        check_integer(self, "min_distance_object_centers", 1)
+        check_integer(self, "min_area", 0)
+        check(
             self.downsample in DOWNSAMPLE,
             f"downsample must be a power of two from 1 to 64, got {self.downsample!r}",
         )
-        _integer(self, "label_divisor", 1)
-        _integer(self, "stuff_area", 0)
-        _integer(self, "tile_overlap", 0)
+        check_integer(self, "label_divisor", 1)
+        check_integer(self, "stuff_area", 0)
+        check_integer(self, "tile_overlap", 0)
         if self.batch_size is not None:
-            _integer(self, "batch_size", 1)
+            check_integer(self, "batch_size", 1)
         if self.tile_size is not None:
-            _integer(self, "tile_size", 1)
-            _check(
+            check_integer(self, "tile_size", 1)
+            check(
                 self.tile_size > 2 * self.tile_overlap,
                 f"tile_size ({self.tile_size}) must exceed twice tile_overlap "
                 f"({self.tile_overlap})",
@@ -302,7 +215,7 @@ class InferenceSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class StackSettings(_Settings):
+class StackSettings(SettingsBase):
     """3D stack mode: 2D objects of each slice linked to the next slice's (docs/design.md s.3)."""
 
     axis: str = setting(
@@ -364,22 +277,22 @@ class StackSettings(_Settings):
 
     def __post_init__(self) -> None:
         self._check_booleans()
-        _check(self.axis in AXES, f"axis must be one of {sorted(AXES)}, got {self.axis!r}")
+        check(self.axis in AXES, f"axis must be one of {sorted(AXES)}, got {self.axis!r}")
         ms = self.median_slices
-        _check(
+        check(
             isinstance(ms, int) and 1 <= ms <= 11 and ms % 2 == 1,
             f"median_slices must be odd, 1..11, got {ms!r}",
         )
-        _integer(self, "min_size", 0)
-        _integer(self, "min_extent", 0)
-        _fraction(self, "slice_link_iou", low_open=True)
-        _fraction(self, "slice_link_ioa", low_open=True)
-        _check(self.linking in LINKING, f"linking must be one of {LINKING}, got {self.linking!r}")
-        _check(isinstance(self.border_aware, bool), "border_aware must be True or False")
+        check_integer(self, "min_size", 0)
+        check_integer(self, "min_extent", 0)
+        check_fraction(self, "slice_link_iou", low_open=True)
+        check_fraction(self, "slice_link_ioa", low_open=True)
+        check(self.linking in LINKING, f"linking must be one of {LINKING}, got {self.linking!r}")
+        check(isinstance(self.border_aware, bool), "border_aware must be True or False")
 
 
 @dataclass(frozen=True)
-class OrthoSettings(_Settings):
+class OrthoSettings(SettingsBase):
     """Ortho-plane consensus of stacks along xy, xz and yz (docs/design.md s.3)."""
 
     pixel_vote_thr: int = setting(
@@ -412,13 +325,13 @@ class OrthoSettings(_Settings):
 
     def __post_init__(self) -> None:
         self._check_booleans()
-        _integer(self, "pixel_vote_thr", 1, 3)
-        _fraction(self, "cluster_iou_thr")
-        _fraction(self, "view_link_iou", low_open=True)
+        check_integer(self, "pixel_vote_thr", 1, 3)
+        check_fraction(self, "cluster_iou_thr")
+        check_fraction(self, "view_link_iou", low_open=True)
 
 
 @dataclass(frozen=True)
-class BlockSettings(_Settings):
+class BlockSettings(SettingsBase):
     """How a volume is cut into blocks and stitched (:mod:`..inference.chunked`)."""
 
     chunks: tuple[int, int, int] | None = setting(
@@ -465,12 +378,12 @@ class BlockSettings(_Settings):
                 raise InputError(
                     f"{name} needs one integer or three (z, y, x), got {value!r}"
                 ) from err
-            _check(len(value) == 3, f"{name} needs one value or three (z, y, x), got {value!r}")
+            check(len(value) == 3, f"{name} needs one value or three (z, y, x), got {value!r}")
             low = 1 if name == "chunks" else 0
-            _check(all(v >= low for v in value), f"{name} must be >= {low}, got {value}")
+            check(all(v >= low for v in value), f"{name} must be >= {low}, got {value}")
             object.__setattr__(self, name, value)
-        _fraction(self, "face_link_iou", low_open=True)
-        _fraction(self, "face_link_ioa", low_open=True)
+        check_fraction(self, "face_link_iou", low_open=True)
+        check_fraction(self, "face_link_ioa", low_open=True)
 
 
 SETTINGS_CLASSES = {
@@ -479,6 +392,147 @@ SETTINGS_CLASSES = {
     "ortho": OrthoSettings,
     "blocks": BlockSettings,
 }
+
+
+#: Encoder stages that can be trained while the rest of the encoder stays frozen.
+ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class TrainSettings(SettingsBase):
+    """A finetuning or training run (docs/design.md s.5). The defaults are the finetuning
+    preset (:data:`FINETUNE`); :data:`TRAIN` is the preset for training from scratch. The
+    CLI's ``finetune`` / ``train`` options and the Finetune / Train docks are built from
+    these fields with their preset's defaults."""
+
+    iterations: int = setting(
+        300,
+        "Training steps. More learn more and take longer (the dock and the command line say "
+        "how long the run will take once its first steps are measured).",
+        minimum=1,
+        maximum=10**6,
+    )
+    batch_size: int = setting(
+        4,
+        "Patches per training step. Larger batches train smoother steps and take longer "
+        "each (about linearly on a CPU).",
+        label="batch size",
+        minimum=1,
+        maximum=256,
+    )
+    lr: float = setting(
+        0.001,
+        "Peak learning rate of the one-cycle schedule. Lower it if the loss jumps about; "
+        "raise it if the loss hardly moves.",
+        label="learning rate",
+        minimum=1e-5,
+        maximum=0.1,
+        step=0.0005,
+    )
+    patch_size: int = setting(
+        256,
+        "Side (pixels) of the crops the model trains on, cut from your patches.",
+        label="patch size",
+        minimum=64,
+        maximum=2048,
+        step=32,
+        advanced=True,
+    )
+    val_fraction: float = setting(
+        0.15,
+        "Part of the patches held out to score the model during training (more while they "
+        "hold fewer than 20 objects, at most a third; 0: none). Needed to keep the best "
+        "weights, and a cancelled run's.",
+        label="held out for validation",
+        minimum=0.0,
+        maximum=0.5,
+        step=0.05,
+        advanced=True,
+    )
+    val_every: int = setting(
+        0,
+        "Score the held-out patches every this many steps (0: about 10 times per run).",
+        label="validate every (0: auto)",
+        minimum=0,
+        maximum=10**6,
+        advanced=True,
+    )
+    seed: int = setting(
+        0,
+        "Random seed: the same data, settings and seed train the same model.",
+        minimum=0,
+        maximum=2**31 - 1,
+        advanced=True,
+    )
+    freeze_encoder: bool = setting(
+        False,
+        "Train the heads only (faster; the encoder stays as it is). Off: the whole network "
+        "learns, which adapts best to a new microscope (docs/benchmarks.md).",
+        label="heads only (encoder frozen)",
+        flag="--freeze-encoder",
+    )
+    tune: bool = setting(
+        True,
+        "After training, choose the post-processing settings that score best on your "
+        "corrected patches (20 objects or more) and keep them with the model.",
+        label="tune post-processing on the patches",
+        flag="--no-tune",
+        advanced=True,
+    )
+    device: str = setting(
+        "auto",
+        "Where to train: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
+        advanced=True,
+    )
+    # Not offered in the docks or on the command line (the Python API takes them).
+    unfreeze: tuple[str, ...] = ()
+    weight_decay: float = 0.1
+    pct_start: float = 0.3
+    amp: bool = True
+    num_workers: int = 0
+    keep_best: bool = True
+    checkpoint_every: int = 0
+    loss: Any = None  # LossWeights (core.training.loss); None: the MitoNet weights
+
+    def __post_init__(self) -> None:
+        self._check_booleans()
+        for name, low in (("iterations", 1), ("batch_size", 1), ("patch_size", 64),
+                          ("val_every", 0), ("seed", 0)):  # fmt: skip
+            check_integer(self, name, low)
+        check(
+            is_finite(self.lr) and 1e-5 <= self.lr <= 0.1,
+            f"lr (the learning rate) must be in 1e-05..0.1, got {self.lr!r}",
+        )
+        check(
+            is_finite(self.val_fraction) and 0 <= self.val_fraction <= 0.5,
+            f"val_fraction must be in 0..0.5, got {self.val_fraction!r}",
+        )
+        check(0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start!r}")
+        check_integer(self, "checkpoint_every", 0, 10**9)
+        unfreeze = self.unfreeze
+        if isinstance(unfreeze, str):  # "layer3,layer4" from a command line or a config
+            unfreeze = tuple(v.strip() for v in unfreeze.split(",") if v.strip())
+            object.__setattr__(self, "unfreeze", unfreeze)
+        bad = [v for v in unfreeze if v not in ENCODER_STAGES]
+        check(not bad, f"Unknown encoder stage(s) {bad}; choose from {ENCODER_STAGES}.")
+        check(
+            not unfreeze or self.freeze_encoder,
+            "unfreeze names the encoder stages that learn while the rest of the encoder is "
+            "frozen: set freeze_encoder=True too (without it the whole network learns).",
+        )
+
+    def validate(self) -> TrainSettings:
+        """Already checked when made (an invalid object cannot exist); for callers that ask."""
+        return self
+
+
+#: Finetuning a registered model on corrected patches: the measured dock recipe (whole
+#: network, 300 steps of 4 at lr 0.001: CDeep3M F1@0.5 0.21 -> 0.63-0.65, fafb 0.32 -> 0.81,
+#: 3.5-4.5 min on 2 CPU cores; docs/benchmarks.md, "One training configuration").
+FINETUNE = TrainSettings()
+#: Training from scratch: longer, larger batches, a higher rate (the Train dock's recipe).
+TRAIN = TrainSettings(iterations=1000, batch_size=8, lr=0.003)
+PRESETS = {"finetune": FINETUNE, "train": TRAIN}
 
 
 def resolve(params: Mapping[str, Any], **given: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -356,19 +357,25 @@ class JobPanel(Container):
 # --------------------------------------------------------------------------- parameters
 
 
-def settings_controls(cls: type, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+def settings_controls(
+    cls: type, names: tuple[str, ...] | None = None, defaults: Any = None
+) -> dict[str, Any]:
     """One magicgui widget per field of a settings class (core/settings.py), keyed by field
-    name, with its default, limits, label and help (as tooltip) taken from the field."""
+    name, with its default (or ``defaults``' value: a preset), limits, label and help (as
+    tooltip) taken from the field."""
     controls: dict[str, Any] = {}
     by_name = {f.name: f for f in setting_fields(cls)}
     for name in names if names is not None else tuple(by_name):
         f = by_name[name]
         meta, kind = f.metadata, str(f.type)
-        common = {"label": widget_label(f), "tooltip": tooltip(f)}
+        default = getattr(defaults, name) if defaults is not None else f.default
+        common = {"label": widget_label(f), "tooltip": tooltip(f, default)}
         if meta.get("choices"):
-            widget = ComboBox(choices=meta["choices"], value=f.default, **common)
+            widget = ComboBox(choices=meta["choices"], value=default, **common)
         elif kind == "bool":
-            widget = CheckBox(value=f.default, text=widget_label(f), tooltip=tooltip(f))
+            widget = CheckBox(value=default, text=widget_label(f), tooltip=common["tooltip"])
+        elif kind == "str":
+            widget = LineEdit(value=default, **common)
         else:
             limits = {
                 k: meta[key]
@@ -376,7 +383,7 @@ def settings_controls(cls: type, names: tuple[str, ...] | None = None) -> dict[s
                 if meta.get(key) is not None
             }
             # An optional number (None: off) shows as 0 in a spin box.
-            value = f.default if f.default is not None else 0
+            value = default if default is not None else 0
             spin = FloatSpinBox if "float" in kind else SpinBox
             if spin is SpinBox:
                 limits.setdefault("max", 10**9)

@@ -81,8 +81,11 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
     return layers
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "layer"
+def safe_name(name: str, fallback: str = "layer") -> str:
+    """A layer name as a file or folder name: letters, digits, '-', '_' and '.' kept, the
+    rest '_', no leading or trailing dots (``fallback`` when nothing is left)."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip(".")
+    return keep or fallback
 
 
 def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:

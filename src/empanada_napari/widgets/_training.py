@@ -11,16 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import (
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    LineEdit,
-    SpinBox,
-)
+from magicgui.widgets import Container, FileEdit, Label, LineEdit
 
-from ._common import JobPanel, watch_inputs
+from ..core.errors import EmpanadaError
+from ..core.settings import setting_fields, tooltip
+from ._common import JobPanel, settings_controls, settings_values, watch_inputs
 from ._layout import collapsible, dock
 from ._pickers import device_picker, select_model
 
@@ -91,7 +86,7 @@ class LivePlot:
             best = f"; best val F1 {max(self.f1):.3f}" if self.f1 else ""
             self.eta.value = (
                 f"iteration {self.its[-1]}, loss {self.losses[-1]:.3f}{best}; "
-                f"about {_duration(float(eta))} left"
+                f"about {_duration(float(eta))} left (measured on this machine)"
             )
         self._draw()
 
@@ -144,27 +139,43 @@ UNFREEZE = {
 }
 
 
-class RunControls:
-    """Dataset folders, validation, output name and the loop's hyper-parameters."""
+#: The TrainSettings fields every training dock shows (main, then advanced).
+MAIN_FIELDS = ("iterations",)
+ADVANCED_FIELDS = ("val_fraction", "patch_size", "batch_size", "lr", "val_every", "seed")
 
-    def __init__(self, *, name: str, iterations: int, batch: int, lr: float) -> None:
+
+class RunControls:
+    """Dataset folders, validation, output name and the run's settings: controls built from
+    :class:`~empanada_napari.core.settings.TrainSettings` with the defaults of ``preset``
+    (the same as the command line's), which also checks them."""
+
+    def __init__(self, preset: Any, *, name: str = "") -> None:
+        from ..core.settings import TrainSettings
+
+        self.preset = preset
         self.dataset = FileEdit(mode="d", label="dataset folder")
+        self.dataset.tooltip = (
+            "The dataset folder to train on (made by Save Training Patches: "
+            "<folder>/<source>/images and masks)."
+        )
         self.more = LineEdit(value="", label="more datasets")
         self.more.tooltip = "other dataset folders to train on too, separated by ';'"
         self.val_folder = FileEdit(mode="d", label="validation folder")
         self.val_folder.tooltip = "optional: scored during training; else patches are held out"
-        self.val_fraction = FloatSpinBox(
-            value=0.15, min=0.0, max=0.5, step=0.05, label="held out for validation"
-        )
         self.name = LineEdit(value=name, label="new model name")
-        self.iterations = SpinBox(value=iterations, min=1, max=100000, label="iterations")
-        self.patch_size = SpinBox(value=256, min=64, max=1024, step=32, label="patch size")
-        self.batch = SpinBox(value=batch, min=1, max=64, label="batch size")
-        self.lr = FloatSpinBox(value=lr, min=1e-5, max=0.1, step=0.0005, label="learning rate")
-        self.lr.native.setDecimals(5)
-        self.val_every = SpinBox(value=0, min=0, max=10000, label="validate every (0: auto)")
-        self.seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self.name.tooltip = (
+            "The name the trained model is registered under (letters, digits, _ - .)."
+        )
+        self.fields = settings_controls(
+            TrainSettings, (*MAIN_FIELDS, *ADVANCED_FIELDS), defaults=preset
+        )
+        self.fields["lr"].native.setDecimals(5)
+        for key, value in self.fields.items():
+            setattr(self, key, value)  # rc.iterations, rc.batch_size...
         self.device = device_picker()
+        self.device.tooltip = tooltip(
+            {f.name: f for f in setting_fields(TrainSettings)}["device"], preset.device
+        )
         self.output = FileEdit(mode="d", label="save model in")
         self.output.tooltip = "optional: else the model lives in the registry's folder only"
         self.loop = Label(value="")
@@ -173,9 +184,14 @@ class RunControls:
         self.loop.native.setMinimumWidth(120)
         self.dataset.changed.connect(self._describe)
 
+    # the names the docks and tests used before the controls came from TrainSettings
+    @property
+    def batch(self) -> Any:
+        return self.fields["batch_size"]
+
     def _describe(self, *_: Any) -> None:
         """Say which round of the loop the chosen dataset is at (from its manifest)."""
-        from ..core.training.store import describe_loop
+        from ..core.training.layout import describe_loop
 
         folders = [f for f in self.folders() if f.is_dir()]
         try:
@@ -184,18 +200,13 @@ class RunControls:
             self.loop.value = ""
 
     def main(self) -> list[Any]:
-        return [self.dataset, self.loop, self.name, self.iterations]
+        return [self.dataset, self.loop, self.name, *(self.fields[k] for k in MAIN_FIELDS)]
 
     def advanced(self) -> list[Any]:
         return [
             self.more,
             self.val_folder,
-            self.val_fraction,
-            self.patch_size,
-            self.batch,
-            self.lr,
-            self.val_every,
-            self.seed,
+            *(self.fields[k] for k in ADVANCED_FIELDS),
             self.device,
             self.output,
         ]
@@ -219,20 +230,20 @@ class RunControls:
         name = self.name.value.strip()
         if not name:
             return "Give the new model a name."
+        try:
+            self.train_settings()
+        except EmpanadaError as err:  # the settings' own rule, said as it says it
+            return str(err)
         return None
 
-    def settings(self) -> dict[str, Any]:
-        """TrainSettings fields from the controls."""
-        return {
-            "iterations": int(self.iterations.value),
-            "batch_size": int(self.batch.value),
-            "lr": float(self.lr.value),
-            "seed": int(self.seed.value),
-            "device": str(self.device.value),
-            "val_every": int(self.val_every.value),
-        }
+    def train_settings(self, **more: Any) -> Any:
+        """The run's TrainSettings: the preset with the controls' values (checked)."""
+        from dataclasses import replace
 
-    def data(self, classes=None):
+        values = settings_values(type(self.preset), self.fields)
+        return replace(self.preset, device=str(self.device.value), **values, **more)
+
+    def data(self, settings: Any, classes=None):
         """Check the folders and load the training data (worker thread)."""
         from ..core.training.store import load_training_data
 
@@ -240,10 +251,10 @@ class RunControls:
         return load_training_data(
             self.folders(),
             val_folders=[val] if val not in ("", ".") else None,
-            val_fraction=float(self.val_fraction.value),
-            patch_size=int(self.patch_size.value),
-            batch_size=int(self.batch.value),
-            seed=int(self.seed.value),
+            val_fraction=settings.val_fraction,
+            patch_size=settings.patch_size,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
             classes=classes,
         )
 

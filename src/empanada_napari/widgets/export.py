@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
 from napari.layers import Image, Labels
 
-from ..core.io import _slices, export_array
+from ..core.io import export_array, slice_count
 from ._common import JobPanel, layer_array
-from ._io import _safe
+from ._io import safe_name
 from ._layout import dock
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class ExportWidget(Container):
         """(layer, output path) for each chosen layer."""
         folder = Path(str(self.folder.value)).expanduser()
         suffix = FORMATS[self.format.value][1]
-        return [(ly, folder / f"{_safe(ly.name)}{suffix}") for ly in self.layers.value]
+        return [(ly, folder / f"{safe_name(ly.name)}{suffix}") for ly in self.layers.value]
 
     def problem(self) -> str | None:
         """Why the export cannot run, or None."""
@@ -134,7 +134,7 @@ class ExportWidget(Container):
         ]
 
         def work(progress, cancel) -> list[Path]:
-            total = sum(_slices(data) for data, *_ in jobs)
+            total = sum(slice_count(data) for data, *_ in jobs)
             done = 0
             written = []
             for data, path, kind, name, meta in jobs:
@@ -152,7 +152,7 @@ class ExportWidget(Container):
                         cancel=cancel,
                     )
                 )
-                done += _slices(data)
+                done += slice_count(data)
             return written
 
         def done(paths: list[Path]) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container
+from magicgui.widgets import ComboBox, Container
 
-from ._common import JobPanel
+from ..core.settings import FINETUNE, TrainSettings
+from ._common import JobPanel, settings_controls
 from ._pickers import ModelPicker
 from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training, watch
 
@@ -32,18 +33,14 @@ class FinetuneWidget(Container):
         # A cancelled run's model is selected in the inference docks, never as the start of
         # the next finetune (it would silently start from a few iterations).
         self.model = ModelPicker(label="start from", only_finished=True)
-        self.run_controls = RunControls(name="", iterations=300, batch=4, lr=0.001)
-        self.unfreeze = ComboBox(choices=list(UNFREEZE), value="whole network", label="train")
+        self.run_controls = RunControls(FINETUNE)
+        whole = "heads only (encoder frozen)" if FINETUNE.freeze_encoder else "whole network"
+        self.unfreeze = ComboBox(choices=list(UNFREEZE), value=whole, label="train")
         self.unfreeze.tooltip = (
             "which parts learn: the heads alone are fastest; the whole network adapts best to "
             "a new microscope"
         )
-        self.tune = CheckBox(value=True, text="tune post-processing on the patches")
-        self.tune.tooltip = (
-            "after training, choose the confidence, centre and size settings that score best "
-            "on your corrected patches (20 objects or more) and keep them with the model, "
-            "with averaging over flips on (more accurate, 3-4x slower inference)"
-        )
+        self.tune = settings_controls(TrainSettings, ("tune",), defaults=FINETUNE)["tune"]
         self.plot = LivePlot()
         self.jobs = JobPanel("Finetune", self.run)
         rc = self.run_controls
@@ -75,17 +72,15 @@ class FinetuneWidget(Container):
             return
         rc = self.run_controls
         mode, stages = UNFREEZE[self.unfreeze.value]
-        settings = rc.settings() | {
-            "freeze_encoder": mode == "freeze",
-            "unfreeze": stages,
-            "tune": bool(self.tune.value),
-        }
+        settings = rc.train_settings(
+            freeze_encoder=mode == "freeze", unfreeze=stages, tune=bool(self.tune.value)
+        )
         model, name, output = self.model.value, rc.name.value.strip(), rc.output_dir()
 
         def work(progress, cancel):
             from ..core.training.loops import finetune
 
-            data = rc.data()
+            data = rc.data(settings)
             return finetune(
                 model,
                 data.dataset,
@@ -94,7 +89,7 @@ class FinetuneWidget(Container):
                 output_dir=output,
                 progress=progress,
                 cancel=cancel,
-                **settings,
+                settings=settings,
             )
 
         run_training(self.jobs, self.plot, work, f"Finetuning {model}")

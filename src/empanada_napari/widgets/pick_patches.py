@@ -193,7 +193,7 @@ class PickPatchesWidget(Container):
         folder = str(self.skip_saved.value or "").strip()
         if folder in ("", "."):
             return []
-        from ..core.training.store import picked_places
+        from ..core.training.layout import picked_places
 
         return picked_places(folder, layer.name)
 

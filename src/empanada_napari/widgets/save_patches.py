@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit
 
 from ._common import JobPanel, watch_inputs
+from ._io import safe_name
 from ._pickers import LayerPicker
 from ._training import dock
 from .pick_patches import META
@@ -91,7 +92,7 @@ class SavePatchesWidget(Container):
         infos = meta.get("patches")
         if infos is not None and len(infos) != len(images):
             infos = None  # the stack was edited: coordinates no longer match
-        source = self.source.value.strip() or _safe(meta.get("source", patches.name))
+        source = self.source.value.strip() or safe_name(meta.get("source", patches.name), "patches")
         folder = Path(str(self.folder.value))
         keep_empty = bool(self.keep_empty.value)
         prefilled_by = str(meta.get("prefilled_by", ""))
@@ -102,7 +103,7 @@ class SavePatchesWidget(Container):
 
         def work(progress, _cancel):
             from ..core.training.effort import correction_effort, total_effort
-            from ..core.training.store import check_dataset, save_patches
+            from ..core.training.layout import check_dataset, save_patches
 
             progress(0, 1)
             efforts = None
@@ -137,9 +138,3 @@ class SavePatchesWidget(Container):
             )
 
         self.jobs.start(work, done, description="Saving patches")
-
-
-def _safe(name: str) -> str:
-    """A layer name as a folder name."""
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip("._")
-    return keep or "patches"

@@ -50,7 +50,9 @@ class TrainWidget(Container):
         from ..core.models.architectures import list_architectures
 
         self.viewer = napari_viewer
-        self.run_controls = RunControls(name="MyModel", iterations=1000, batch=8, lr=0.003)
+        from ..core.settings import TRAIN
+
+        self.run_controls = RunControls(TRAIN, name="MyModel")
         self.architecture = ComboBox(
             choices=list_architectures(), value="panoptic_lite", label="architecture"
         )
@@ -59,12 +61,17 @@ class TrainWidget(Container):
             "the MitoNet architectures (need a GPU to train in reasonable time)"
         )
         self.encoder = ComboBox(choices=self._encoders, label="encoder")
+        self.encoder.tooltip = "The ResNet layout of the architecture's encoder."
         self.classes = LineEdit(value="mito:instance", label="classes")
         self.classes.tooltip = (
             "name:kind, comma separated; kind is instance (objects told apart) or semantic "
             "(area only). Several classes: masks hold class * 1000 + object id."
         )
         self.pretrained = ComboBox(choices=PRETRAINED, label="encoder weights")
+        self.pretrained.tooltip = (
+            "Start the encoder from random weights, or from the CEM1.5M self-supervised "
+            "ResNet-50 weights (downloaded once)."
+        )
         self.plot = LivePlot()
         self.jobs = JobPanel("Train", self.run)
         rc = self.run_controls
@@ -103,12 +110,12 @@ class TrainWidget(Container):
         classes = parse_classes(self.classes.value)
         architecture, encoder = self.architecture.value, self.encoder.value
         pretrained = None if self.pretrained.value == PRETRAINED[0] else "cem1.5m"
-        name, output, settings = rc.name.value.strip(), rc.output_dir(), rc.settings()
+        name, output, settings = rc.name.value.strip(), rc.output_dir(), rc.train_settings()
 
         def work(progress, cancel):
             from ..core.training.loops import train
 
-            data = rc.data(classes)
+            data = rc.data(settings, classes)
             return train(
                 architecture,
                 data.dataset,
@@ -120,7 +127,7 @@ class TrainWidget(Container):
                 output_dir=output,
                 progress=progress,
                 cancel=cancel,
-                **settings,
+                settings=settings,
             )
 
         run_training(self.jobs, self.plot, work, f"Training {architecture}")

@@ -1,33 +1,33 @@
-"""Training and finetuning of MitoNet-family models: patches, datasets, targets, loss, loops."""
+"""Training and finetuning of MitoNet-family models: patches, the dataset layout on disk
+(:mod:`.layout`), torch datasets, targets, loss, loops."""
 
 from __future__ import annotations
 
 from .augment import random_augment, region_size
 from .dataset import (
-    IMAGE_SUFFIXES,
     MITONET_NORMS,
     ImageRecord,
     MixedDataset,
     PatchDataset,
-    find_pairs,
     load_volume_slices,
-    write_dataset,
 )
 from .export import TrainResult
+from .layout import (
+    IMAGE_SUFFIXES,
+    DatasetSummary,
+    check_dataset,
+    find_pairs,
+    is_dataset,
+    read_dataset,
+    read_manifest,
+    save_patches,
+    write_dataset,
+)
 from .loops import finetune, load_encoder_weights, train
 from .loss import LossWeights, PanopticLoss
 from .patches import Patch, doubt_maps, patch_masks, pick_patches, stack_patches
 from .runner import TrainingCancelled, TrainSettings, validate_model
-from .store import (
-    DatasetSummary,
-    TrainingData,
-    check_dataset,
-    is_dataset,
-    load_training_data,
-    read_dataset,
-    read_manifest,
-    save_patches,
-)
+from .store import TrainingData, load_training_data
 from .targets import instance_centroids, panoptic_targets
 
 __all__ = [

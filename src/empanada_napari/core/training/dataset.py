@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,227 +30,18 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..memory import check_fits
-from ..preprocess import check_image, intensity_range, normalize
+from ..preprocess import intensity_range, normalize
 from .augment import random_augment, region_size
+from .layout import check_mask, check_pair, find_pairs, read_plane
 from .targets import panoptic_targets
 
-#: File suffixes read as images or masks (case-insensitive).
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 #: MitoNet's normalisation (mean, std) of [0, 1] intensities.
 MITONET_NORMS = (0.57571, 0.12765)
-_INT32_MAX = np.iinfo(np.int32).max
 #: Keyword arguments of random_augment that PatchDataset(augment={...}) passes on.
 _AUGMENT_KEYS = frozenset(
     {"scale", "rotate", "flips", "brightness", "contrast", "norm_std"}
     | {"blur", "gamma", "noise", "tone", "norm_mean"}
 )
-
-
-# --------------------------------------------------------------------------- reading & checks
-
-
-def _is_image_file(path: Path) -> bool:
-    return (
-        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
-def _read_plane(path: Path) -> np.ndarray:
-    """Read a TIFF (any number of pages) or a greyscale PNG into memory."""
-    try:
-        if path.suffix.lower() == ".png":
-            from skimage.io import imread
-
-            arr = np.asarray(imread(str(path)))
-            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-                # Greyscale saved as RGB(A) is common for PNG; anything else is not EM data.
-                if not (
-                    np.array_equal(arr[..., 0], arr[..., 1])
-                    and np.array_equal(arr[..., 0], arr[..., 2])
-                ):
-                    raise InputError(f"{path} is a colour PNG; EM images must be greyscale.")
-                arr = arr[..., 0]
-            return arr
-        import tifffile
-
-        return np.asarray(tifffile.imread(str(path)))
-    except InputError:
-        raise
-    except Exception as err:  # corrupt or truncated file: name it instead of a bare traceback
-        raise InputError(f"Cannot read {path}: {err}") from err
-
-
-def _check_mask(mask, what: str) -> np.ndarray:
-    """Return ``mask`` as a 2D non-negative integer array that fits int32."""
-    arr = np.asarray(mask)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise InputError(f"The {what} must be a 2D label image, got shape {arr.shape}.")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if arr.dtype.kind not in "ui":
-        raise InputError(f"The {what} must have an integer dtype, got {arr.dtype}.")
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
-        raise InputError(f"The {what} must hold ids in 0..{_INT32_MAX} (0 = background).")
-    return arr
-
-
-def _check_pair(image, mask, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Validate one image/mask pair; return ``(2D image, 2D mask, flipbook stack or None)``."""
-    image = np.asarray(image)
-    check_image(image, ndim=(2, 3), what=f"{what} image")
-    mask = _check_mask(mask, f"{what} mask")
-    stack = None
-    if image.ndim == 3:
-        if image.shape[0] == 1:
-            image = image[0]
-        else:
-            # A flipbook: consecutive slices, the 2D mask annotates the middle one.
-            stack, image = image, image[image.shape[0] // 2]
-    if image.shape != mask.shape:
-        raise InputError(
-            f"The {what} image (plane {image.shape}) and mask ({mask.shape}) differ in shape."
-        )
-    return image, mask, stack
-
-
-def _index_folder(folder: Path) -> dict[str, Path]:
-    """Map stem -> path for the image files in ``folder`` (none if it does not exist)."""
-    if not folder.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not _is_image_file(path):
-            continue
-        if path.stem in found:
-            raise InputError(
-                f"Both {found[path.stem].name} and {path.name} in {folder}: one name per pair."
-            )
-        found[path.stem] = path
-    return found
-
-
-def _source_dirs(root: Path) -> list[Path]:
-    """The ``<source>`` folders of a dataset; ``root`` itself if it has ``images/`` directly."""
-    if (root / "images").is_dir():
-        return [root]
-    return sorted(
-        d
-        for d in root.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and (d / "images").is_dir()
-    )
-
-
-def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Return the sorted ``(image, mask)`` paths of a dataset folder.
-
-    Images without a mask (and masks without an image) are skipped with a warning; an
-    :class:`InputError` is raised when the folder does not exist or nothing pairs.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"Dataset folder {root} does not exist.")
-    pairs: list[tuple[Path, Path]] = []
-    unpaired: list[str] = []
-    for source in _source_dirs(root):
-        images = _index_folder(source / "images")
-        masks = _index_folder(source / "masks")
-        for stem in sorted(images):
-            if stem in masks:
-                pairs.append((images[stem], masks[stem]))
-            else:
-                unpaired.append(f"image {images[stem].relative_to(root)} has no mask")
-        unpaired += [
-            f"mask {masks[s].relative_to(root)} has no image"
-            for s in sorted(masks)
-            if s not in images
-        ]
-    if unpaired:
-        shown = "; ".join(unpaired[:5]) + (
-            f" (and {len(unpaired) - 5} more)" if len(unpaired) > 5 else ""
-        )
-        warnings.warn(
-            f"Skipping {len(unpaired)} unpaired file(s) in {root}: {shown}.", stacklevel=2
-        )
-    if not pairs:
-        raise InputError(
-            f"No image/mask pairs found in {root}: expected <source>/images/<name>.tiff with a "
-            "matching <source>/masks/<name>.tiff."
-        )
-    return pairs
-
-
-def _check_name(name: str, what: str) -> str:
-    name = str(name)
-    if not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip():
-        raise InputError(f"Invalid {what} {name!r}: use a plain, non-hidden file name.")
-    return name
-
-
-def write_dataset(
-    root: str | os.PathLike,
-    images: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    source: str = "data",
-    names: Sequence[str] | None = None,
-    *,
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write pairs as ``<root>/<source>/images/<name>.tiff`` and ``masks/<name>.tiff``.
-
-    Images keep their dtype (a 3D image with a 2D mask is written as a flipbook); masks are
-    written as int32. Names default to ``<source>_<i:04d>``. Everything is checked before the
-    first file is written; existing pairs raise :class:`InputError` unless ``overwrite``.
-    Returns the image paths (each mask has the same name under ``masks/``).
-    """
-    import tifffile
-
-    source = _check_name(source, "source name")
-    if len(images) != len(masks):
-        raise InputError(f"Got {len(images)} images but {len(masks)} masks.")
-    if len(images) == 0:
-        raise InputError("Nothing to write: no images given.")
-    if names is None:
-        names = [f"{source}_{i:04d}" for i in range(len(images))]
-    names = [_check_name(n, "file name") for n in names]
-    if len(names) != len(images):
-        raise InputError(f"Got {len(names)} names for {len(images)} images.")
-    if len(set(names)) != len(names):
-        raise InputError("File names must be unique.")
-
-    checked = []
-    for name, image, mask in zip(names, images, masks, strict=True):
-        _check_pair(image, mask, f"'{name}'")
-        checked.append((name, np.asarray(image), _check_mask(mask, f"'{name}' mask")))
-
-    image_dir = Path(root).expanduser() / source / "images"
-    mask_dir = image_dir.parent / "masks"
-    # Any image-suffixed file with the same stem counts as existing: a.tif next to a new
-    # a.tiff would make the pair ambiguous for find_pairs.
-    existing = [
-        p
-        for name, _, _ in checked
-        for folder in (image_dir, mask_dir)
-        for p in (folder / f"{name}{s}" for s in IMAGE_SUFFIXES)
-        if p.exists()
-    ]
-    if existing and not overwrite:
-        raise InputError(
-            f"{len(existing)} file(s) already exist, e.g. {existing[0]}; pass overwrite=True."
-        )
-    for path in existing:
-        path.unlink()
-
-    image_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, image, mask in checked:
-        image_path = image_dir / f"{name}.tiff"
-        tifffile.imwrite(image_path, image, compression="zlib")
-        tifffile.imwrite(mask_dir / f"{name}.tiff", mask.astype(np.int32), compression="zlib")
-        written.append(image_path)
-    return written
 
 
 def _read_pages(path: Path, z_range: tuple[int, int] | None) -> np.ndarray:
@@ -308,7 +98,7 @@ def load_volume_slices(
         if binary:
             masks.append(label(plane > 0, connectivity=connectivity).astype(np.int32))
         else:
-            masks.append(_check_mask(plane, "labels slice").astype(np.int32, copy=False))
+            masks.append(check_mask(plane, "labels slice").astype(np.int32, copy=False))
     return list(raw), masks
 
 
@@ -390,8 +180,8 @@ class PatchDataset(Dataset):
                 raise InputError("Pass masks only with in-memory images, not with a folder.")
             pairs = find_pairs(images)
             names = [p[0].stem for p in pairs]
-            images = [_read_plane(p[0]) for p in pairs]
-            masks = [_read_plane(p[1]) for p in pairs]
+            images = [read_plane(p[0]) for p in pairs]
+            masks = [read_plane(p[1]) for p in pairs]
         else:
             if masks is None:
                 raise InputError("In-memory images need masks.")
@@ -424,7 +214,7 @@ class PatchDataset(Dataset):
 
         self.records: list[ImageRecord] = []
         for name, image, mask in zip(names, images, masks, strict=True):
-            plane, mask2d, stack = _check_pair(image, mask, f"'{name}'")
+            plane, mask2d, stack = check_pair(image, mask, f"'{name}'")
             # One range per source image (the whole flipbook for a stack), computed once here
             # so every patch of an image is normalised exactly like inference would.
             vrange = value_range or intensity_range(stack if stack is not None else plane)

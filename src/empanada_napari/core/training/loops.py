@@ -30,8 +30,9 @@ from ..jobs import Progress
 from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
 from ..models.encoder_weights import load_encoder_weights
 from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
-from ..settings import TUNED_KEY
+from ..settings import FINETUNE, TRAIN, TUNED_KEY
 from .export import TrainResult, complete_config, finetune_block, finish
+from .loss import LossWeights
 from .runner import (
     ENCODER_STAGES,
     TrainingCancelled,
@@ -57,7 +58,7 @@ __all__ = [
 Val = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 
 
-def _check_request(name: str, output_dir, patch_size: int, batch_size: int) -> None:
+def check_request(name: str, output_dir, patch_size: int, batch_size: int) -> None:
     """What can be refused before a minute is trained or a file written: the model's name
     (it names files and the registry entry: the registry's own rule), an output folder
     that is a file, and patches whose batch cannot fit in memory."""
@@ -66,20 +67,21 @@ def _check_request(name: str, output_dir, patch_size: int, batch_size: int) -> N
 
     check_name(name)
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise InputError(f"The output {output_dir} is a file; give a folder for the model.")
+        raise InputError(
+            f"The output (--output, output_dir) {output_dir} is a file; give a folder for the "
+            "model's .pth and .yaml."
+        )
     check_patch_memory(patch_size, batch_size)
 
 
-def _resolve_settings(settings: TrainSettings | None, overrides: dict) -> TrainSettings:
-    settings = replace(settings or TrainSettings(), **overrides)
-    if isinstance(settings.unfreeze, str):
-        settings = replace(
-            settings, unfreeze=tuple(s.strip() for s in settings.unfreeze.split(",") if s.strip())
-        )
-    return settings.validate()
+def _resolve_settings(
+    settings: TrainSettings | None, overrides: dict, preset: TrainSettings = FINETUNE
+) -> TrainSettings:
+    """``settings`` (default: ``preset``) with the keyword ``overrides``, checked."""
+    return replace(settings or preset, **overrides)
 
 
-def _as_dataset(dataset, val: Val | None, settings: TrainSettings, patch_size: int, classes):
+def _as_dataset(dataset, val: Val | None, settings: TrainSettings, classes):
     """A dataset folder (or several) becomes a checked PatchDataset and, unless ``val`` is
     given, a held-out validation split; a PatchDataset is used as it is."""
     if isinstance(dataset, (str, os.PathLike)) or (
@@ -91,7 +93,8 @@ def _as_dataset(dataset, val: Val | None, settings: TrainSettings, patch_size: i
 
         data = load_training_data(
             dataset,
-            patch_size=patch_size,
+            val_fraction=settings.val_fraction,
+            patch_size=settings.patch_size,
             batch_size=settings.batch_size,
             seed=settings.seed,
             classes=classes,
@@ -119,7 +122,7 @@ class _Job:
 def _train_and_save(module, dataset, settings, device, config, job: _Job, describe):
     """Shared by finetune and train: FINETUNE block, freezing, the loop, the description
     (``describe(iterations, seconds)``), then save + register, or raise on cancel."""
-    config["FINETUNE"] = finetune_block(config, settings.loss)
+    config["FINETUNE"] = finetune_block(config, settings.loss or LossWeights())
     frozen = set_trainable(module, settings.freeze_encoder, settings.unfreeze)
     # A TorchScript module checkpoints as TorchScript (.pth), an eager one as a state dict.
     ext = "pth" if isinstance(module, torch.jit.ScriptModule) else "pt"
@@ -231,7 +234,6 @@ def finetune(
     name: str,
     settings: TrainSettings | None = None,
     val: Val | None = None,
-    patch_size: int = 256,
     output_dir: str | Path | None = None,
     register: bool = True,
     registry=None,
@@ -243,18 +245,20 @@ def finetune(
 
     ``dataset`` is a :class:`PatchDataset` or one or more dataset folders (checked first; a
     held-out split validates the model unless ``val`` = (images, masks) is given; folders
-    are cut into ``patch_size`` training patches). A registry name, file or
+    are cut into ``patch_size`` training patches). ``settings`` default to the finetuning
+    preset (:data:`~empanada_napari.core.settings.FINETUNE`: the whole network, 300 steps of
+    4 at lr 0.001); keyword ``overrides`` are its fields. A registry name, file or
     :class:`LoadedModel` is re-read from its file, so the cached copy used for inference is
-    not modified; a ScriptModule is trained as given. The encoder is frozen unless
-    ``freeze_encoder=False``; ``unfreeze=("layer4",)`` trains chosen ResNet stages. Cancel
+    not modified; a ScriptModule is trained as given. ``freeze_encoder=True`` trains the
+    heads only; ``unfreeze=("layer4",)`` also trains chosen ResNet stages. Cancel
     saves the best validated weights as ``<name>_cancelled`` and raises
     :class:`TrainingCancelled` with the result (nothing is kept before a first validation).
     """
     from ..device import resolve_device
 
     settings = _resolve_settings(settings, overrides)
-    _check_request(name, output_dir, patch_size, settings.batch_size)
-    dataset, val = _as_dataset(dataset, val, settings, patch_size, None)
+    check_request(name, output_dir, settings.patch_size, settings.batch_size)
+    dataset, val = _as_dataset(dataset, val, settings, None)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     if isinstance(model, torch.jit.ScriptModule):
@@ -312,7 +316,6 @@ def train(
     classes: Mapping[str, str] | None = None,
     settings: TrainSettings | None = None,
     val: Val | None = None,
-    patch_size: int = 256,
     output_dir: str | Path | None = None,
     register: bool = True,
     registry=None,
@@ -333,11 +336,10 @@ def train(
     from ..device import resolve_device
     from ..models.architectures import build_model
 
-    overrides.setdefault("freeze_encoder", False)
-    settings = _resolve_settings(settings, overrides)
-    _check_request(name, output_dir, patch_size, settings.batch_size)
+    settings = _resolve_settings(settings, overrides, TRAIN)
+    check_request(name, output_dir, settings.patch_size, settings.batch_size)
     class_names, labels, things, channels = _class_config(classes)
-    dataset, val = _as_dataset(dataset, val, settings, patch_size, classes)
+    dataset, val = _as_dataset(dataset, val, settings, classes)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,52 +21,8 @@ import torch
 from ..errors import Cancelled, InputError, ModelError
 from ..jobs import Progress, is_cancelled, report
 from ..models.loading import LoadedModel
-from .loss import LossWeights, PanopticLoss
-
-ENCODER_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of a training or finetuning run."""
-
-    iterations: int = 500
-    batch_size: int = 16
-    lr: float = 0.003
-    weight_decay: float = 0.1
-    pct_start: float = 0.3
-    amp: bool = True
-    seed: int = 0
-    freeze_encoder: bool = True
-    unfreeze: tuple[str, ...] = ()
-    num_workers: int = 0
-    # Validation scores every this many iterations (0: never); the best weights are kept.
-    val_every: int = 0
-    # Export the weights of the best validation score instead of the last ones.
-    keep_best: bool = True
-    checkpoint_every: int = 0
-    device: str = "auto"
-    loss: LossWeights = field(default_factory=LossWeights)
-    # Finetuning: choose the post-processing settings on the corrected patches afterwards
-    # and store them in the model's config (core/training/tuning.py).
-    tune: bool = True
-
-    def validate(self) -> TrainSettings:
-        """Raise :class:`InputError` naming the first invalid setting; return self."""
-        if self.iterations < 1:
-            raise InputError("iterations must be >= 1")
-        if self.batch_size < 1:
-            raise InputError("batch_size must be >= 1")
-        if not (0 < self.lr < 1):
-            raise InputError("lr must be in (0, 1)")
-        if not (0 < self.pct_start < 1):
-            raise InputError("pct_start must be in (0, 1)")
-        if self.val_every < 0 or self.checkpoint_every < 0:
-            raise InputError("val_every and checkpoint_every must be >= 0")
-        bad = [s for s in self.unfreeze if s not in ENCODER_STAGES]
-        if bad:
-            raise InputError(f"Unknown encoder stage(s) {bad}; choose from {ENCODER_STAGES}.")
-        return self
+from ..settings import ENCODER_STAGES, TrainSettings
+from .loss import PanopticLoss
 
 
 @dataclass

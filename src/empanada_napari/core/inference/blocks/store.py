@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import EmpanadaError
-from ...io import _disk_error
+from ...io import disk_error
 from ...output import input_fingerprint, recorded_fingerprint
 from .plan import Block, Job
 
@@ -76,7 +76,7 @@ def save_block(work: str, block: Block, labels: np.ndarray) -> int:
             np.savez(fh, sizes=sizes, psizes=psizes, lo=lo, hi=hi)
         os.replace(tmp, path)  # a block counts as done only once its summary exists
     except OSError as err:
-        raise _disk_error(err, path) from err
+        raise disk_error(err, path) from err
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -132,7 +132,7 @@ def write_block(job: Job, block: Block, lut: np.ndarray, out: str | None):
     try:
         zarr.open_array(out, mode="r+")[block.core] = result
     except OSError as err:
-        raise _disk_error(err, Path(out)) from err
+        raise disk_error(err, Path(out)) from err
     return None
 
 
