@@ -83,7 +83,12 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="labels output (.tif/.tiff/.zarr)")
     p.add_argument("--key", help="array inside a zarr group (default: level 0 / the only one)")
-    p.add_argument("--model", default="default", help=_MODEL_HELP)
+    p.add_argument(
+        "--model",
+        default="default",
+        help=_MODEL_HELP + "; 'auto': the registered model that fits this image best (the "
+        "agreement of its flipped views, see 'models check'; a few seconds per model)",
+    )
     p.add_argument(
         "--mode",
         choices=["2d", "stack", "ortho"],
@@ -176,6 +181,18 @@ def _add_models(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing archive")
     q = msub.add_parser("remove", help="remove a user model")
     q.add_argument("name")
+    q = msub.add_parser(
+        "check",
+        help="how well each model fits an image, without ground truth",
+        description="Score every registered model whose file is on this computer (or "
+        "--models) on IMAGE by how much its four flipped views agree (0-1; higher fits "
+        "better), a few sampled slices, no labels needed. Prints a table and the model "
+        "'--model auto' would use; warns when even the best is unsure.",
+    )
+    q.add_argument("image", help="image or volume (.tif, .tiff, .png, .zarr)")
+    q.add_argument("--key", help="array inside a zarr group")
+    q.add_argument("--models", help="comma-separated model names (default: all local ones)")
+    q.add_argument("--device", default="auto")
     q = msub.add_parser("fetch", help="download a model into the cache now")
     q.add_argument("name", help="model name ('default': the default model)")
     q.add_argument("--quantized", action="store_true", help="the quantized (CPU) variant")
@@ -265,6 +282,11 @@ def _segment(args) -> int:
     settings = _settings_from_args(args)
     image = read_image(args.input, args.key)
     check_image(image, ndim=(2, 3))
+    if args.model == "auto":  # the model whose flipped views agree most on this image
+        from .core.quality import choose_model, summary_line
+
+        args.model, estimates = choose_model(image, device=args.device)
+        print(summary_line(estimates, args.model), file=sys.stderr)
     model = load_model(args.model, args.device, quantized=args.quantized)
     settings["inference"] = _with_model_settings(settings["inference"], args, model.config)
     engine = Engine2D(model, settings=settings["inference"])
@@ -451,6 +473,16 @@ def _models(args) -> int:
         print(f"removed {entry.name}")
     elif cmd == "fetch":
         print(registry.fetch(args.name, quantized=args.quantized))
+    elif cmd == "check":
+        from .core.io import read_image
+        from .core.quality import choose_model, summary_line
+
+        image = read_image(args.image, args.key)
+        names = [m.strip() for m in args.models.split(",")] if args.models else None
+        chosen, estimates = choose_model(image, names, device=args.device)
+        for e in estimates:
+            print(f"{e.model:30s} {e.agreement:.3f}  ({len(e.slices)} slices, {e.seconds:.1f} s)")
+        print(summary_line(estimates, chosen))
     return 0
 
 

@@ -232,6 +232,34 @@ class Engine2D:
             extra=extra,
         )
 
+    def flipped_views(self, planes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's outputs for normalised ``planes`` (N, H, W) and their three flips, in
+        one batch (cheaper per pixel than four calls), each brought back to the image's
+        orientation: semantic probabilities (4, N, C, H, W), centre heat-maps (4, N, 1, ...)
+        and offsets (4, N, 2, ...), views in :data:`FLIPS` order. The planes are padded to
+        the model's grid first, so each view's padding lands where the others' does."""
+        if self.settings.tta:  # each view as the model sees it, not averaged over flips
+            return Engine2D(self.model, settings=replace(self.settings, tta=False)).flipped_views(
+                planes
+            )
+        n, h, w = planes.shape
+        unit = math.lcm(4 * self.settings.downsample, self.model.padding_factor)
+        hp, wp = -(-h // unit) * unit, -(-w // unit) * unit
+        padded = np.zeros((n, hp, wp), np.float32)
+        padded[:, :h, :w] = planes
+        views = np.concatenate(
+            [np.flip(padded, [d + 3 for d in dims]) if dims else padded for dims in FLIPS]
+        )
+        raw = self.infer(views)
+        parts = [
+            unflip(
+                *(t[k * n : (k + 1) * n] for t in (raw.sem_prob, raw.ctr_hmp, raw.offsets)), dims
+            )
+            for k, dims in enumerate(FLIPS)
+        ]
+        sem, ctr, off = (torch.stack([part[j] for part in parts]) for j in range(3))
+        return sem[..., :h, :w], ctr, off
+
     @staticmethod
     def _flip_views(
         run: Callable[[torch.Tensor], dict], x: torch.Tensor, cancel=None

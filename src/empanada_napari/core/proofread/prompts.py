@@ -22,7 +22,6 @@ and returns masks with the box they belong to (:class:`Prompted`).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -152,30 +151,17 @@ class Prompter:
     def _outputs(self, image: Any, lead: tuple[int, ...], ys: tuple[int, int],
                  xs: tuple[int, int], value_range) -> tuple[Any, np.ndarray]:  # fmt: skip
         """Model outputs (flips averaged) on one window and its foreground probability."""
-        import torch
-
-        from ..inference.engine import FLIPS, RawOutputs, unflip
+        from ..inference.engine import RawOutputs
 
         crop = np.asarray(image[(*lead, slice(*ys), slice(*xs))])
         h, w = crop.shape
-        # The four flipped views in one batch (a model call costs less per pixel in a batch
-        # of 4 than 4 calls of one); padded first to the model's grid so that each view's
-        # padding lands where the others' does once flipped back.
-        unit = math.lcm(4, self.engine.model.padding_factor)
-        hp, wp = -(-h // unit) * unit, -(-w // unit) * unit
-        plane = np.zeros((hp, wp), np.float32)
-        plane[:h, :w] = self.engine.normalize(crop, value_range)
-        views = np.stack([np.flip(plane, [d + 2 for d in dims]) if dims else plane
-                          for dims in FLIPS])  # fmt: skip
+        planes = self.engine.normalize(crop, value_range)[None]
         with self._lock:
-            raw = self.engine.infer(views)
-        parts = [
-            unflip(raw.sem_prob[k : k + 1], raw.ctr_hmp[k : k + 1], raw.offsets[k : k + 1], dims)
-            for k, dims in enumerate(FLIPS)
-        ]
-        sem, ctr, off = (torch.stack([p[j] for p in parts]).mean(0) for j in range(3))
-        mean = RawOutputs(sem_prob=sem, ctr_hmp=ctr, offsets=off, shape=(h, w))
-        prob = sem[0]
+            sem, ctr, off = self.engine.flipped_views(planes)
+        mean = RawOutputs(
+            sem_prob=sem.mean(0), ctr_hmp=ctr.mean(0), offsets=off.mean(0), shape=(h, w)
+        )
+        prob = mean.sem_prob[0]
         fg = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
         return mean, fg[:h, :w].cpu().numpy()
 
