@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--width", type=int, default=1000, help="PNG width in pixels")
+    parser.add_argument("--only", help="one screenshot: inference_2d, ..., click_to_add")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # A fresh registry home: the Model Manager shows the built-in models, not this machine's.
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
 
     viewer, image = open_viewer()
     viewer.reset_view()
+    if args.only == "click_to_add":
+        click_to_add(viewer, image, args)
+        viewer.close()
+        home.cleanup()
+        return
 
     w2d = dock(viewer, "2D Inference (Parameter Testing)")
     w2d.image.value = image
@@ -117,8 +123,37 @@ def main(argv: list[str] | None = None) -> None:
         export.run()
         wait(export)
         save(viewer, "export", args.out, args.width)
+    for layer in list(viewer.layers)[1:]:
+        viewer.layers.remove(layer)
+    click_to_add(viewer, image, args)
     viewer.close()
     home.cleanup()
+
+
+def click_to_add(viewer, image, args) -> None:
+    """Click to Add on the sample: empty labels, then one click inside each of the five
+    largest mitochondria the model finds on slice 8; each becomes an object."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from empanada_napari.core.inference.engine import Engine2D
+
+    z = 8
+    found = Engine2D("default", "cpu").segment(np.asarray(image.data[z]))
+    ids, sizes = np.unique(found[found > 0], return_counts=True)
+    labels = viewer.add_labels(
+        np.zeros(image.data.shape, np.uint32), name="mito labels", scale=image.scale
+    )
+    widget = dock(viewer, "Click to Add")
+    widget.image.value, widget.labels_layer.value = image, labels
+    viewer.dims.set_current_step(0, z)
+    for label_id in ids[np.argsort(-sizes)][:5]:
+        dist = ndi.distance_transform_edt(found == label_id)
+        y, x = np.unravel_index(np.argmax(dist), dist.shape)
+        widget.click(image.data_to_world((z, y, x)))
+        wait(widget)
+    viewer.layers.selection.active = labels
+    save(viewer, "click_to_add", args.out, args.width)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def estimate_quality(
     # nothing here: a few 512 px regions), probabilities only.
     sem = engine.flipped_views(engine.normalize(crops, value_range))[0]  # (4, N, C, H, W)
     prob = sem[:, :, 0] if sem.shape[2] == 1 else 1.0 - sem[:, :, 0]
+    prob = prob[..., : crops.shape[1], : crops.shape[2]]
     for k, (z, _ys, _xs) in enumerate(regions):
         masks = (prob[:, k] >= thr).cpu().numpy()
         if masks.mean(axis=(1, 2)).max() < MIN_FOREGROUND:

@@ -235,9 +235,10 @@ class Engine2D:
     def flipped_views(self, planes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The model's outputs for normalised ``planes`` (N, H, W) and their three flips, in
         one batch (cheaper per pixel than four calls), each brought back to the image's
-        orientation: semantic probabilities (4, N, C, H, W), centre heat-maps (4, N, 1, ...)
+        orientation: semantic probabilities (4, N, C, H', W'), centre heat-maps (4, N, 1, ...)
         and offsets (4, N, 2, ...), views in :data:`FLIPS` order. The planes are padded to
-        the model's grid first, so each view's padding lands where the others' does."""
+        the model's grid first (H' >= H, W' >= W: crop the maps to the planes' size), so each
+        view's padding lands where the others' does."""
         if self.settings.tta:  # each view as the model sees it, not averaged over flips
             return Engine2D(self.model, settings=replace(self.settings, tta=False)).flipped_views(
                 planes
@@ -258,7 +259,7 @@ class Engine2D:
             for k, dims in enumerate(FLIPS)
         ]
         sem, ctr, off = (torch.stack([part[j] for part in parts]) for j in range(3))
-        return sem[..., :h, :w], ctr, off
+        return sem, ctr, off
 
     @staticmethod
     def _flip_views(

@@ -114,8 +114,6 @@ class ClickToAdd(ProofreadDock):
             return "Open or choose the Image layer the labels belong to."
         if self.labels_layer.value is None:
             return "Choose a Labels layer to add to (or make one: Layers > New Labels)."
-        if self.shapes.value is None:
-            return "Clicks add objects; draw rectangles in a Shapes layer for boxes."
         return None
 
     # -- clicks
@@ -236,6 +234,8 @@ class ClickToAdd(ProofreadDock):
     def run(self) -> None:
         image, layer, shapes = self.image.value, self.labels_layer.value, self.shapes.value
         problem = self.problem()
+        if problem is None and shapes is None:
+            problem = "Draw rectangles in a Shapes layer and choose it under 'boxes' first."
         if problem:
             self.fail(problem)
             return
