@@ -237,3 +237,36 @@ def test_every_control_has_a_tooltip_and_is_in_the_help(make_napari_viewer, name
         if label:
             assert f"<b>{html.escape(label, quote=False)}</b>" in page, label
     assert len(controls) >= 3
+
+
+def test_the_loop_s_docks_open_as_tabs_on_a_laptop(make_napari_viewer, qtbot, crop):
+    # Issue 37: stacked, the 2D dock and Pick, Save and Finetune got 100-250 px each on a
+    # 1366 x 768 screen (Save's button half hidden, Finetune's plot cut).
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*LAPTOP)
+    viewer.add_image(crop, name="raw")
+    names = ("2D Inference (Parameter Testing)", "Pick Training Patches",
+             "Save Training Patches", "Finetune Model")  # fmt: skip
+    docks = []
+    for name in names:
+        docks.append(open_widget(viewer, name))
+        qtbot.wait(50)
+    qtbot.wait(200)
+
+    def holder(widget):
+        parent = widget.native.parent()
+        while not isinstance(parent, QDockWidget):
+            parent = parent.parent()
+        return parent
+
+    last = holder(docks[-1])
+    assert {holder(d) for d in docks[:-1]} <= set(window.tabifiedDockWidgets(last))
+    tune = docks[-1]
+    # The newest is in front, with its main button, status and plot within the screen.
+    for part in (tune.jobs.run_button.native, tune.jobs.status.native, tune.plot.canvas):
+        assert part.isVisible()
+        bottom = part.mapTo(window, part.rect().bottomLeft()).y()
+        assert bottom <= LAPTOP[1], part
