@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from shutil import which as shutil_which
@@ -81,6 +82,13 @@ def test_readme_first_command_in_a_new_venv(tmp_path):
         ["bash", "-c", first], cwd=src, env=env, capture_output=True, text=True, timeout=3600
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["objects"] > summary["label_ids"] > 0  # per slice vs ids in the file
+    # The command can be run twice: its own result is replaced.
+    again = subprocess.run(
+        ["bash", "-c", first.split("&&")[-1]], cwd=src, env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
     out = src / "mito_labels.tif"
     labels = tifffile.imread(out)
     assert labels.dtype == np.uint32 and labels.shape == (16, 512, 512) and labels.max() > 0

@@ -312,7 +312,10 @@ def _segment(args) -> int:
                 "output": str(output),
                 "model": engine.model.name,
                 "mode": "2d",
+                # 2D ids restart in every slice: objects are counted per slice, and the file
+                # holds as many ids as the most crowded slice has objects.
                 "objects": summary["objects"],
+                "label_ids": summary["label_ids"],
                 "device": str(engine.device),
                 "postprocessing": _postprocessing(engine),
                 "shape": list(image.shape),
@@ -452,6 +455,14 @@ def _models(args) -> int:
         star = ", the default model" if entry.name == registry.default_name() else ""
         where = registry.local_file(entry) or registry.cache_path(entry)
         print(f"# {entry.name} ({kind}{star}); file: {registry.file_status(entry)} ({where})")
+        from .core.settings import settings_for_model
+
+        used = settings_for_model(entry.config)
+        print(
+            f"# segment uses: label divisor {used.label_divisor} (2D ids class x "
+            f"{used.label_divisor} + k), confidence {used.confidence_thr}; the FINETUNE "
+            "block below is the training recipe, not these"
+        )
         print(yaml.safe_dump(entry.to_yaml_dict(), sort_keys=False).rstrip())
     elif cmd == "register":
         entry = registry.register(

@@ -60,7 +60,8 @@ def segment_slices_to(
     cancel: CancelFlag = None,
 ) -> dict[str, Any]:
     """Segment each slice of ``image`` (H, W) or (N, H, W) into ``path``; return a summary
-    (``output``, ``objects``, ``slices``). ``source`` is the input's file, for the zarr
+    (``output``, ``objects``: summed over the slices, ``label_ids``: the distinct ids in the
+    output, as ids restart in every slice, ``slices``). ``source`` is the input's file, for the zarr
     fingerprint that ``resume`` checks."""
     check_image(image, ndim=(2, 3))
     path = Path(path).expanduser()
@@ -70,7 +71,12 @@ def segment_slices_to(
             raise InputError("resume needs a .zarr output (a TIFF is written whole at the end).")
         labels = engine.segment_slices(stack, progress=progress, cancel=cancel)
         write_labels(path, labels if image.ndim == 3 else labels[0], overwrite=overwrite)
-        return {"output": str(path), "objects": count_objects(labels), "slices": len(labels)}
+        return {
+            "output": str(path),
+            "objects": count_objects(labels),
+            "label_ids": _most_in_a_slice(labels),
+            "slices": len(labels),
+        }
     engine.check_memory(stack.shape)  # before the output exists
     value_range = intensity_range(stack)
     fingerprint = {
@@ -89,6 +95,7 @@ def segment_slices_to(
         meta = dict(array.attrs.get("empanada", {}))
         first = int(meta.get("slices_done", 0)) if resume else 0
         objects = int(meta.get("objects_done", 0)) if resume else 0
+        label_ids = int(meta.get("label_ids_done", 0)) if resume else 0
         total = stack.shape[0]
         if not output.complete:
             report(progress, first, total)
@@ -101,7 +108,18 @@ def segment_slices_to(
                 else:
                     array[...] = labels[0]
                 objects += count_objects(labels)
+                label_ids = max(label_ids, _most_in_a_slice(labels))
                 # Recorded after the batch is written: a resumed run redoes at most one batch.
-                output.update(slices_done=start + len(labels), objects_done=objects)
+                output.update(
+                    slices_done=start + len(labels),
+                    objects_done=objects,
+                    label_ids_done=label_ids,
+                )
         output.finish(objects=objects)
-    return {"output": str(path), "objects": objects, "slices": total}
+    return {"output": str(path), "objects": objects, "label_ids": label_ids, "slices": total}
+
+
+def _most_in_a_slice(labels: np.ndarray) -> int:
+    """The distinct label ids of a 2D result: ids restart in every slice (1..k of each
+    class), so the file holds as many as the most crowded slice has objects."""
+    return max((count_objects(plane) for plane in labels), default=0)
