@@ -61,6 +61,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..models.config import MITONET_NORMS
 
 #: Probability of a free (non-90-degree) rotation when ``rotate=True``.
 P_FREE_ROTATION = 0.5
@@ -69,9 +70,9 @@ P_SCALE = 0.5
 #: Free rotations are drawn in [-MAX_FREE_ANGLE, MAX_FREE_ANGLE) degrees.
 MAX_FREE_ANGLE = 45.0
 #: The std of MitoNet's normalisation, the default for converting brightness to normalised units.
-DEFAULT_NORM_STD = 0.12765
+DEFAULT_NORM_STD = MITONET_NORMS["std"]
 #: The mean of MitoNet's normalisation (gamma works on [0, 1] intensities).
-DEFAULT_NORM_MEAN = 0.57571
+DEFAULT_NORM_MEAN = MITONET_NORMS["mean"]
 #: Probability of each optional appearance transform (blur, gamma, noise) when enabled.
 P_OPTIONAL = 0.5
 

@@ -30,13 +30,15 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..memory import check_fits
+from ..models.config import MITONET_NORMS as NORMS
 from ..preprocess import intensity_range, normalize
 from .augment import random_augment, region_size
 from .layout import check_mask, check_pair, find_pairs, read_plane
 from .targets import panoptic_targets
 
 #: MitoNet's normalisation (mean, std) of [0, 1] intensities.
-MITONET_NORMS = (0.57571, 0.12765)
+# MitoNet's normalisation, defined once in models.config ({mean, std}), as (mean, std).
+MITONET_NORMS = (NORMS["mean"], NORMS["std"])
 #: Keyword arguments of random_augment that PatchDataset(augment={...}) passes on.
 _AUGMENT_KEYS = frozenset(
     {"scale", "rotate", "flips", "brightness", "contrast", "norm_std"}

@@ -1,0 +1,48 @@
+"""docs/design.md lists every module, and the layers it states hold (issue 34)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "empanada_napari"
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names a module imports (relative imports resolved against its package)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ["empanada_napari", *path.relative_to(PACKAGE).parent.parts]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join([*base, node.module] if node.module else base)
+            out.add(name)
+            out |= {f"{name}.{alias.name}" for alias in node.names}
+    return out
+
+
+def test_design_lists_every_module():
+    text = DESIGN.read_text()
+    missing = [str(p.relative_to(PACKAGE)) for p in _modules() if f"`{p.name}`" not in text]
+    assert not missing, missing
+
+
+def test_the_layers_hold():
+    gui = ("napari", "qtpy", "magicgui", "superqt", "PySide6", "PyQt5", "PyQt6")
+    for path in _modules():
+        rel = path.relative_to(PACKAGE)
+        names = _imports(path)
+        if rel.parts[0] == "core":
+            bad = {n for n in names if n.split(".")[0] in gui or n.startswith(
+                ("empanada_napari.widgets", "empanada_napari.cli"))}  # fmt: skip
+            assert not bad, (rel, bad)
+        if rel.parts[0] == "widgets":
+            assert not {n for n in names if n.startswith("empanada_napari.cli")}, rel
