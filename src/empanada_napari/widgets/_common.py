@@ -452,6 +452,8 @@ def follow_model_settings(picker: Any, controls: dict[str, Any]) -> None:
             applied[name] = control.value
 
     picker.changed.connect(apply)
+    if hasattr(picker, "on_auto_choice"):  # "auto" learns its model after it is chosen
+        picker.on_auto_choice(apply)
     apply()
 
 

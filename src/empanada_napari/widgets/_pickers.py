@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import napari
@@ -15,8 +16,15 @@ from ..core.errors import EmpanadaError
 from ._common import compute_executor
 
 logger = logging.getLogger(__name__)
-#: Set to 0 to open docks without loading their model in the background (the tests do).
+#: Set to 0 to open docks without model work in the background (the tests do): neither
+#: loading their model nor estimating how well it fits the image (widgets/_model_fit.py).
 PRELOAD_ENV = "EMPANADA_NAPARI_PRELOAD"
+#: The model pickers' choice "the model that fits this image best" (``ModelPicker(auto=True)``).
+AUTO = "auto"
+AUTO_TIP = (
+    "auto: the model whose four flipped views agree most on this image (scored in the "
+    "background on a few sampled regions), among the models on this computer."
+)
 PRELOAD_MODULES = (
     "empanada_napari.core.inference.engine",
     "empanada_napari.core.inference.slices",
@@ -67,6 +75,11 @@ def model_selections() -> _Selections:
     return _SELECTIONS
 
 
+def background_enabled() -> bool:
+    """Whether docks may run a model in the background (see :data:`PRELOAD_ENV`)."""
+    return os.environ.get(PRELOAD_ENV, "1") != "0"
+
+
 def select_model(name: str, *, finished: bool = True) -> None:
     """Select model ``name`` in every open model picker (inference docks, Model Manager);
     a model that is not ``finished`` (a cancelled run's) is not picked where a picker only
@@ -78,15 +91,25 @@ class ModelPicker(ComboBox):
     """Model choice that refreshes whenever the registry changes (register/import/remove).
 
     It follows the plugin-wide "use this model now" selections; with ``only_finished`` it
-    ignores those of unfinished (cancelled) runs."""
+    ignores those of unfinished (cancelled) runs. With ``auto`` its first choice is
+    :data:`AUTO`, whose model the dock learns later (:meth:`set_auto_choice`): read
+    :attr:`chosen`, never the value, for the model itself."""
 
     def __init__(
-        self, registry: ModelRegistry | None = None, *, only_finished: bool = False, **kwargs: Any
+        self,
+        registry: ModelRegistry | None = None,
+        *,
+        only_finished: bool = False,
+        auto: bool = False,
+        **kwargs: Any,
     ) -> None:
         from ..core.models.registry import get_registry
 
         self.registry = registry or get_registry()
         self.only_finished = only_finished
+        self.offers_auto = auto
+        self._auto_choice: str | None = None
+        self._auto_listeners: list[Callable[[str | None], None]] = []
         super().__init__(choices=self._model_names, label=kwargs.pop("label", "model"), **kwargs)
         # Parented to the combo box: Qt deletes it with the widget, which drops its
         # connections, so a closed dock's picker is never asked to select or refresh.
@@ -107,13 +130,39 @@ class ModelPicker(ComboBox):
 
         names = self.registry.names()
         name = default_model_name(self.registry)
-        return name if name in names else (names[0] if names else None)
+        if name in names:
+            return name
+        return names[0] if names else (AUTO if self.offers_auto else None)
+
+    def has_models(self) -> bool:
+        """Whether any model is registered ("auto" alone is none)."""
+        return any(name != AUTO for name in self.choices)
 
     def _model_names(self, _widget: Any = None) -> list[str]:
         try:
-            return self.registry.names()
+            names = self.registry.names()
         except EmpanadaError:
-            return []
+            names = []
+        return [AUTO, *names] if self.offers_auto else names
+
+    @property
+    def chosen(self) -> str | None:
+        """The model the choice stands for: for :data:`AUTO` the one picked for the image
+        (None until it is known), else the value itself."""
+        return self._auto_choice if self.value == AUTO else self.value
+
+    def set_auto_choice(self, name: str | None) -> None:
+        """Say which model :data:`AUTO` stands for now (None: not known)."""
+        if name == self._auto_choice:
+            return
+        self._auto_choice = name
+        self._update_tooltip()
+        for listener in list(self._auto_listeners):
+            listener(name)
+
+    def on_auto_choice(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(name)`` whenever :data:`AUTO` comes to stand for another model."""
+        self._auto_listeners.append(listener)
 
     def refresh(self) -> None:
         """Re-read the registry, keeping the current choice when it still exists."""
@@ -141,17 +190,21 @@ class ModelPicker(ComboBox):
         for none, or for a model whose config cannot be read)."""
         from ..core.settings import model_recommendations
 
+        name = self.chosen  # "auto" has none until its model is known
         try:
-            return model_recommendations(self.registry.get(self.value).config) if self.value else {}
+            return model_recommendations(self.registry.get(name).config) if name else {}
         except EmpanadaError:
             return {}
 
     def _update_tooltip(self, *_: Any) -> None:
-        name = self.value
+        name = self.chosen
         try:
-            self.tooltip = self.registry.get(name).description if name else ""
+            tip = self.registry.get(name).description if name else ""
         except EmpanadaError:
-            self.tooltip = ""
+            tip = ""
+        if self.value == AUTO:
+            tip = AUTO_TIP + (f" Now: {name}. {tip}" if name else "")
+        self.tooltip = tip.strip()
 
 
 def preload_model(picker: ModelPicker, device: ComboBox) -> None:
@@ -159,11 +212,11 @@ def preload_model(picker: ModelPicker, device: ComboBox) -> None:
     the device changes, if its file is on this computer already (never a download), so the
     first Run finds it in ``load_model``'s cache instead of waiting for it. A failure is left
     for Run to report; a Run that starts during the load waits for it (the cache's lock)."""
-    if os.environ.get(PRELOAD_ENV, "1") == "0":
+    if not background_enabled():
         return
 
     def start(*_: Any) -> None:
-        name, dev = picker.value, device.value
+        name, dev = picker.chosen, device.value  # "auto": loaded when its model is known
         try:
             if not name or picker.registry.local_file(name) is None:
                 return
@@ -173,6 +226,7 @@ def preload_model(picker: ModelPicker, device: ComboBox) -> None:
         compute_executor().submit(_preload, name, dev)
 
     picker.changed.connect(start)
+    picker.on_auto_choice(start)
     device.changed.connect(start)
     start()
 

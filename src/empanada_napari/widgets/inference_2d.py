@@ -29,6 +29,7 @@ from ._common import (
     write_into_labels,
 )
 from ._layout import dock
+from ._model_fit import ModelFit, model_words, run_model
 from ._pickers import LayerPicker, ModelPicker, device_picker, preload_model
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class _Request:
     lead: tuple[int, ...]  # indices of the layer's dims before the segmented ones
     offset: tuple[int, int]  # (y0, x0) of the crop in the plane
     batch: bool
-    model: str
+    model: str  # "auto" until the Run knows which model fits best
     device: str
     params: dict[str, Any]
 
@@ -56,7 +57,8 @@ class Inference2DWidget(Container):
     user_help = (
         "Segment mitochondria in the current slice, the visible part, a Shapes region or "
         "every slice, to try settings quickly: the model stays loaded between runs. The "
-        "result is a new Labels layer (or goes into an existing one, with undo)."
+        "result is a new Labels layer (or goes into an existing one, with undo). Under the "
+        "model, how well it fits this image; 'auto' picks the model that fits best."
     )
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -64,8 +66,9 @@ class Inference2DWidget(Container):
         self.image = LayerPicker(
             napari_viewer, ("image",), label="image", tooltip="The EM image to segment (greyscale)."
         )
-        self.model = ModelPicker()
+        self.model = ModelPicker(auto=True)
         self.device = device_picker()
+        self.fit = ModelFit(napari_viewer, self.image, self.model, self.device, ndim=(2, 3, 4))
         self.region = ComboBox(choices=REGIONS, value=REGIONS[0], label="region")
         self.region.tooltip = (
             "What to segment: the slice on screen, the part of it in view, the rectangle(s) of "
@@ -89,10 +92,11 @@ class Inference2DWidget(Container):
         main, advanced = split_advanced(self.controls)
         dock(
             self,
-            [self.image, self.model, self.region, self.roi, self.output, *main],
+            [self.image, self.model, self.fit, self.region, self.roi, self.output, *main],
             [self.device, *advanced],
             self.jobs,
         )
+        self.fit.follow_runs(self.jobs)
         follow_model_settings(self.model, self.controls)
         preload_model(self.model, self.device)
         self.region.changed.connect(self._on_region)
@@ -113,7 +117,7 @@ class Inference2DWidget(Container):
         problem = image_problem(layer)
         if problem:
             return problem
-        if self.model.value is None:
+        if not self.model.has_models():
             return "No model registered: add one in the Model Manager."
         if self.viewer.dims.ndisplay == 3 and self.region.value != REGIONS[3]:
             return "Switch the viewer to 2D to segment a slice, the viewport or an ROI."
@@ -201,11 +205,16 @@ class Inference2DWidget(Container):
                 problem = str(exc)
         if self.jobs.refuse(problem):
             return
-        layer = self.image.value
+        layer, target = self.image.value, self.fit.target()
+
+        def job(progress, cancel):
+            req.model = run_model(target, req.model)  # "auto": the best model, scored here
+            return _segment(req, progress, cancel)
+
         self.jobs.start(
-            lambda progress, cancel: _segment(req, progress, cancel),
-            lambda labels: self._show(layer, req, labels),
-            description=f"Segmenting with {req.model}",
+            job,
+            lambda labels: self.fit.note(self._show(layer, req, labels), target, req.model),
+            description=f"Segmenting with {model_words(req.model)}",
             compute=True,
         )
 

@@ -7,6 +7,7 @@ controls and their defaults come from the settings classes of ``core/settings.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
 
-from ..core.errors import EmpanadaError
+from ..core.errors import EmpanadaError, InputError
 from ._common import (
     JobPanel,
     count_label,
@@ -32,7 +33,8 @@ from ._common import (
     watch_inputs,
 )
 from ._layout import dock
-from ._pickers import LayerPicker, ModelPicker, device_picker, preload_model
+from ._model_fit import FitTarget, ModelFit, model_words, run_model
+from ._pickers import AUTO, LayerPicker, ModelPicker, device_picker, preload_model
 
 MODES = ("stack", "ortho")
 
@@ -40,10 +42,11 @@ MODES = ("stack", "ortho")
 @dataclass
 class _Request:
     volume: Any
-    model: str
+    model: str  # "auto" until the Run knows which model fits best
     mode: str
     device: str
     out: Path | None
+    out_for: Callable[[str], Path | None]  # the zarr output of a model (its name is in it)
     resume: bool
     overwrite: bool
     scheduler: str | None
@@ -57,7 +60,8 @@ class Inference3DWidget(Container):
         "Segment a whole 3D volume into 3D objects: slice by slice along one axis (stack) "
         "or along all three axes with a vote (ortho-plane, slower, better at boundaries). "
         "Large volumes run block by block, optionally into an OME-Zarr on disk that can "
-        "be resumed."
+        "be resumed. Under the model, how well it fits this volume; 'auto' picks the model "
+        "that fits best."
     )
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -68,8 +72,9 @@ class Inference3DWidget(Container):
             label="image",
             tooltip="The EM volume to segment (greyscale, 3D).",
         )
-        self.model = ModelPicker()
+        self.model = ModelPicker(auto=True)
         self.device = device_picker()
+        self.fit = ModelFit(napari_viewer, self.image, self.model, self.device, ndim=(3, 4, 5))
         from ..core.settings import BlockSettings, OrthoSettings, StackSettings
 
         self.mode = ComboBox(choices=MODES, value="stack", label="mode")
@@ -116,6 +121,7 @@ class Inference3DWidget(Container):
             [
                 self.image,
                 self.model,
+                self.fit,
                 self.mode,
                 *stack_main,
                 *engine_main,
@@ -135,6 +141,7 @@ class Inference3DWidget(Container):
             self.jobs,
         )
         self.mode.changed.connect(self._on_mode)
+        self.fit.follow_runs(self.jobs)
         follow_model_settings(self.model, self.controls)
         preload_model(self.model, self.device)
         watch_inputs(self, napari_viewer)
@@ -163,14 +170,20 @@ class Inference3DWidget(Container):
             ),
         }
 
-    def _out_path(self) -> Path | None:
+    def _out_namer(self) -> Callable[[str], Path | None]:
+        """The zarr output of a model as the widget stands now (None: no output folder),
+        for "auto" to name once its model is known."""
         folder = str(self.out_dir.value or "").strip()
         if folder in ("", "."):
-            return None
+            return lambda model: None
         layer = self.image.value
         mode = self.mode.value if self.mode.value == "ortho" else f"stack_{self.axis.value}"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)
-        return Path(folder).expanduser() / f"{safe}_{self.model.value}_{mode}.zarr"
+        return lambda model: Path(folder).expanduser() / f"{safe}_{model}_{mode}.zarr"
+
+    def _out_path(self) -> Path | None:
+        # "auto" before its model is known: checked again when the Run knows it.
+        return self._out_namer()(self.model.chosen or self.model.value)
 
     def problem(self) -> str | None:
         """Why the current inputs cannot run, or None (reads no pixels)."""
@@ -181,7 +194,7 @@ class Inference3DWidget(Container):
                 if layer_array(layer).ndim == 2:
                     return f"Layer '{layer.name}' is 2D: use 2D Inference for single images."
             return problem
-        if self.model.value is None:
+        if not self.model.has_models():
             return "No model registered: add one in the Model Manager."
         if self.median_slices.value % 2 == 0:
             return "Median slices must be odd."
@@ -197,7 +210,7 @@ class Inference3DWidget(Container):
             if not out.parent.is_dir():
                 return f"Output folder {out.parent} does not exist."
             if out.exists() and not (self.resume.value or self.overwrite.value):
-                return f"{out.name} exists in the output folder: tick resume or overwrite."
+                return _exists(out)
         elif self.resume.value or scheduler:
             return "Resume and a dask scheduler need a zarr output folder."
         return None
@@ -212,6 +225,7 @@ class Inference3DWidget(Container):
             mode=self.mode.value,
             device=self.device.value,
             out=self._out_path(),
+            out_for=self._out_namer(),
             resume=bool(self.resume.value),
             overwrite=bool(self.overwrite.value),
             scheduler=self.scheduler.value.strip() or None,
@@ -222,12 +236,18 @@ class Inference3DWidget(Container):
         """Validate, then segment the volume in a worker thread."""
         if self.jobs.refuse(self.problem()):
             return
-        layer = self.image.value
+        layer, target = self.image.value, self.fit.target()
         req = self.request()
+
+        def job(progress, cancel):
+            if req.model == AUTO:
+                _choose(req, target)
+            return segment(req, progress, cancel)
+
         self.jobs.start(
-            lambda progress, cancel: segment(req, progress, cancel),
-            lambda labels: self._show(layer, req, labels),
-            description=f"Segmenting in 3D ({req.mode}) with {req.model}",
+            job,
+            lambda labels: self.fit.note(self._show(layer, req, labels), target, req.model),
+            description=f"Segmenting in 3D ({req.mode}) with {model_words(req.model)}",
             compute=True,
         )
 
@@ -258,6 +278,18 @@ class Inference3DWidget(Container):
         objects = dict(labels.attrs.get("empanada", {})).get("objects")
         found = f": {count_label(int(objects))}" if objects is not None else ""
         return f"Added '{name}'{found} (stored in {req.out})."
+
+
+def _exists(out: Path) -> str:
+    return f"{out.name} exists in the output folder: tick resume or overwrite."
+
+
+def _choose(req: _Request, target: FitTarget) -> None:
+    """(Compute thread.) Resolve "auto" into the best model, and name its zarr output."""
+    req.model = run_model(target, req.model)
+    req.out = req.out_for(req.model)
+    if req.out is not None and req.out.exists() and not (req.resume or req.overwrite):
+        raise InputError(_exists(req.out))
 
 
 def segment(req: _Request, progress, cancel):
