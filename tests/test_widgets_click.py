@@ -102,6 +102,7 @@ def test_a_click_on_an_object_says_its_id_and_replace_redraws_it(
     start = np.zeros(raw.shape, np.uint32)
     bad = ndi.binary_erosion(truth[z] == i, iterations=6)  # a poor outline of object i
     start[z][bad] = 7
+    start[z + 1][bad] = 7  # the same 3D object goes on in the next slice
     layer = viewer.add_labels(start.copy())
     w = _dock(viewer, image, layer)
     at = (z, *_deepest(truth[z] == i))
@@ -111,7 +112,8 @@ def test_a_click_on_an_object_says_its_id_and_replace_redraws_it(
     w.replace.value = True
     assert _click(qtbot, w, at)
     data = np.asarray(layer.data)
-    assert not (data == 7).any() and (data[z] == 8).sum() > bad.sum()
+    assert not (data[z] == 7).any() and (data[z] == 8).sum() > bad.sum()
+    assert np.array_equal(data[z + 1], start[z + 1])  # redrawn in the clicked plane only
     assert "replacing 7" in w.jobs.status.value
     layer.undo()
     assert np.array_equal(np.asarray(layer.data), start)

@@ -183,7 +183,7 @@ def test_3d_stack_real_crop(make_napari_viewer, qtbot, crop, truth):
     widget.jobs.run_button.clicked()
     wait_done(qtbot, widget)
     out = viewer.layers[-1]
-    assert out.name == "raw 3D stack xy"
+    assert out.name == "raw 3D stack xy Lucchi_Lite_v1"  # says which model made it
     assert type(out).__name__ == "Labels" and tuple(out.scale) == (5, 5, 5)
     labels = np.asarray(out.data)
     assert labels.shape == volume.shape and labels.dtype == np.uint32
@@ -198,7 +198,7 @@ def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
     import zarr
 
     viewer = make_napari_viewer()
-    viewer.add_image(crop[:4, 160:, 160:], name="raw")
+    viewer.add_image(crop[:4, 160:, 160:], name="raw", scale=(5, 5, 5))
     widget = open_widget(viewer, "3D Inference")
     widget.out_dir.value = tmp_path
     widget.min_size.value = 50
@@ -213,9 +213,23 @@ def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
     assert "empanada" in stored.attrs
     np.testing.assert_array_equal(np.asarray(out.data), stored[...])
     assert stored[...].max() > 0
-    # napari opens it again through the plugin's reader as a Labels layer.
+    assert out.name.endswith("Lucchi_Lite_v1")  # the result says which model made it
+    # Issue 38: the zarr-backed result can be edited in place, with undo, by the docks.
+    before = stored[...].copy()
+    label_id = int(before.max())
+    points = viewer.add_points([np.argwhere(before == label_id)[0]], scale=(5, 5, 5))
+    delete = open_widget(viewer, "Delete Labels")
+    delete.labels_layer.value, delete.points.value = out, points
+    delete()
+    wait_done(qtbot, delete)
+    assert "deleted" in delete.jobs.status.value, delete.jobs.status.value
+    assert not (zarr.open_array(str(path), mode="r")[...] == label_id).any()  # on disk
+    out.undo()
+    np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], before)
+    # napari opens it again through the plugin's reader as a Labels layer, at its voxel size.
     layers = viewer.open(path, plugin=PLUGIN)
     assert type(layers[0]).__name__ == "Labels"
+    assert tuple(layers[0].scale) == (5, 5, 5)
     np.testing.assert_array_equal(np.asarray(layers[0].data), stored[...])
     # Running again into the same folder asks for resume/overwrite first.
     assert "exists" in widget.problem()
@@ -287,7 +301,7 @@ def test_3d_passes_every_parameter_to_the_chunked_driver(
     assert inference.confidence_thr == 0.3 and stack.median_slices == 3
     assert stack.min_size == 500 and stack.min_extent == 5
     assert kwargs["cancel"] is not None
-    assert viewer.layers[-1].name == "t 3D ortho"
+    assert viewer.layers[-1].name == "t 3D ortho Lucchi_Lite_v1"
     assert viewer.layers[-1].metadata["empanada"]["model"] == "Lucchi_Lite_v1"
     assert widget.jobs.progress.value == widget.jobs.progress.max == 2
 

@@ -191,7 +191,7 @@ def test_auto_in_3d_names_the_zarr_output_after_the_chosen_model(
 def test_a_dock_closed_while_its_fit_is_estimated_is_left_alone(
     make_napari_viewer, qtbot, background, calls, lucchi
 ):
-    from empanada_napari.widgets._common import compute_executor
+    from empanada_napari.widgets._jobs import compute_executor
 
     viewer = make_napari_viewer()
     viewer.add_image(lucchi, name="raw")

@@ -1,6 +1,6 @@
 """Docks load their model in the background when they open (issue 19: a first click does not
 wait for the model), never download one, and a Run during the load still works; every job
-that runs a model, and the preloading, run in one thread (widgets/_common.compute_executor)."""
+that runs a model, and the preloading, run in one thread (widgets/_jobs.compute_executor)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_model_jobs_and_preloading_share_one_thread(
 def test_a_job_waits_for_the_running_one_and_can_be_cancelled_meanwhile(qtbot):
     import threading
 
-    from empanada_napari.widgets._common import JobPanel
+    from empanada_napari.widgets._jobs import JobPanel
 
     started, release, ran = threading.Event(), threading.Event(), []
     first, second = JobPanel("first", lambda: None), JobPanel("second", lambda: None)

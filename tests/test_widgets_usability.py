@@ -112,9 +112,9 @@ def test_buttons_keep_their_size_and_progress_reaches_the_activity_dock(
         return bar
 
     monkeypatch.setattr(napari.utils, "progress", recording)
-    from empanada_napari.widgets import _common
+    from empanada_napari.widgets import _jobs
 
-    monkeypatch.setattr(_common, "ACTIVITY_AFTER_S", 0.0)  # this quick job shows there too
+    monkeypatch.setattr(_jobs, "ACTIVITY_AFTER_S", 0.0)  # this quick job shows there too
     viewer = make_napari_viewer(show=True)
     viewer.add_image(crop, name="raw")
     widget = open_widget(viewer, "2D Inference (Parameter Testing)")
@@ -182,15 +182,15 @@ def test_only_jobs_that_run_long_show_in_the_activity_dock(qtbot, monkeypatch):
 
     import napari.utils
 
-    from empanada_napari.widgets import _common
+    from empanada_napari.widgets import _jobs
 
     bars = []
     original = napari.utils.progress
     monkeypatch.setattr(
         napari.utils, "progress", lambda *a, **k: bars.append(original(*a, **k)) or bars[-1]
     )
-    monkeypatch.setattr(_common, "ACTIVITY_AFTER_S", 0.5)
-    panel = _common.JobPanel("Run", lambda: None)
+    monkeypatch.setattr(_jobs, "ACTIVITY_AFTER_S", 0.5)
+    panel = _jobs.JobPanel("Run", lambda: None)
     panel.start(lambda progress, cancel: progress(1, 1), lambda _: "quick")
     qtbot.waitUntil(lambda: not panel.busy)
     assert bars == [] and panel.status.value == "quick"

@@ -3,7 +3,7 @@
 
 The fit is the agreement of the model's four flipped views on a few sampled regions
 (:func:`~empanada_napari.core.quality.estimate_quality`, seconds on a CPU). It is estimated
-in the plugin's compute thread (:func:`~._common.compute_executor`) when the image or the
+in the plugin's compute thread (:func:`~._jobs.compute_executor`) when the image or the
 model changes, and cached per (image data, model): a second look, or a Run, costs nothing.
 A Run never waits for an estimate that has not started (it goes first, the estimate after
 it); one that waits on "auto" scores the models itself, as it must know which one to use.
@@ -24,7 +24,8 @@ from qtpy.QtWidgets import QSizePolicy
 
 from ..core.errors import EmpanadaError
 from ..core.quality import UNSURE_BELOW
-from ._common import compute_busy, compute_executor, image_problem, layer_array, leading_index
+from ._common import image_problem, layer_array, leading_index
+from ._jobs import compute_busy, compute_executor
 from ._pickers import AUTO, background_enabled
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from magicgui.widgets import ComboBox
 
     from ..core.quality import QualityEstimate
-    from ._common import JobPanel
+    from ._jobs import JobPanel
     from ._pickers import LayerPicker, ModelPicker
 
 logger = logging.getLogger(__name__)

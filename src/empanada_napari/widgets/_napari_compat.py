@@ -102,6 +102,12 @@ def record_edit(layer: napari.layers.Labels, box: Box, old: np.ndarray, new: np.
             "this napari version cannot record edits of zarr or dask labels for undo: "
             "load the labels into memory (numpy) to proofread them"
         )
+    try:
+        layer.data[box] = new
+    except Exception as err:  # a read-only store: said in the dock, nothing recorded
+        raise EmpanadaError(
+            f"could not write into '{layer.name}' ({type(err).__name__}: {err}); nothing "
+            "changed. Open the labels writable (or load them into memory) to edit them."
+        ) from err
     save((box, old, new))
-    layer.data[box] = new
     layer.refresh()

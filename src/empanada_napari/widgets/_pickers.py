@@ -13,7 +13,7 @@ from magicgui.widgets import ComboBox
 from qtpy.QtCore import QObject, Signal
 
 from ..core.errors import EmpanadaError
-from ._common import compute_executor
+from ._jobs import compute_executor
 
 logger = logging.getLogger(__name__)
 #: Set to 0 to open docks without model work in the background (the tests do): neither

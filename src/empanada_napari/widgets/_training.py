@@ -15,7 +15,8 @@ from magicgui.widgets import Container, FileEdit, Label, LineEdit
 
 from ..core.errors import EmpanadaError
 from ..core.settings import setting_fields, tooltip
-from ._common import JobPanel, settings_controls, settings_values, watch_inputs
+from ._common import settings_controls, settings_values, watch_inputs
+from ._jobs import JobPanel
 from ._layout import collapsible, dock
 from ._pickers import device_picker, select_model
 

@@ -13,8 +13,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select
 from napari.layers import Image, Labels
 
 from ..core.io import export_array, slice_count
-from ._common import JobPanel, layer_array
+from ._common import layer_array
 from ._io import safe_name
+from ._jobs import JobPanel
 from ._layout import dock
 
 if TYPE_CHECKING:

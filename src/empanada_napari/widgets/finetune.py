@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container
 
 from ..core.settings import FINETUNE, TrainSettings
-from ._common import JobPanel, settings_controls
+from ._common import settings_controls
+from ._jobs import JobPanel
 from ._pickers import ModelPicker
 from ._training import UNFREEZE, LivePlot, RunControls, dock, run_training, watch
 

@@ -15,7 +15,6 @@ from magicgui.widgets import ComboBox, Container
 from ..core.errors import InputError
 from ._common import (
     NEW_LAYER,
-    JobPanel,
     count_label,
     engine_controls,
     engine_params,
@@ -28,6 +27,7 @@ from ._common import (
     watch_inputs,
     write_into_labels,
 )
+from ._jobs import JobPanel
 from ._layout import dock
 from ._model_fit import ModelFit, model_words, run_model
 from ._pickers import LayerPicker, ModelPicker, device_picker, preload_model

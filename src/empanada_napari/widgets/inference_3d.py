@@ -18,7 +18,6 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, 
 
 from ..core.errors import EmpanadaError, InputError
 from ._common import (
-    JobPanel,
     count_label,
     engine_controls,
     engine_params,
@@ -32,6 +31,7 @@ from ._common import (
     split_advanced,
     watch_inputs,
 )
+from ._jobs import JobPanel
 from ._layout import dock
 from ._model_fit import FitTarget, ModelFit, model_words, run_model
 from ._pickers import AUTO, LayerPicker, ModelPicker, device_picker, preload_model
@@ -260,6 +260,7 @@ class Inference3DWidget(Container):
             labels = labels.reshape((1,) * len(lead) + labels.shape)
         ndim = labels.ndim if isinstance(labels, np.ndarray) else 3
         offset = (*lead, 0, 0, 0) if ndim > 3 else ()
+        name = f"{name} {req.model}"  # which model made it, as docs/widgets says
         provenance = {
             "image": layer.name,
             "model": req.model,
@@ -267,17 +268,35 @@ class Inference3DWidget(Container):
             "output": str(req.out) if req.out else None,
             "settings": {k: v.to_dict() for k, v in req.settings.items()},
         }
+        placed = place_like(layer, ndim, offset)
+        if not isinstance(labels, np.ndarray):
+            labels = _editable_store(req.out, placed)
         self.viewer.add_labels(
             labels,
             name=name,
             metadata={"empanada": provenance},
-            **place_like(layer, ndim, offset),
+            **placed,
         )
         if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
             return f"Added '{name}': {count_label(int(labels.max(initial=0)))}."
         objects = dict(labels.attrs.get("empanada", {})).get("objects")
         found = f": {count_label(int(objects))}" if objects is not None else ""
         return f"Added '{name}'{found} (stored in {req.out})."
+
+
+def _editable_store(out: Path, placed: dict[str, Any]) -> Any:
+    """The zarr result opened for writing, with the image's voxel size recorded in it: the
+    proofreading docks edit it in place (with undo), and the plugin's reader gives the scale
+    back when it is reopened."""
+    import zarr
+
+    array = zarr.open_array(str(out), mode="r+")
+    meta = dict(array.attrs.get("empanada", {}))
+    meta.update({k: [v if k == "units" else float(v) for v in placed[k]] for k in placed})
+    if "units" in meta:
+        meta["units"] = [str(u) for u in meta["units"]]
+    array.attrs["empanada"] = meta
+    return array
 
 
 def _exists(out: Path) -> str:

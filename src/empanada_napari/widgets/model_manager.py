@@ -14,7 +14,8 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, Pus
 
 from ..core.errors import EmpanadaError
 from ..core.jobs import check_cancelled
-from ._common import JobPanel, notify_info
+from ._common import notify_info
+from ._jobs import JobPanel
 from ._layout import dock
 from ._pickers import ModelPicker
 

@@ -14,7 +14,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from ..core.errors import EmpanadaError
-from ._common import PATCHES_META, JobPanel, image_problem, layer_array, watch_inputs
+from ._common import PATCHES_META, image_problem, layer_array, watch_inputs
+from ._jobs import JobPanel
 from ._patch_nav import PatchNavigator, outlines
 from ._pickers import LayerPicker, ModelPicker, device_picker
 from ._training import dock

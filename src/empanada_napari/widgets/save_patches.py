@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit
 
-from ._common import JobPanel, watch_inputs
+from ._common import watch_inputs
 from ._io import safe_name
+from ._jobs import JobPanel
 from ._pickers import LayerPicker
 from ._training import dock
 from .pick_patches import META

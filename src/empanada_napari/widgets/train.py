@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, LineEdit
 
-from ._common import JobPanel
+from ._jobs import JobPanel
 from ._training import LivePlot, RunControls, dock, run_training, watch
 
 if TYPE_CHECKING:

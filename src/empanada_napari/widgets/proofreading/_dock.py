@@ -12,7 +12,8 @@ from magicgui.widgets import Container, Label, PushButton
 from ...core import jobs
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
-from .._common import PATCHES_META, JobPanel, notify_error, notify_info, watch_inputs
+from .._common import PATCHES_META, notify_error, notify_info, watch_inputs
+from .._jobs import JobPanel
 from .._layout import dock
 from .._pickers import LayerPicker
 from ._tracking import LayerJob

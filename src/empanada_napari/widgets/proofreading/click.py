@@ -26,11 +26,12 @@ from ._tracking import LayerJob
 if TYPE_CHECKING:
     import napari
 
-#: Intensity range per image layer (uint8: fixed; others: read once per layer).
+#: Intensity range per image layer (uint8: fixed; others: read once per layer, in a worker).
 _RANGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _value_range(layer: Any, data: Any) -> tuple[float, float]:
+    """The image's intensity range, read once per layer (and again when its data change)."""
     cached = _RANGES.get(layer)
     if cached is not None and cached[0] is data:
         return cached[1]
@@ -174,15 +175,18 @@ class ClickToAdd(ProofreadDock):
         if data.ndim not in (2, 3):
             raise InputError(f"'{image.name}' has {data.ndim} axes; clicks work on 2D or 3D images")
         lead_i = tuple(pi[: data.ndim - 2])
-        value_range = _value_range(image, data)
         model, device = self.model.value, self.device.value
         point = (*lead_i, *pi[-2:])
-        replace_with = (under, self._fixed(layer, pl)) if under else None
+        # Replacing redraws the outline in the clicked plane; followed through the slices,
+        # the new object replaces the old one wherever the mode says.
+        plane = {a: pl[a] for a in range(layer.ndim - 2)}
+        replace_with = (under, self._fixed(layer, pl) if follow else plane) if under else None
         shift = _shift(pi, pl, layer.ndim, offset)
 
         def work(index, progress, cancel):
             from ...core.proofread.prompts import Prompter
 
+            value_range = _value_range(image, data)  # read here: a volume's sample is slow
             prompter = Prompter(model, device)
             if follow:
                 found = prompter.follow(data, point, value_range=value_range, progress=progress,
@@ -246,7 +250,6 @@ class ClickToAdd(ProofreadDock):
             boxes = _rectangles(self.viewer, shapes, image)
             offset = _grid_offset(image, layer)
             data = image.data[0] if getattr(image, "multiscale", False) else image.data
-            value_range = _value_range(image, data)
             here = np.asarray(self.viewer.dims.point, float)
             pi = np.round(image.world_to_data(here)).astype(int)
             pl = np.round(layer.world_to_data(here)).astype(int)
@@ -259,6 +262,7 @@ class ClickToAdd(ProofreadDock):
         def work(index, progress, cancel):
             from ...core.proofread.prompts import Prompter
 
+            value_range = _value_range(image, data)
             prompter = Prompter(model, device)
             founds = []
             for k, box in enumerate(boxes):
