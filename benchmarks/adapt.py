@@ -155,7 +155,7 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
         stack_patches,
     )
     from empanada_napari.core.training.effort import correction_effort, total_effort
-    from empanada_napari.core.training.layout import picked_places
+    from empanada_napari.core.training.manifest import picked_places
 
     pick_raw, pick_bin, val_raw, val_bin, _ = parts
     truth = truth_instances(pick_bin)

@@ -152,7 +152,7 @@ def test_manifest_records_rounds_and_effort_and_upgrades_old_manifests(tmp_path,
     import csv
 
     from empanada_napari.core.training.effort import correction_effort
-    from empanada_napari.core.training.layout import MANIFEST_FIELDS, picked_places
+    from empanada_napari.core.training.manifest import MANIFEST_FIELDS, picked_places
 
     images, masks = pairs
     root = tmp_path / "ds"

@@ -1,22 +1,16 @@
-"""Every user-facing setting of inference, defined once: default, limits, help, CLI flag, label.
+"""Every user-facing setting, defined once: default, limits, help, CLI flag, widget label.
 
-Four frozen dataclasses carry the settings end to end, from the CLI or a widget to a dask
-worker, without changing form:
-
-* :class:`InferenceSettings`: the 2D engine (each slice on its own),
-* :class:`StackSettings`: 3D stack mode (2D objects linked slice to slice along one axis),
-* :class:`OrthoSettings`: ortho-plane consensus of the xy, xz and yz stacks,
-* :class:`BlockSettings`: how a large volume is cut into blocks and stitched back.
-
-Each field's metadata (see :func:`setting`) holds its help text in words a biologist uses, its
-CLI flag and its widget label; the CLI (:mod:`empanada_napari.cli`) and the widgets build their
-options from it, so a default or a help text changes in this file only. Settings validate
-themselves on construction (an invalid object cannot exist) and raise
-:class:`~empanada_napari.core.errors.InputError` naming the setting.
-
-The public functions also take the fields as flat keyword arguments
+Frozen dataclasses carry the settings end to end, from the CLI or a widget to a dask worker:
+:class:`InferenceSettings` (the 2D engine), :class:`StackSettings` (3D stack mode),
+:class:`OrthoSettings` (ortho-plane consensus), :class:`BlockSettings` (volumes cut into blocks)
+and :class:`TrainSettings` (finetuning and training, with the presets :data:`FINETUNE` and
+:data:`TRAIN`). Each field's metadata (:func:`setting`) holds its help in words a biologist
+uses, its CLI flag and its widget label; the CLI and the widgets build their options from it,
+so a default or a help text changes in this file only. Settings validate themselves on
+construction and raise :class:`~empanada_napari.core.errors.InputError` naming the setting.
+The public functions also take the inference fields as flat keyword arguments
 (``segment_volume(image, min_size=5000)``); :func:`resolve` sorts them into their classes once,
-at that boundary. Field names are unique across the four classes so that this is unambiguous.
+at that boundary (field names are unique across those classes).
 """
 
 from __future__ import annotations

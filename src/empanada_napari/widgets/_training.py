@@ -192,7 +192,7 @@ class RunControls:
 
     def _describe(self, *_: Any) -> None:
         """Say which round of the loop the chosen dataset is at (from its manifest)."""
-        from ..core.training.layout import describe_loop
+        from ..core.training.manifest import describe_loop
 
         folders = [f for f in self.folders() if f.is_dir()]
         try:

@@ -194,7 +194,7 @@ class PickPatchesWidget(Container):
         folder = str(self.skip_saved.value or "").strip()
         if folder in ("", "."):
             return []
-        from ..core.training.layout import picked_places
+        from ..core.training.manifest import picked_places
 
         return picked_places(folder, layer.name)
 

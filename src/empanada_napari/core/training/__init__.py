@@ -19,12 +19,12 @@ from .layout import (
     find_pairs,
     is_dataset,
     read_dataset,
-    read_manifest,
     save_patches,
     write_dataset,
 )
 from .loops import finetune, load_encoder_weights, train
 from .loss import LossWeights, PanopticLoss
+from .manifest import read_manifest
 from .patches import Patch, doubt_maps, patch_masks, pick_patches, stack_patches
 from .runner import TrainingCancelled, TrainSettings, validate_model
 from .store import TrainingData, load_training_data
