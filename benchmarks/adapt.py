@@ -201,13 +201,16 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
             seed=seed,
         )
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        # --grow-iterations: the same number of steps per patch in every round (300 steps
+        # of 4 see 16 patches 75 times each, 48 patches only 25 times).
+        steps = args.iterations * (r if args.grow_iterations else 1)
         result = finetune(
-            model,
+            args.model if args.from_start else model,
             data.dataset,
             name=f"adapt-{strategy}-{seed}-r{r}",
             output_dir=models,
             register=False,
-            iterations=args.iterations,
+            iterations=steps,
             batch_size=args.batch_size,
             lr=args.lr,
             seed=seed,
@@ -414,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rounds", type=int, default=1, help="rounds of the loop (pick again with the new model)"
     )
+    p.add_argument(
+        "--grow-iterations",
+        action="store_true",
+        help="round r trains r x --iterations steps (the same steps per patch every round)",
+    )
+    p.add_argument(
+        "--from-start",
+        action="store_true",
+        help="every round finetunes the start model on all patches (picks use the last model)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.patches, args.patch_size, args.train_size = 2, 96, 96
@@ -439,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         "unfreeze": args.unfreeze,
         "train_encoder": not (args.freeze_encoder or bool(args.unfreeze)),
         "rounds": args.rounds,
+        "grow_iterations": args.grow_iterations,
+        "from_start": args.from_start,
     }
     write_result(
         args.json,

@@ -709,3 +709,14 @@ def test_measure_column_titles_and_csv(crop, tmp_path):
     first = (tmp_path / "t.csv").read_text(encoding="utf-8").splitlines()[1]
     table_to_csv(table, tmp_path / "k.csv")  # keys by default; same rows
     assert (tmp_path / "k.csv").read_text().splitlines()[1] == first
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.int64, np.uint64])
+def test_has_ids_equals_isin(dtype):
+    from empanada_napari.core.proofread._boxes import has_ids
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 40, size=(6, 30, 30)).astype(dtype)
+    for ids in ([0], [3, 7], [3, 300, -1], list(range(0, 40, 2)), np.array([5], np.int64)):
+        expected = np.isin(values.astype(np.int64), np.asarray(ids, np.int64))
+        assert np.array_equal(has_ids(values, ids), expected)

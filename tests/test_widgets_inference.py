@@ -340,3 +340,75 @@ def test_docks_take_a_models_tuned_settings_and_keep_the_users_own(make_napari_v
     w2d.model.value = "Lucchi_Lite_v1"
     assert w2d.confidence_thr.value == defaults.confidence_thr and w2d.min_area.value == 0
     assert w2d.center_confidence_thr.value == 0.15
+
+
+def test_3d_region_of_slices_and_a_rectangle_lands_in_place(
+    make_napari_viewer, qtbot, crop, tmp_path, monkeypatch
+):
+    """Issue 38: a slice range and a Shapes rectangle segment only that region, placed at its
+    offset and scale; the output is named after the region; the block memory is shown."""
+    from empanada_napari.core.inference.chunked import segment_volume
+    from empanada_napari.widgets._region import RECTANGLE
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(crop, name="raw", scale=(5, 5, 5), translate=(0, 100, 0))
+    shapes = viewer.add_shapes(
+        [np.array([[64, 96], [64, 288], [256, 288], [256, 96]]) * 5.0 + [100, 0]],
+        shape_type="rectangle",
+        ndim=2,
+    )
+    widget = open_widget(viewer, "3D Inference")
+    widget.image.value = layer
+    widget.region.first.value, widget.region.last.value = 2, 7
+    widget.region.area.value = RECTANGLE
+    widget.region.shapes.value = shapes
+    widget.out_dir.value = tmp_path
+    widget.min_size.value = 50
+    widget.min_extent.value = 2
+    assert widget.problem() is None
+    assert widget.plan.value == "region z 2-7, y 64-255, x 96-287: one block"
+    widget.run()
+    wait_done(qtbot, widget)
+    out = viewer.layers[-1]
+    assert out.name.endswith("z2-7_y64-255_x96-287"), out.name
+    assert tuple(out.scale) == (5, 5, 5)
+    assert tuple(out.translate) == (10, 100 + 64 * 5, 96 * 5)
+    path = tmp_path / "raw_Lucchi_Lite_v1_stack_xy_z2-7_y64-255_x96-287.zarr"
+    assert path.exists() and out.data.shape == (6, 192, 192)
+    expected = segment_volume(crop[2:8, 64:256, 96:288], "default", min_size=50, min_extent=2)
+    assert expected.max() > 0 and same_partition(np.asarray(out.data), expected)
+    assert out.metadata["empanada"]["region"] == [[2, 8], [64, 256], [96, 288]]
+    assert 10 <= viewer.dims.point[0] <= 35  # the viewer went to the region (slices 2-7)
+    # An empty region is refused before anything runs; a smaller block memory cuts blocks.
+    widget.region.first.value, widget.region.last.value = 20, 0
+    assert "past the volume's last slice" in widget.problem()
+    widget.region.first.value = 0
+    widget.region.area.value = "whole planes"
+    from empanada_napari.core.inference.blocks import plan
+
+    monkeypatch.setattr(plan, "SINGLE_BLOCK_VOXELS", 0)  # else this small crop is one block
+    monkeypatch.setattr(plan, "BYTES_PER_VOXEL", {"stack": 240, "ortho": 880})  # and fits
+    widget.memory_gb.value = 0.1
+    assert "blocks of" in widget.plan.value, widget.plan.value
+    assert widget.settings()["blocks"].memory_gb == 0.1
+
+
+def test_3d_region_of_the_view_on_screen(make_napari_viewer, qtbot, crop):
+    """Issue 38: 'view on screen' is what the canvas shows of the image (zoomed in on a
+    corner: that corner), refused in the 3D view."""
+    from empanada_napari.widgets._region import VIEW
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    widget.region.area.value = VIEW
+    camera = viewer.camera
+    camera.zoom = 8.0
+    camera.center = (0, 60, 70)
+    qtbot.waitUntil(lambda: np.asarray(layer.corner_pixels)[1, -1] < 300, timeout=5000)
+    box = widget.region.box(layer, crop.shape)
+    assert box is not None and box[0] == slice(0, 16)
+    (y0, y1), (x0, x1) = (box[1].start, box[1].stop), (box[2].start, box[2].stop)
+    assert y0 <= 60 < y1 and x0 <= 70 < x1 and y1 - y0 < 200 and x1 - x0 < 200
+    viewer.dims.ndisplay = 3
+    assert "2D view" in widget.problem()

@@ -227,7 +227,8 @@ def test_every_control_has_a_tooltip_and_is_in_the_help(make_napari_viewer, name
     monkeypatch.setenv("EMPANADA_NAPARI_PRELOAD", "0")
     viewer = make_napari_viewer()
     widget = open_widget(viewer, name)
-    parts = [widget.form] + ([widget.advanced_section._inner] if widget.advanced_section else [])
+    parts = [widget.form, widget.jobs]
+    parts += [widget.advanced_section._inner] if widget.advanced_section else []
     controls = [c for part in parts for c in _controls(list(part)) if not isinstance(c, Label)]
     missing = [c.label or c.name for c in controls if not (c.tooltip or "").strip()]
     assert not missing, missing

@@ -306,6 +306,7 @@ def _segment(args) -> int:
         )
     finally:
         bar.close()
+    _record_placement(args, output, image.ndim)
     print(
         json.dumps(
             {
@@ -325,6 +326,20 @@ def _segment(args) -> int:
     if args.sample:  # first run from the README: say how to look at the result
         print(f"open it with: napari {shlex.join([args.input, str(output)])}", file=sys.stderr)
     return 0
+
+
+def _record_placement(args, output: Path, ndim: int) -> None:
+    """Give a zarr output the input's voxel size (OME-Zarr, ImageJ TIFF), so that the
+    plugin's reader places the result on its image."""
+    if output.suffix.lower() != ".zarr":
+        return
+    import zarr
+
+    from .core.placement import read_placement, record_placement
+
+    placement = read_placement(args.input, ndim, args.key)
+    if placement:
+        record_placement(zarr.open_array(str(output), mode="r+"), placement)
 
 
 def _check_mode_options(args) -> None:
@@ -392,6 +407,7 @@ def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
         bar.close()
     if to_zarr:
         objects = int(labels.attrs["empanada"]["objects"])
+        _record_placement(args, output, image.ndim)
     else:
         write_labels(output, labels, overwrite=args.overwrite)
         objects = int(labels.max())

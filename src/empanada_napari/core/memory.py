@@ -91,6 +91,16 @@ def reuse_freed_memory() -> Iterator[bool]:
                 lib.malloc_trim(0)
 
 
+def return_free_memory() -> None:
+    """Hand the heap's free memory back to the kernel now (glibc; elsewhere nothing), unless
+    a job is keeping it for reuse. An edit of a big labels layer frees boxes of tens of MB
+    that glibc may keep in the heap between holes: without this, resident memory rose about
+    0.3 GB per delete on a 256 x 768 x 1024 result although nothing was kept."""
+    lib = _glibc()
+    if lib is not None and _active == 0:
+        lib.malloc_trim(0)
+
+
 def _idle_trim_threshold() -> int:
     """``MALLOC_TRIM_THRESHOLD_`` from the environment when set (glibc read it at start),
     else :data:`IDLE_TRIM_THRESHOLD`."""

@@ -343,6 +343,14 @@ class BlockSettings(SettingsBase):
         "none: 8,32,32 along the stack axis (stack) or 16 (ortho).",
         advanced=True,
     )
+    memory_gb: float | None = setting(
+        None,
+        "Working memory one block may use (GB) when the block shape is chosen "
+        "automatically; none: half this computer's RAM (on a cluster, a worker's share). "
+        "The 3D dock sets it lower, as napari shares the memory.",
+        minimum=0.1,
+        advanced=True,
+    )
     face_link_iou: float = setting(
         0.5,
         "Objects of neighbouring blocks are the same when their IoU in the shared region is "
@@ -376,6 +384,13 @@ class BlockSettings(SettingsBase):
             low = 1 if name == "chunks" else 0
             check(all(v >= low for v in value), f"{name} must be >= {low}, got {value}")
             object.__setattr__(self, name, value)
+        if self.memory_gb is not None:
+            check(
+                isinstance(self.memory_gb, numbers.Real)
+                and not isinstance(self.memory_gb, bool)
+                and 0.1 <= float(self.memory_gb) < 1e6,
+                f"memory_gb must be at least 0.1 (GB), got {self.memory_gb!r}",
+            )
         check_fraction(self, "face_link_iou", low_open=True)
         check_fraction(self, "face_link_ioa", low_open=True)
 

@@ -38,27 +38,28 @@ def dock(
     extra: tuple = (),
 ) -> None:
     """Lay ``widget`` out as a scroll area holding the ``main`` controls, a collapsed
-    "Advanced options" section (when ``advanced`` is not empty), ``extra`` Qt widgets (a plot)
-    and the job panel. Changes of any control are re-emitted as ``widget.changed`` (for
+    "Advanced options" section (when ``advanced`` is not empty) and ``extra`` Qt widgets (a
+    plot), above the job panel, which stays in view under the scroll area: on a 768 px
+    screen the 3D dock's Run, Cancel, progress and status were below the fold (issue 38).
+    Changes of any control are re-emitted as ``widget.changed`` (for
     :func:`~._common.watch_inputs`)."""
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QFrame, QScrollArea
 
     Container.__init__(widget, widgets=[], labels=False)
-    inner = Container(widgets=[*main, jobs])
+    inner = Container(widgets=list(main))
     parts = [inner]
     layout = inner.native.layout()
-    widget.help_button = _help_button(widget, [*main, *advanced])
+    widget.help_button = _help_button(widget, [*main, *advanced, jobs])
     layout.insertWidget(0, widget.help_button, 0, Qt.AlignmentFlag.AlignRight)
-    index = layout.count() - 1  # the job panel is the last row (wrapped in a labelled row)
     items = list(extra)
     widget.advanced_section = None
     if advanced:
         widget.advanced_section = collapsible("Advanced options", advanced)
         items.insert(0, widget.advanced_section)
         parts.append(widget.advanced_section._inner)
-    for offset, item in enumerate(items):
-        layout.insertWidget(index + offset, item)
+    for item in items:
+        layout.addWidget(item)
     layout.addStretch(1)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
@@ -70,6 +71,7 @@ def dock(
     bar = scroll.verticalScrollBar().sizeHint().width()
     scroll.setMinimumWidth(min(MAX_MIN_WIDTH, inner.native.sizeHint().width() + bar + 4))
     widget.native.layout().addWidget(scroll)
+    widget.native.layout().addWidget(jobs.native)
     widget.native.layout().setContentsMargins(0, 0, 0, 0)
     widget.form, widget.scroll_area = inner, scroll
     for part in parts:

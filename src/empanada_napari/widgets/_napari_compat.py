@@ -8,9 +8,10 @@ Proofreading needs two things napari offers no public API for:
   compared with the one seen last. Without it (a future napari), :func:`undo_items` returns
   None and callers rebuild their index instead of updating it.
 * **Writing a box of a zarr or dask layer as one undo step.** The public ``data_setitem``
-  needs n-d fancy indexing, which dask lacks and zarr does slowly, so a ``(box, old, new)``
-  atom goes through ``_save_history``: napari replays it with basic slicing, as it does its
-  own mask atoms. numpy layers use ``data_setitem``.
+  needs n-d fancy indexing, which dask lacks and zarr does slowly, so a masked atom (the
+  box, the changed voxels, their values before and after) goes through ``_save_history``:
+  napari replays it with basic slicing, as it does its own paint atoms. numpy layers use
+  ``data_setitem``.
 
 It also hides one public API that moved: the viewer's camera (:func:`camera`).
 
@@ -103,11 +104,48 @@ def record_edit(layer: napari.layers.Labels, box: Box, old: np.ndarray, new: np.
             "load the labels into memory (numpy) to proofread them"
         )
     try:
-        layer.data[box] = new
+        _write_changed(layer.data, box, new, changed)
     except Exception as err:  # a read-only store: said in the dock, nothing recorded
         raise EmpanadaError(
             f"could not write into '{layer.name}' ({type(err).__name__}: {err}); nothing "
             "changed. Open the labels writable (or load them into memory) to edit them."
         ) from err
-    save((box, old, new))
+    save(_atom(box, old, new, changed))
     layer.refresh()
+
+
+def _atom(box: Box, old: np.ndarray, new: np.ndarray, changed: np.ndarray) -> Any:
+    """The undo step of a box edit, as compact as napari replays it: a masked atom holding
+    the changed voxels only (a delete on a big volume keeps a bit per voxel of the box and
+    the deleted values, not two copies of the box); ``(box, old, new)`` where napari has no
+    masked atoms. napari replays a masked atom with basic slicing, also on zarr and dask."""
+    from napari.layers.labels import labels as module
+
+    masked = getattr(module, "_MaskedPaintAtom", None)
+    if masked is None:
+        return (box, old, new)
+    if changed.all():
+        return masked(box, None, old, new)
+    # ``new_value`` is one label for napari's own paint; an array of the changed voxels'
+    # values replays the same (``region[mask] = new_value``).
+    return masked(box, changed, old[changed], new[changed])
+
+
+def _write_changed(data: Any, box: Box, new: np.ndarray, changed: np.ndarray) -> None:
+    """Write ``new`` into ``data[box]``, skipping the storage chunks where nothing changes
+    (each chunk written is read, merged and compressed again by zarr)."""
+    chunks = getattr(data, "chunks", None)
+    if not isinstance(chunks, tuple) or not all(isinstance(c, int) for c in chunks):
+        data[box] = new  # dask's chunks are tuples of tuples: one write
+        return
+    edges = []
+    for s, c in zip(box, chunks, strict=True):
+        inner = list(range((s.start // c + 1) * c, s.stop, c))
+        edges.append(list(zip([s.start, *inner], [*inner, s.stop], strict=True)))
+    for piece in np.ndindex(*(len(e) for e in edges)):
+        sub = tuple(slice(*edges[a][i]) for a, i in enumerate(piece))
+        local = tuple(
+            slice(p.start - b.start, p.stop - b.start) for p, b in zip(sub, box, strict=True)
+        )
+        if changed[local].any():
+            data[sub] = new[local]

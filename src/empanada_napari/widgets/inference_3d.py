@@ -14,9 +14,19 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    SpinBox,
+)
 
 from ..core.errors import EmpanadaError, InputError
+from ..core.inference.region import box_suffix, box_text
 from ._common import (
     count_label,
     engine_controls,
@@ -35,6 +45,7 @@ from ._jobs import JobPanel
 from ._layout import dock
 from ._model_fit import FitTarget, ModelFit, model_words, run_model
 from ._pickers import AUTO, LayerPicker, ModelPicker, device_picker, preload_model
+from ._region import RegionControls
 
 MODES = ("stack", "ortho")
 
@@ -51,6 +62,8 @@ class _Request:
     overwrite: bool
     scheduler: str | None
     settings: dict[str, Any]  # settings objects by name (inference, stack, ortho, blocks)
+    full: Any = None  # the whole volume when ``volume`` is a region of it
+    region: tuple[slice, ...] | None = None  # the region of the volume, None: all of it
 
 
 class Inference3DWidget(Container):
@@ -112,6 +125,20 @@ class Inference3DWidget(Container):
         self.chunks.tooltip = BlockSettings.__dataclass_fields__["chunks"].metadata["help"]
         self.halo.tooltip = BlockSettings.__dataclass_fields__["halo"].metadata["help"]
         self.resume.tooltip = "Finish an interrupted run into the same zarr output."
+        from ..core.inference.blocks.plan import interactive_memory_gb
+
+        self.memory_gb = FloatSpinBox(
+            value=interactive_memory_gb(), min=0.1, max=10**5, step=0.5, label="block memory (GB)"
+        )
+        self.memory_gb.tooltip = (
+            "Working memory one block may use: volumes whose run needs more are cut into "
+            "blocks (a little slower: blocks overlap). The default, a sixteenth of this "
+            "computer's memory (at least 1 GB), leaves napari and your other layers room; the "
+            "command line uses half. A chunk size set below overrides it."
+        )
+        self.plan = Label(value="")
+        self.plan.native.setWordWrap(True)
+        self.region = RegionControls(napari_viewer)
         self.overwrite.tooltip = "Replace an existing output (kept until the new one is done)."
         self.jobs = JobPanel("Run 3D inference", self.run)
         engine_main, engine_advanced = split_advanced(self.controls)
@@ -126,7 +153,10 @@ class Inference3DWidget(Container):
                 *stack_main,
                 *engine_main,
                 *self.ortho_controls.values(),
+                *self.region.widgets,
                 self.out_dir,
+                self.memory_gb,
+                self.plan,
             ],
             [
                 self.device,
@@ -141,6 +171,10 @@ class Inference3DWidget(Container):
             self.jobs,
         )
         self.mode.changed.connect(self._on_mode)
+        for widget in (self.image, self.mode, self.axis, self.memory_gb, self.chunks,
+                       self.region.first, self.region.last, self.region.area):  # fmt: skip
+            widget.changed.connect(self._show_plan)
+        self._show_plan()
         self.fit.follow_runs(self.jobs)
         follow_model_settings(self.model, self.controls)
         preload_model(self.model, self.device)
@@ -166,7 +200,9 @@ class Inference3DWidget(Container):
             "stack": StackSettings(**settings_values(StackSettings, self.stack_controls)),
             "ortho": OrthoSettings(**settings_values(OrthoSettings, self.ortho_controls)),
             "blocks": BlockSettings(
-                chunks=int(self.chunks.value) or None, halo=int(self.halo.value) or None
+                chunks=int(self.chunks.value) or None,
+                halo=int(self.halo.value) or None,
+                memory_gb=float(self.memory_gb.value),
             ),
         }
 
@@ -179,7 +215,48 @@ class Inference3DWidget(Container):
         layer = self.image.value
         mode = self.mode.value if self.mode.value == "ortho" else f"stack_{self.axis.value}"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)
+        region = self._region()
+        if region is not None:  # a region is its own result: it never resumes the whole's
+            mode = f"{mode}_{box_suffix(region)}"
         return lambda model: Path(folder).expanduser() / f"{safe}_{model}_{mode}.zarr"
+
+    def _volume(self) -> tuple[Any, tuple[int, ...]]:
+        """The chosen layer's volume at the viewer's position (a 4D/5D layer's current time
+        point) and the leading index it was taken at."""
+        layer = self.image.value
+        data = layer_array(layer)
+        lead = leading_index(self.viewer, layer, keep=3)
+        return (data[lead] if lead else data), lead
+
+    def _region(self) -> tuple[slice, ...] | None:
+        """The region to segment (None: the whole volume); InputError when it is empty."""
+        layer = self.image.value
+        return self.region.box(layer, tuple(int(s) for s in layer_array(layer).shape[-3:]))
+
+    def _show_plan(self, *_: Any) -> None:
+        """Say under the memory setting how the run will be cut (blocks of what shape)."""
+        from ..core.inference.blocks.plan import chunks_for
+
+        layer = self.image.value
+        if image_problem(layer, ndim=(3, 4, 5)):
+            self.plan.value = ""
+            return
+        try:
+            region = self._region()
+            shape = tuple(int(s) for s in layer_array(layer).shape[-3:])
+            if region is not None:
+                shape = tuple(r.stop - r.start for r in region)
+            settings = self.settings()
+            chunks = chunks_for(shape, self.mode.value, settings["stack"], settings["blocks"])
+        except EmpanadaError as exc:
+            self.plan.value = str(exc)
+            return
+        count = 1
+        for size, chunk in zip(shape, chunks, strict=True):
+            count *= -(-size // chunk)
+        where = f"region {box_text(region)}: " if region is not None else ""
+        blocks = "one block" if count == 1 else f"{count} blocks of {' x '.join(map(str, chunks))}"
+        self.plan.value = where + blocks
 
     def _out_path(self) -> Path | None:
         # "auto" before its model is known: checked again when the Run knows it.
@@ -205,6 +282,10 @@ class Inference3DWidget(Container):
         scheduler = self.scheduler.value.strip()
         if scheduler and not scheduler.startswith(("tcp://", "tls://", "local:")):
             return "Dask scheduler must be empty, tcp://host:port or local:N."
+        try:
+            self._region()
+        except EmpanadaError as exc:
+            return f"Region: {exc}"
         out = self._out_path()
         if out is not None:
             if not out.parent.is_dir():
@@ -216,11 +297,14 @@ class Inference3DWidget(Container):
         return None
 
     def request(self) -> _Request:
-        layer = self.image.value
-        data = layer_array(layer)
-        lead = leading_index(self.viewer, layer, keep=3)
+        from ..core.inference.region import crop
+
+        volume, _lead = self._volume()
+        region = self._region()
         return _Request(
-            volume=data[lead] if lead else data,
+            volume=volume if region is None else crop(volume, region),
+            full=volume,
+            region=region,
             model=self.model.value,
             mode=self.mode.value,
             device=self.device.value,
@@ -259,12 +343,16 @@ class Inference3DWidget(Container):
             # A volume of a 4D/5D layer shows at its own time point, not at every one.
             labels = labels.reshape((1,) * len(lead) + labels.shape)
         ndim = labels.ndim if isinstance(labels, np.ndarray) else 3
-        offset = (*lead, 0, 0, 0) if ndim > 3 else ()
+        corner = tuple(r.start for r in req.region) if req.region else (0, 0, 0)
+        offset = (*lead, *corner) if ndim > 3 else corner
         name = f"{name} {req.model}"  # which model made it, as docs/widgets says
+        if req.region:
+            name = f"{name} {box_suffix(req.region)}"
         provenance = {
             "image": layer.name,
             "model": req.model,
             "mode": req.mode,
+            "region": [[r.start, r.stop] for r in req.region] if req.region else None,
             "output": str(req.out) if req.out else None,
             "settings": {k: v.to_dict() for k, v in req.settings.items()},
         }
@@ -277,6 +365,8 @@ class Inference3DWidget(Container):
             metadata={"empanada": provenance},
             **placed,
         )
+        if req.region:
+            _show_region(self.viewer, self.viewer.layers[-1], req.region)
         if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
             return f"Added '{name}': {count_label(int(labels.max(initial=0)))}."
         objects = dict(labels.attrs.get("empanada", {})).get("objects")
@@ -290,13 +380,22 @@ def _editable_store(out: Path, placed: dict[str, Any]) -> Any:
     back when it is reopened."""
     import zarr
 
+    from ..core.placement import record_placement
+
     array = zarr.open_array(str(out), mode="r+")
-    meta = dict(array.attrs.get("empanada", {}))
-    meta.update({k: [v if k == "units" else float(v) for v in placed[k]] for k in placed})
-    if "units" in meta:
-        meta["units"] = [str(u) for u in meta["units"]]
-    array.attrs["empanada"] = meta
+    record_placement(array, placed)
     return array
+
+
+def _show_region(viewer: napari.viewer.Viewer, result: Any, region: tuple[slice, ...]) -> None:
+    """Bring a region's result into view when the slice on screen is outside it."""
+    axis = viewer.dims.ndim - 3  # the volume's z in the viewer's dimensions
+    if axis < 0 or axis in viewer.dims.displayed:
+        return
+    first = float(result.translate[-3])
+    last = first + (region[0].stop - region[0].start - 1) * float(result.scale[-3])
+    if not first <= viewer.dims.point[axis] <= last:
+        viewer.dims.set_point(axis, first)
 
 
 def _exists(out: Path) -> str:
@@ -314,6 +413,11 @@ def _choose(req: _Request, target: FitTarget) -> None:
 def segment(req: _Request, progress, cancel):
     """Worker-thread part: the core's chunked driver (progress counts slices)."""
     from ..core.inference.chunked import segment_volume
+
+    if req.out is not None and req.region is not None:
+        from ..core.output import check_not_input
+
+        check_not_input(req.out, [req.full])  # a lazy region no longer names its file
 
     return segment_volume(
         req.volume,

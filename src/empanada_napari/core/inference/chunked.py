@@ -46,6 +46,7 @@ from .blocks.plan import (
     MODES,
     Block,
     Job,
+    block_memory,
     check_blocking,
     default_chunks,
     default_halo,
@@ -132,7 +133,7 @@ def segment_volume(
         # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
         chunks = blocks.chunks or (resumed_chunks(store) if resume else None)
         chunks = chunks or default_chunks(
-            shape, mode, stack.axis, runner.task_memory(), slots=runner.slots
+            shape, mode, stack.axis, block_memory(blocks, runner), slots=runner.slots
         )
         chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
         check_blocking(shape, chunks, halo, mode, stack.axis)  # type: ignore[arg-type]

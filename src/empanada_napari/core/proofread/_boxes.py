@@ -72,6 +72,21 @@ def objects(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return ids.astype(np.int64), lo, hi, counts.astype(np.int64)
 
 
+def has_ids(values: np.ndarray, ids: Any) -> np.ndarray:
+    """``np.isin(values, ids)`` for label arrays, fast when ``ids`` are few (an edit's): one
+    comparison per id in the array's own dtype. ``np.isin`` would subtract the smallest id
+    from every value in 64 bits first (0.1 s for a 14 M voxel box)."""
+    ids = np.unique(np.asarray(ids).ravel())
+    if len(ids) > 16 or values.dtype.kind not in "iu":
+        return np.isin(values, ids)
+    info = np.iinfo(values.dtype)
+    ids = ids[(ids >= info.min) & (ids <= info.max)].astype(values.dtype)
+    out = np.zeros(values.shape, bool)
+    for label in ids:
+        out |= values == label
+    return out
+
+
 def group(ids, lo, hi, counts):
     """Combine rows with the same id (bbox union, summed counts), sorted by id."""
     if len(ids) == 0:

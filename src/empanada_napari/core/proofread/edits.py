@@ -15,7 +15,7 @@ import numpy as np
 
 from empanada_napari.core.errors import InputError
 
-from ._boxes import Box, as_ids, read
+from ._boxes import Box, as_ids, has_ids, read
 from .index import LabelIndex
 
 
@@ -109,7 +109,7 @@ def merge_labels(
     target = int(target) if target is not None and int(target) in ids.tolist() else int(ids.min())
     box = index.union_box(ids, fixed)
     old = read(labels, box)
-    new = np.where(np.isin(old, ids), old.dtype.type(target), old)
+    new = np.where(has_ids(old, ids), old.dtype.type(target), old)
     removed = [int(i) for i in ids if i != target]
     return make_edit(box, old, new, removed_ids=removed, target=target)
 
@@ -125,5 +125,5 @@ def delete_labels(
     ids = picked(index, ids, "delete")
     box = index.union_box(ids, fixed)
     old = read(labels, box)
-    new = np.where(np.isin(old, ids), old.dtype.type(0), old)
+    new = np.where(has_ids(old, ids), old.dtype.type(0), old)
     return make_edit(box, old, new, removed_ids=[int(i) for i in ids])

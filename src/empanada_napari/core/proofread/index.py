@@ -19,6 +19,7 @@ from ._boxes import (
     blocks,
     check_fixed,
     group,
+    has_ids,
     objects,
     positive_int,
     read,
@@ -231,11 +232,6 @@ class LabelIndex:
             return
         lost_ids, lost_n = np.unique(old[changed], return_counts=True)
         gain_ids, gain_n = np.unique(new[changed], return_counts=True)
-        delta_ids = np.union1d(lost_ids, gain_ids)
-        n_ids, n_lo, n_hi, _ = objects(np.where(np.isin(new, delta_ids), new, 0))
-        in_box = {
-            int(i): (lo + offset, hi + offset) for i, lo, hi in zip(n_ids, n_lo, n_hi, strict=True)
-        }
         delta: dict[int, int] = {}
         for i, c in zip(lost_ids, lost_n, strict=True):
             delta[int(i)] = delta.get(int(i), 0) - int(c)
@@ -244,6 +240,21 @@ class LabelIndex:
         lost = {int(i) for i in lost_ids}
         box_lo = offset
         box_hi = np.array([s.stop for s in box], np.int64)
+        # The boxes, inside the edited box, of the labels that keep or gain voxels (a delete
+        # needs none: the label is gone), found in one pass over the box.
+        alive = [
+            label
+            for label, d in delta.items()
+            if label != 0
+            and (int(self.counts[r]) if (r := self._row(label)) is not None else 0) + d > 0
+        ]
+        in_box = {}
+        if alive:
+            n_ids, n_lo, n_hi, _ = objects(np.where(has_ids(new, alive), new, 0))
+            in_box = {
+                int(i): (lo + offset, hi + offset)
+                for i, lo, hi in zip(n_ids, n_lo, n_hi, strict=True)
+            }
         rows_ids, rows_lo, rows_hi, rows_n = [], [], [], []
         rescan = []
         for label, d in delta.items():
@@ -317,7 +328,7 @@ class LabelIndex:
                 for s, a, b in zip(box, self.lo[rows].min(0), self.hi[rows].max(0), strict=True)
             )
         region = new if region_box == box else read(labels, region_box)
-        ids, lo, hi, counts = objects(np.where(np.isin(region, affected), region, 0))
+        ids, lo, hi, counts = objects(np.where(has_ids(region, affected), region, 0))
         r_off = np.array([s.start for s in region_box], np.int64)
         gone = np.setdiff1d(affected, ids)
         self._set_rows(

@@ -12,6 +12,7 @@ from magicgui.widgets import Container, Label, PushButton
 from ...core import jobs
 from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
+from ...core.memory import return_free_memory
 from .._common import PATCHES_META, notify_error, notify_info, watch_inputs
 from .._jobs import JobPanel
 from .._layout import dock
@@ -269,7 +270,11 @@ class ProofreadDock(Container):
 
         def done(result: Any) -> str:
             session.adopt()
-            message = finish(session, result)
+            try:
+                message = finish(session, result)
+            finally:
+                del result  # the edit's boxes: freed before the heap is trimmed
+                return_free_memory()
             notify_info(message)
             return message
 

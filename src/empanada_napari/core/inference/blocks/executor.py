@@ -182,7 +182,10 @@ class Runner:
             cf.wait(list(running))
             raise
         if is_cancelled(cancel):
-            raise Cancelled("Cancelled; finished blocks are kept for resume=True.")
+            raise Cancelled(
+                "Cancelled; the finished blocks are kept: run again with resume (--resume; "
+                "'resume an interrupted run' in the 3D dock) to finish."
+            )
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

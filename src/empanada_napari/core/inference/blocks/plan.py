@@ -27,9 +27,11 @@ ORTHO_BLOCK, ORTHO_HALO = (160, 160, 160), (16, 16, 16)
 # The smallest piece memory_chunks cuts an axis into (one network grid step of 32); its
 # pieces are multiples of it.
 MIN_CHUNK = 32
-# Largest chunk of a zarr output along each axis (uint32: 64 MB), so a viewer reading one
-# slice of a result made of big blocks reads little more than that slice.
-OUTPUT_CHUNK = (64, 512, 512)
+# Largest chunk of a zarr output along each axis (uint32: 4 MB). Small enough that napari
+# showing one slice decompresses 16 slices, not 64, and that an edit of a result (a delete
+# in the Delete Labels dock) rewrites only the chunks it touches: on a 256 x 768 x 1024
+# result, chunks of 64 x 384 x 512 made a delete 0.3-0.9 s, these 0.16-0.5 s.
+OUTPUT_CHUNK = (16, 256, 256)
 # Stack mode keeps image planes whole when that costs at most this much more network work
 # than the cheapest cut: blocks cut only along the stack axis give the unchunked foreground.
 WHOLE_PLANE_SLACK = 1.25
@@ -170,6 +172,42 @@ def default_chunks(
     whole = () if mode == "ortho" else AXES[axis][1:]
     chosen = memory_chunks(shape, halo, grid_alignment(mode, axis), budget, whole, slots)
     return fixed if chosen is None else chosen
+
+
+#: The share of this machine's memory one block may use in an interactive session (napari):
+#: the viewer, the image and result layers and the user's other work share the rest. A
+#: 256 x 768 x 1024 volume on a 24 GB machine then runs in blocks at about 2 GB peak instead
+#: of one block at 5 GB (docs/benchmarks.md, "Memory of the 3D dock").
+INTERACTIVE_MEMORY_FRACTION = 1 / 16
+#: ...but never less than this (GB): smaller blocks spend most of their time on halos.
+INTERACTIVE_MEMORY_MIN_GB = 1.0
+
+
+def interactive_memory_gb() -> float:
+    """The 3D dock's default block memory (GB): :data:`INTERACTIVE_MEMORY_FRACTION` of this
+    machine's RAM rounded to 0.5 GB, at least :data:`INTERACTIVE_MEMORY_MIN_GB` (that too
+    when the memory is unknown)."""
+    share = total_memory() * INTERACTIVE_MEMORY_FRACTION / 1e9
+    return max(INTERACTIVE_MEMORY_MIN_GB, round(share * 2) / 2)
+
+
+def block_memory(blocks: BlockSettings, runner: Any = None) -> int | None:
+    """Bytes one block may use for :func:`default_chunks`: ``blocks.memory_gb`` when set
+    (on a cluster, no more than a worker's share), else the runner's task memory (None in
+    this process: half this machine's RAM)."""
+    task = runner.task_memory() if runner is not None else None
+    if blocks.memory_gb is None:
+        return task
+    given = int(float(blocks.memory_gb) * 1e9 / MEMORY_FRACTION)  # default_chunks halves it
+    return min(given, task) if task else given
+
+
+def chunks_for(
+    shape: tuple[int, ...], mode: str, stack: StackSettings, blocks: BlockSettings
+) -> tuple[int, int, int]:
+    """The block shape a run in this process will use (what a dock shows before a run)."""
+    chunks = blocks.chunks or default_chunks(shape, mode, stack.axis, block_memory(blocks))
+    return tuple(min(c, int(s)) for c, s in zip(chunks, shape, strict=True))  # type: ignore[return-value]
 
 
 def output_chunks(chunks: tuple[int, ...]) -> tuple[int, ...]:
