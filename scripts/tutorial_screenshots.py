@@ -156,7 +156,8 @@ def pick(viewer, widget, image, args, **values):
     widget.run()
     wait(widget)
     print("pick dock says:", widget.jobs.status.value)
-    places, patches, labels = viewer.layers[-3], viewer.layers[-2], viewer.layers[-1]
+    # The outlines are added last, above the patch layers.
+    patches, labels, places = viewer.layers[-3], viewer.layers[-2], viewer.layers[-1]
     return places, patches, labels
 
 
@@ -247,10 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     for layer in (patches, labels):
         viewer.layers.remove(layer)  # saved: done with them
     places.visible = False
-    # The patch layers, moved under the source slice by slice, widened the slider's range;
-    # without them napari keeps the slider's index, not the slice: go back to the slice.
+    # The viewer stays on the slice it showed (the patch layers never widen the slider).
     print("slice on screen after removing the patch layers:", viewer.dims.point[0])
-    viewer.dims.set_point(0, SLICE)
     front(w2d)
     print("2D dock model after finetuning:", w2d.model.value)
     print("2D dock settings now:", {k: c.value for k, c in w2d.controls.items()})
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     front(tune)
     rc.dataset.value = work  # choosing the folder again: the dock reads its manifest
     rc.dataset.value = dataset
-    rc.name.value = "CDeep3M_round2"
+    print("finetune dock proposes the name:", rc.name.value)  # CDeep3M_round2
     scroll(tune, "top")
     dismiss_toasts()
     print("finetune dock says:", tune.model.value, "|", rc.loop.value)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
-from empanada_napari.core.training.effort import correction_effort, total_effort
+from empanada_napari.core.training.effort import (
+    correction_effort,
+    describe_effort,
+    total_effort,
+)
 
 from .conftest import DATA
 
@@ -46,3 +50,25 @@ def test_each_kind_of_change_counts_once():
     assert effort["merged"] == 1 and effort["split"] == 1 and effort["redrawn"] == 1, effort
     assert effort["changed"] == 5
     assert total_effort([effort, effort])["changed"] == 10
+
+
+def test_the_sentence_counts_corrections_against_the_proposal():
+    # Was: "You changed 27 of 19 objects": deleted objects counted against the objects
+    # left after correcting. Each number now says what it counts.
+    truth = _crop()
+    ids = [int(i) for i in np.unique(truth) if i]
+    proposal = truth.copy()
+    for i in ids[:3]:
+        proposal[truth == i] = 0  # three missed: added by the user
+    extra = np.zeros_like(truth)
+    extra[2:12, 2:12] = 1
+    proposal[(extra > 0) & (truth == 0)] = 900  # one false object: deleted
+    effort = correction_effort(proposal, truth)
+    assert effort["proposed"] == len(ids) - 3 + 1 and effort["objects"] == len(ids)
+    text = describe_effort(total_effort([effort, effort]))
+    n = len(ids)
+    assert text == (
+        f"8 objects corrected (6 added, 2 deleted, 0 redrawn, 0 merged, 0 split); of the "
+        f"model's {2 * (n - 2)} objects {2 * (n - 3)} were kept as proposed; {2 * n} objects "
+        "after correcting."
+    )

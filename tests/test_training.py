@@ -200,6 +200,67 @@ def test_cancel_keeps_the_best_validated_model_under_a_cancelled_name(
     assert "Cancelled" not in again.config["description"]
 
 
+def test_a_cancelled_run_never_replaces_an_earlier_cancelled_model(
+    small_model_file, fixed_dataset, crop
+):
+    from empanada_napari.core.training import TrainingCancelled
+
+    registry = get_registry()
+    registry.register("k_cancelled", registry.builtin_dir / "MitoNet_v1.yaml")
+    raw, inst = crop
+    cancel = threading.Event()
+    with pytest.raises(TrainingCancelled) as stop:
+        finetune(
+            small_model_file,
+            fixed_dataset,
+            name="k",
+            val=([raw[5][:96, :96]], [inst[5][:96, :96]]),
+            val_every=1,
+            iterations=50,
+            batch_size=2,
+            progress=lambda it, *_: it == 2 and cancel.set(),
+            cancel=cancel,
+            device="cpu",
+        )
+    assert stop.value.result.name == "k_cancelled_2"
+    assert registry.get("k_cancelled").config["model"].startswith("https://")  # kept
+
+
+def test_a_registered_name_is_refused_before_training_unless_overwrite(
+    small_model_file, fixed_dataset, tmp_path, capsys
+):
+    # Was: finetuning registered over a model of the same name without a word.
+    from empanada_napari.cli import main
+    from empanada_napari.core.models.naming import free_name
+
+    registry = get_registry()
+    mitonet = registry.builtin_dir / "MitoNet_v1.yaml"  # a download link: nothing fetched
+    for name in ("CDeep3M_round1", "run09", "tuned"):
+        registry.register(name, mitonet)
+    assert free_name("CDeep3M_round1") == "CDeep3M_round2" and free_name("run09") == "run10"
+    assert free_name("tuned") == "tuned_2" and free_name("fresh") == "fresh"
+    steps = []
+    common = {"iterations": 1, "batch_size": 2, "device": "cpu", "tune": False}
+    with pytest.raises(InputError, match="already registered.*overwrite=True"):
+        finetune(small_model_file, fixed_dataset, name="CDeep3M_round1",
+                 progress=lambda *a: steps.append(a), **common)  # fmt: skip
+    assert not steps  # refused before the first step
+    with pytest.raises(InputError, match="built-in model and is never replaced"):
+        finetune(small_model_file, fixed_dataset, name="Lucchi_Lite_v1", overwrite=True, **common)
+    # The command line says it with its own options, before reading the dataset.
+    args = ["finetune", "--model", str(small_model_file), "--data", str(tmp_path / "none"),
+            "--name", "CDeep3M_round1", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "change --name (e.g. to 'CDeep3M_round2'), or add --overwrite" in err, err
+    assert main([*args, "--overwrite"]) == 2  # allowed: it goes on to the (missing) dataset
+    err = capsys.readouterr().err
+    assert "already registered" not in err and "none" in err, err
+    # Asked for, the model is replaced.
+    finetune(small_model_file, fixed_dataset, name="CDeep3M_round1", overwrite=True, **common)
+    assert "finetuned for 1 iterations" in registry.get("CDeep3M_round1").description
+
+
 def test_cancel_before_the_first_validation_keeps_nothing(
     small_model_file, fixed_dataset, tmp_path
 ):

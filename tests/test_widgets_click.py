@@ -150,6 +150,47 @@ def test_on_a_2d_result_clicks_and_removals_stay_in_their_plane(
     assert np.array_equal(np.asarray(layer.data), per_slice)
 
 
+def test_on_patch_labels_the_dock_names_the_patch_and_its_slice(
+    make_napari_viewer, qtbot, raw, truth, messages
+):
+    # Was: "added 4 in slice 5" on patch labels, where 5 was the patch's number in the
+    # stack and the patch came from slice 1.
+    from empanada_napari.widgets._common import PATCHES_META
+
+    z = 4
+    ids = np.unique(truth[z])[1:]
+    big = int(max(ids, key=lambda i: (truth[z] == i).sum()))
+    cy, cx = _deepest(truth[z] == big)
+    size = 96
+    y0 = int(np.clip(cy - size // 2, 0, raw.shape[1] - size))
+    x0 = int(np.clip(cx - size // 2, 0, raw.shape[2] - size))
+    corners = [(0, 0), (y0, x0), (raw.shape[1] - size, raw.shape[2] - size)]
+    infos = [
+        {"source": "lucchi", "axis": 0, "start": [z, y, x], "stop": [z + 1, y + size, x + size]}
+        for y, x in corners
+    ]
+    meta = {PATCHES_META: {"source": "lucchi", "patches": infos}}
+    stack = np.stack([raw[z, y : y + size, x : x + size] for y, x in corners])
+    viewer = make_napari_viewer()
+    patches = viewer.add_image(stack, metadata=meta)
+    labels = viewer.add_labels(np.zeros(stack.shape, np.uint32), metadata=meta)
+    w = _dock(viewer, patches, labels)
+    viewer.dims.set_current_step(0, 1)
+    at = (1, cy - y0, cx - x0)
+    assert _click(qtbot, w, at)
+    assert (np.asarray(labels.data)[1] == 1).any() and not np.asarray(labels.data)[[0, 2]].any()
+    said = w.jobs.status.value
+    assert "added 1 in patch 1 (from slice 4 of 'lucchi')" in said, said
+    assert _click(qtbot, w, at, remove=True)
+    assert "removed 1 in patch 1 (from slice 4 of 'lucchi')" in w.jobs.status.value
+    # Hidden labels (patch labels are hidden off their patch's slice) are never edited.
+    labels.visible = False
+    assert not _click(qtbot, w, at)
+    assert "is hidden" in messages["error"][-1], messages
+    assert "'< Previous', 'Next >'" in w.jobs.status.value, w.jobs.status.value
+    assert not np.asarray(labels.data).any()
+
+
 def test_the_mouse_callback_tells_a_click_from_a_pan(
     make_napari_viewer, qtbot, raw, messages, monkeypatch
 ):

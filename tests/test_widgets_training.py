@@ -6,6 +6,7 @@ iterations so that it stays quick on a CPU.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,13 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     viewer.add_points(np.array([[1, 60, 60], [0, 200, 200]]), name="here")
     pick.image.value = image
     _pick(qtbot, pick, "at points (Points layer)")
-    patches, labels = viewer.layers[-2], viewer.layers[-1]
+    patches, labels = [la for la in viewer.layers if META in la.metadata][-2:]  # the newest
     assert patches.data.shape == labels.data.shape == (2, 64, 64)
     assert labels.metadata[META]["patches"][0]["start"] == [1, 28, 28]
     np.testing.assert_array_equal(patches.data[0], raw[1, 28:92, 28:92])
     _pick(qtbot, pick, "random")
     _pick(qtbot, pick, "most uncertain (model's doubt)")
-    patches, labels = viewer.layers[-2], viewer.layers[-1]
+    patches, labels = [la for la in viewer.layers if META in la.metadata][-2:]  # the newest
     info = labels.metadata[META]
     assert info["prefilled_by"] == old and info["patches"][0]["doubt"] > 0
     assert labels.data.max() > 0  # prefilled with the model's prediction
@@ -101,6 +102,7 @@ def test_adaptation_loop_selects_the_new_model_everywhere(make_napari_viewer, qt
     tune.jobs.run_button.clicked()
     wait_done(qtbot, tune)
     assert "Saved model 'tuned'" in tune.jobs.status.value, tune.jobs.status.value
+    assert rc.name.value == "tuned_2"  # the next round is proposed a free name
     assert tune.plot.its == [1, 2, 3, 4] and len(tune.plot.f1) == 2
     qtbot.waitUntil(lambda: w2d.model.value == "tuned", timeout=5000)
     assert manager.selected.value == "tuned"
@@ -202,7 +204,7 @@ def test_patches_in_context_effort_counted_and_a_second_round_elsewhere(
     viewer.dims.set_current_step(0, 1)
     pick.current_slice.value = True  # issue 37: pick from the slice on screen only
     _pick(qtbot, pick, "random", count=3)
-    shapes, labels = viewer.layers["raw picked places"], viewer.layers[-1]
+    shapes, labels = viewer.layers["raw picked places"], viewer.layers["raw patch labels"]
     infos = labels.metadata["empanada_patches"]["patches"]
     assert [i["start"][0] for i in infos] == [1, 1, 1]
     assert len(shapes.data) == 3  # the places, drawn on the source image
@@ -220,7 +222,21 @@ def test_patches_in_context_effort_counted_and_a_second_round_elsewhere(
     save.keep_empty.value = True
     save.jobs.run_button.clicked()
     wait_done(qtbot, save)
-    assert "You changed" in save.jobs.status.value, save.jobs.status.value
+    # Was: "You changed 27 of 19 objects" mixed deleted objects into a count of the
+    # corrected ones; the corrections are now said against the model's proposal.
+    said = save.jobs.status.value
+    found = re.search(
+        r"(\d+) objects corrected \((\d+) added, (\d+) deleted, (\d+) redrawn, (\d+) merged, "
+        r"(\d+) split\); of the model's (\d+) objects (\d+) were kept as proposed; (\d+) "
+        r"objects after correcting\.",
+        said,
+    )
+    assert found, said
+    changed, *kinds, proposed, kept, objects = (int(v) for v in found.groups())
+    proposal = labels.metadata["empanada_patches"]["proposal"]
+    assert changed == sum(kinds) >= 1 and kinds[0] >= 1 and kept <= proposed
+    assert proposed == sum(len(np.unique(p)) - 1 for p in proposal)
+    assert objects == sum(len(np.unique(p)) - 1 for p in edited)
     rows = read_manifest(tmp_path / "ds")
     assert [r["round"] for r in rows] == ["1", "1", "1"] and int(rows[0]["added"]) >= 1
     tune = open_widget(viewer, "Finetune Model")
@@ -229,11 +245,133 @@ def test_patches_in_context_effort_counted_and_a_second_round_elsewhere(
     # The next round never picks the same place again.
     pick.skip_saved.value = tmp_path / "ds"
     _pick(qtbot, pick, "random", count=3)
-    again = viewer.layers[-1].metadata["empanada_patches"]["patches"]
+    again = [la for la in viewer.layers if "empanada_patches" in la.metadata][-1]
+    again = again.metadata["empanada_patches"]["patches"]
     first = {tuple(i["start"]) for i in infos}
     for info in again:
         y, x = info["start"][1:]
         assert all(abs(y - a[1]) >= 64 or abs(x - a[2]) >= 64 for a in first), (again, infos)
+
+
+def test_patches_in_context_keep_the_viewer_on_the_source_slice(make_napari_viewer, qtbot, raw):
+    # Was: going to patch 5 moved the patch stack along z (slider "5/7" on slice 1);
+    # deleting the patch layers then left the viewer on slice 3, and another slice showed
+    # another patch at patch 5's place, where edits went to that other patch.
+    stack = np.concatenate([raw, raw])  # 4 slices
+    viewer = make_napari_viewer()
+    image = viewer.add_image(stack, name="raw")
+    pick = open_widget(viewer, "Pick Training Patches")
+    pick.image.value = image
+    viewer.dims.set_current_step(0, 1)
+    pick.current_slice.value = True
+    pick.prefill.value = "empty"
+    _pick(qtbot, pick, "random", count=6)
+    patches, labels = viewer.layers["raw patches"], viewer.layers["raw patch labels"]
+    places = viewer.layers["raw picked places"]
+    # The outlines and numbers are drawn above the patch layers, not hidden under them.
+    assert viewer.layers.index(places) > viewer.layers.index(labels) > viewer.layers.index(image)
+    for _ in range(5):
+        pick.navigator.next.clicked()
+    assert pick.navigator.current == 5
+    qtbot.wait(50)
+    # The slider keeps the source's 4 slices and reads the slice shown.
+    assert tuple(viewer.dims.range[0])[:2] == (0, 3)
+    assert viewer.dims.current_step[0] == 1 and viewer.dims.point[0] == 1
+    assert patches.visible and labels.visible and labels.editable
+    infos = labels.metadata["empanada_patches"]["patches"]
+    assert tuple(labels.translate)[1:] == tuple(infos[5]["start"][1:])
+    # On another slice no patch lies over the source, and none can be painted.
+    viewer.dims.set_current_step(0, 2)
+    qtbot.wait(50)
+    assert not patches.visible and not labels.visible and not labels.editable
+    assert places.visible
+    viewer.dims.set_current_step(0, 1)  # back on patch 5's slice: patch 5 again
+    assert patches.visible and labels.visible and labels.editable
+    assert pick.navigator.current == 5
+    # Deleting the patch layers leaves the viewer on the slice it showed.
+    viewer.layers.remove(patches)
+    viewer.layers.remove(labels)
+    qtbot.wait(50)
+    assert viewer.dims.point[0] == 1 and viewer.dims.current_step[0] == 1
+    assert not pick.navigator.panel.isVisibleTo(pick.native)
+    # ... so "current slice only" picks from the slice on screen.
+    _pick(qtbot, pick, "random", count=2)
+    again = [la for la in viewer.layers if "empanada_patches" in la.metadata][-1]
+    again = again.metadata["empanada_patches"]["patches"]
+    assert [i["start"][0] for i in again] == [1, 1]
+
+
+def test_over_a_2d_image_the_slider_goes_from_patch_to_patch(make_napari_viewer, qtbot, raw):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(raw[0], name="raw")
+    pick = open_widget(viewer, "Pick Training Patches")
+    pick.image.value = image
+    pick.prefill.value = "empty"
+    _pick(qtbot, pick, "random", count=3)
+    labels = viewer.layers["raw patch labels"]
+    infos = labels.metadata["empanada_patches"]["patches"]
+    assert viewer.dims.current_step[0] == 0 and pick.navigator.current == 0
+    viewer.dims.set_current_step(0, 2)  # the slider reads the patch number
+    qtbot.wait(50)
+    assert pick.navigator.current == 2 and viewer.dims.current_step[0] == 2
+    assert tuple(labels.translate)[1:] == tuple(infos[2]["start"]) and labels.visible
+    assert viewer.dims.point[0] == 0  # patch 2 lies on the image, where it was cut
+
+
+def test_the_round_line_uses_the_docks_width(make_napari_viewer, qtbot, raw, tmp_path):
+    # Was: the line saying the dataset's round wrapped into a 120-pixel column, 6 lines.
+    from empanada_napari.core.training import save_patches
+
+    images = [raw[0, :64, 64 * i : 64 * i + 64] for i in range(3)]
+    masks = [(im < np.median(im)).astype(np.int32) for im in images]
+    infos = [{"source": "raw", "axis": 0, "start": [0, 0, 64 * i], "stop": [1, 64, 64 * i + 64]}
+             for i in range(3)]  # fmt: skip
+    efforts = [{"objects": 1, "added": 1, "deleted": 0, "redrawn": 0, "merged": 0, "split": 0}]
+    save_patches(tmp_path / "ds", images, masks, source="raw", infos=infos, efforts=efforts * 3)
+    viewer = make_napari_viewer(show=True)
+    tune = open_widget(viewer, "Finetune Model")
+    tune.run_controls.dataset.value = tmp_path / "ds"
+    line, name = tune.run_controls.loop, tune.run_controls.name
+    assert "round 1 of the loop" in line.value and len(line.value) > 60
+    qtbot.waitUntil(line.native.isVisible, timeout=5000)
+    qtbot.wait(100)  # laid out
+    assert line.native.width() >= name.native.width(), (line.native.width(), name.native.width())
+    lines = line.native.height() / line.native.fontMetrics().lineSpacing()
+    assert lines < 3.5, (line.native.width(), line.native.height())
+
+
+def test_a_registered_name_is_never_replaced_silently(make_napari_viewer, tmp_path):
+    # Was: Finetune registered over a model of the same name, the start model included.
+    from empanada_napari.core.models.registry import get_registry
+
+    registry = get_registry()
+    mitonet = registry.builtin_dir / "MitoNet_v1.yaml"  # a download link: nothing fetched
+    for name in ("CDeep3M_round1", "CDeep3M_round1_finetuned"):
+        registry.register(name, mitonet)
+    (tmp_path / "ds").mkdir()
+    viewer = make_napari_viewer()
+    tune = open_widget(viewer, "Finetune Model")
+    rc = tune.run_controls
+    rc.dataset.value = tmp_path / "ds"
+    tune.model.value = "CDeep3M_round1"  # the proposed name follows, and is free
+    assert rc.name.value == "CDeep3M_round1_finetuned_2"
+    rc.name.value = "CDeep3M_round1"  # the start model's own name
+    reason = tune.jobs.reason.value
+    assert not tune.jobs.run_button.enabled
+    assert "already registered" in reason and "'new model name'" in reason, reason
+    assert "'CDeep3M_round2'" in reason and "'replace a model of the same name'" in reason
+    rc.overwrite.value = True  # asked for: allowed
+    assert tune.jobs.run_button.enabled, tune.jobs.reason.value
+    rc.name.value = "Lucchi_Lite_v1"  # a built-in model is never replaced
+    assert not tune.jobs.run_button.enabled and "built-in" in tune.jobs.reason.value
+    # After a run the dock proposes the next free name and asks again before replacing.
+    rc.name.value = "CDeep3M_round1"
+    rc.after_run("CDeep3M_round1")
+    assert rc.name.value == "CDeep3M_round2" and not rc.overwrite.value
+    train = open_widget(viewer, "Train Model")  # the same rule
+    train.run_controls.dataset.value = tmp_path / "ds"
+    train.run_controls.name.value = "CDeep3M_round1"
+    assert "already registered" in train.jobs.reason.value
 
 
 def test_save_before_any_pick_says_pick_first(make_napari_viewer, qtbot, raw):

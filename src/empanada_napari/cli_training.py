@@ -48,7 +48,17 @@ def _add_training_args(p, kind: str) -> None:
     p.add_argument(
         "--data", required=True, help="dataset folder (<data>/<source>/images|masks/<name>.tiff)"
     )
-    p.add_argument("--name", required=True, help="register the trained model under this name")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="register the trained model under this name (a name already registered is "
+        "refused unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a registered model of the same name (built-in models never are)",
+    )
     p.add_argument("--output", help="folder for the .pth + .yaml (default: a temporary folder)")
     p.add_argument("--val-data", help="dataset folder scored during training, instead of "
                    "holding out patches")  # fmt: skip
@@ -213,11 +223,20 @@ def run_train(args) -> int:
 def _fit(args, fit, what: str, settings, **options) -> int:
     """Run ``fit(what, dataset, ...)`` (finetune or train) with ``settings``, a progress bar
     that says how long the run will take once its first steps are measured, and the JSON
-    summary. The name, output folder and patch memory are checked before the dataset is
-    read (the same checks as the Python API's)."""
+    summary. The name (registered already: refused unless --overwrite), output folder and
+    patch memory are checked before the dataset is read (the same checks as the Python
+    API's)."""
     from .core.training.loops import check_request
 
-    check_request(args.name, args.output, settings.patch_size, settings.batch_size)
+    check_request(
+        args.name,
+        args.output,
+        settings.patch_size,
+        settings.batch_size,
+        overwrite=args.overwrite,
+        field="--name",
+        replace_hint="add --overwrite",
+    )
     dataset, val = _training_inputs(args, settings)
     bar, update = _train_progress(settings.iterations, args.no_progress)
     try:
@@ -226,6 +245,7 @@ def _fit(args, fit, what: str, settings, **options) -> int:
             dataset,
             name=args.name,
             output_dir=args.output,
+            overwrite=args.overwrite,
             val=val,
             settings=settings,
             progress=update,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import Container, FileEdit, Label, LineEdit
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit
 
 from ..core.errors import EmpanadaError
 from ..core.settings import setting_fields, tooltip
@@ -140,6 +140,9 @@ UNFREEZE = {
 }
 
 
+#: The check box that allows replacing a registered model (named in refusals).
+OVERWRITE = "replace a model of the same name"
+
 #: The TrainSettings fields every training dock shows (main, then advanced).
 MAIN_FIELDS = ("iterations",)
 ADVANCED_FIELDS = ("val_fraction", "patch_size", "batch_size", "lr", "val_every", "seed")
@@ -165,7 +168,14 @@ class RunControls:
         self.val_folder.tooltip = "optional: scored during training; else patches are held out"
         self.name = LineEdit(value=name, label="new model name")
         self.name.tooltip = (
-            "The name the trained model is registered under (letters, digits, _ - .)."
+            "The name the trained model is registered under (letters, digits, _ - .). A name "
+            "already registered is refused unless 'replace a model of the same name' is "
+            "ticked; after each run the next free name is proposed (round1 -> round2)."
+        )
+        self.overwrite = CheckBox(value=False, text=OVERWRITE)
+        self.overwrite.tooltip = (
+            "Register the new model in place of a registered model of the same name (that "
+            "model is lost; built-in models are never replaced). Unticked after each run."
         )
         self.fields = settings_controls(
             TrainSettings, (*MAIN_FIELDS, *ADVANCED_FIELDS), defaults=preset
@@ -181,8 +191,7 @@ class RunControls:
         self.output.tooltip = "optional: else the model lives in the registry's folder only"
         self.loop = Label(value="")
         self.loop.tooltip = "what the dataset holds: patches, the loop's round, your corrections"
-        self.loop.native.setWordWrap(True)
-        self.loop.native.setMinimumWidth(120)
+        _wrap_across(self.loop)
         self.dataset.changed.connect(self._describe)
 
     # the names the docks and tests used before the controls came from TrainSettings
@@ -210,6 +219,7 @@ class RunControls:
             *(self.fields[k] for k in ADVANCED_FIELDS),
             self.device,
             self.output,
+            self.overwrite,
         ]
 
     def folders(self) -> list[Path]:
@@ -231,11 +241,35 @@ class RunControls:
         name = self.name.value.strip()
         if not name:
             return "Give the new model a name."
+        problem = self.name_problem(name)
+        if problem:
+            return problem
         try:
             self.train_settings()
         except EmpanadaError as err:  # the settings' own rule, said as it says it
             return str(err)
         return None
+
+    def name_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot name the new model (taken, built-in, invalid), or None: the
+        rule of the library and the command line, said with this dock's controls."""
+        from ..core.models.naming import name_problem
+
+        return name_problem(
+            name,
+            overwrite=bool(self.overwrite.value),
+            field="'new model name'",
+            replace_hint=f"tick '{OVERWRITE}' under Advanced options",
+        )
+
+    def after_run(self, name: str) -> None:
+        """After a run that used ``name``: propose the next free name (``round1`` ->
+        ``round2``; the same name when nothing was registered under it) and ask again before
+        replacing a model."""
+        from ..core.models.naming import free_name
+
+        self.overwrite.value = False
+        self.name.value = free_name(name)
 
     def train_settings(self, **more: Any) -> Any:
         """The run's TrainSettings: the preset with the controls' values (checked)."""
@@ -264,9 +298,44 @@ class RunControls:
         return Path(out) if out not in ("", ".") else None
 
 
-def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None:
+def _wrap_across(label: Label) -> None:
+    """Let a long line wrap over the row's whole width: a word-wrapped QLabel asks for the
+    width of a short line (it wrapped into a 120-pixel column, 6 lines), so it is
+    made to expand, and its row gives up the empty label column in front of it."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    native.setMinimumWidth(120)
+    policy = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    policy.setHeightForWidth(True)
+    native.setSizePolicy(policy)
+
+    def span(*_: Any) -> None:
+        # The form wraps the label in a row with a label column (magicgui's labelled
+        # widget): an empty one is hidden, so the text starts at the dock's left edge.
+        row = native.parentWidget()
+        layout = row.layout() if row is not None else None
+        if layout is None or layout.count() < 2 or layout.itemAt(1).widget() is not native:
+            return
+        front = layout.itemAt(0).widget()
+        if front is not None and not getattr(front, "text", lambda: "x")():
+            front.setVisible(False)
+
+    label.changed.connect(span)
+
+
+def run_training(
+    jobs: JobPanel,
+    plot: LivePlot,
+    work,
+    description: str,
+    controls: RunControls | None = None,
+    name: str = "",
+) -> None:
     """Start ``work(progress, cancel) -> TrainResult`` in ``jobs``; a cancelled run hands back
-    the model it saved; the new model is selected in every open model picker."""
+    the model it saved; the new model is selected in every open model picker, and
+    ``controls`` propose the next free name after ``name``."""
     from ..core.training.runner import TrainingCancelled
 
     def job(progress, cancel):
@@ -279,6 +348,8 @@ def run_training(jobs: JobPanel, plot: LivePlot, work, description: str) -> None
 
     def done(result) -> str:
         select_model(result.name, finished=not result.cancelled)
+        if controls is not None:
+            controls.after_run(name or result.name)
         plot.finish()
         best = ""
         if result.validation:

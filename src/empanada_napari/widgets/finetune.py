@@ -52,14 +52,19 @@ class FinetuneWidget(Container):
             self.jobs,
             extra=[self.plot.canvas, self.plot.eta.native],
         )
+        self._proposed = ""  # the name last proposed from the start model
         self.model.changed.connect(self._default_name)
         self._default_name()
         watch(self, napari_viewer)
 
     def _default_name(self, *_: Any) -> None:
+        """Propose ``<start model>_finetuned`` (or its next free name) unless the user typed
+        a name of their own or a run proposed the next round's."""
+        from ..core.models.naming import free_name
+
         name = self.run_controls.name
-        if self.model.value and (not name.value or name.value.endswith("_finetuned")):
-            name.value = f"{self.model.value}_finetuned"
+        if self.model.value and name.value.strip() in ("", self._proposed):
+            name.value = self._proposed = free_name(f"{self.model.value}_finetuned")
 
     def problem(self) -> str | None:
         """Why finetuning cannot start, or None."""
@@ -77,6 +82,7 @@ class FinetuneWidget(Container):
             freeze_encoder=mode == "freeze", unfreeze=stages, tune=bool(self.tune.value)
         )
         model, name, output = self.model.value, rc.name.value.strip(), rc.output_dir()
+        overwrite = bool(rc.overwrite.value)
 
         def work(progress, cancel):
             from ..core.training.loops import finetune
@@ -86,6 +92,7 @@ class FinetuneWidget(Container):
                 model,
                 data.dataset,
                 name=name,
+                overwrite=overwrite,
                 val=data.val,
                 output_dir=output,
                 progress=progress,
@@ -93,4 +100,4 @@ class FinetuneWidget(Container):
                 settings=settings,
             )
 
-        run_training(self.jobs, self.plot, work, f"Finetuning {model}")
+        run_training(self.jobs, self.plot, work, f"Finetuning {model}", rc, name)

@@ -272,8 +272,14 @@ class PickPatchesWidget(Container):
             }
         }
         name = f"{layer.name} patches"
+        added = [
+            self.viewer.add_image(images, name=name, metadata=meta, contrast_limits=_limits(layer)),
+            self.viewer.add_labels(labels, name=f"{layer.name} patch labels", metadata=meta),
+        ]
         boxes = outlines(infos, layer_array(layer).ndim)
         if boxes:  # where the patches were cut, on the source image
+            # Added last, so drawn above the patch layers: the outline and number of the
+            # patch on screen stay visible (the number in its corner, off the labels).
             self.viewer.add_shapes(
                 boxes,
                 shape_type="rectangle",
@@ -283,12 +289,12 @@ class PickPatchesWidget(Container):
                 edge_width=2,
                 scale=layer.scale,
                 translate=layer.translate,
-                text={"string": [str(k) for k in range(len(boxes))], "color": "yellow"},
+                text={
+                    "string": [str(k) for k in range(len(boxes))],
+                    "color": "yellow",
+                    "anchor": "upper_left",
+                },
             )
-        added = [
-            self.viewer.add_image(images, name=name, metadata=meta, contrast_limits=_limits(layer)),
-            self.viewer.add_labels(labels, name=f"{layer.name} patch labels", metadata=meta),
-        ]
         self.navigator.show(layer, added, infos)
         where = " (middle slice of each flipbook)" if depth > 1 else ""
         return (

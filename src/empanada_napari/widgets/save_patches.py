@@ -103,7 +103,7 @@ class SavePatchesWidget(Container):
         proposals = patch_masks(np.asarray(proposal), depth) if proposal is not None else None
 
         def work(progress, _cancel):
-            from ..core.training.effort import correction_effort, total_effort
+            from ..core.training.effort import correction_effort, describe_effort, total_effort
             from ..core.training.layout import check_dataset, save_patches
 
             progress(0, 1)
@@ -122,17 +122,11 @@ class SavePatchesWidget(Container):
             )
             total = len(check_dataset(folder, min_pairs=1).pairs)
             progress(1, 1)
-            return written, total, total_effort(efforts) if efforts else None
+            return written, total, describe_effort(total_effort(efforts)) if efforts else ""
 
         def done(out) -> str:
             written, total, effort = out
-            changed = ""
-            if effort is not None:
-                changed = (
-                    f" You changed {effort['changed']} of {effort['objects']} objects "
-                    f"({effort['added']} added, {effort['deleted']} deleted, {effort['redrawn']} "
-                    f"redrawn, {effort['merged']} merged, {effort['split']} split)."
-                )
+            changed = f" {effort}" if effort else ""
             return (
                 f"Saved {len(written)} patches in {folder / source} ({total} in the dataset "
                 f"now).{changed} Next: 'Finetune Model' on this folder."

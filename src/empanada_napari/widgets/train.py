@@ -111,6 +111,7 @@ class TrainWidget(Container):
         architecture, encoder = self.architecture.value, self.encoder.value
         pretrained = None if self.pretrained.value == PRETRAINED[0] else "cem1.5m"
         name, output, settings = rc.name.value.strip(), rc.output_dir(), rc.train_settings()
+        overwrite = bool(rc.overwrite.value)
 
         def work(progress, cancel):
             from ..core.training.loops import train
@@ -120,6 +121,7 @@ class TrainWidget(Container):
                 architecture,
                 data.dataset,
                 name=name,
+                overwrite=overwrite,
                 encoder=encoder,
                 pretrained=pretrained,
                 classes=classes,
@@ -130,4 +132,4 @@ class TrainWidget(Container):
                 settings=settings,
             )
 
-        run_training(self.jobs, self.plot, work, f"Training {architecture}")
+        run_training(self.jobs, self.plot, work, f"Training {architecture}", rc, name)

@@ -14,6 +14,9 @@ class:
 * ``deleted``: any other proposed object without a match.
 
 ``changed`` = added + deleted + redrawn + merged + split: the objects the user had to touch.
+It is counted against neither side alone (added objects are not in the proposal, deleted ones
+are not in the correction), so :func:`describe_effort` says it as a number of corrections
+beside the proposal's ``proposed`` objects, the ``kept`` ones and the corrected ``objects``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def _inside(a: np.ndarray, b: np.ndarray) -> dict[int, dict[int, float]]:
 def correction_effort(proposal: np.ndarray, correction: np.ndarray) -> dict[str, int]:
     """Objects the user changed to turn ``proposal`` into ``correction`` (2D or 3D instance
     labels of one patch; see the module docstring). Returns counts per class plus
-    ``kept``, ``changed`` and ``objects`` (in the correction)."""
+    ``kept``, ``changed``, ``proposed`` (objects in the proposal) and ``objects`` (in the
+    correction)."""
     from ..metrics import match_instances
 
     proposal, correction = np.asarray(proposal), np.asarray(correction)
@@ -90,15 +94,30 @@ def correction_effort(proposal: np.ndarray, correction: np.ndarray) -> dict[str,
     }
     out["kept"] = int(kept)
     out["changed"] = sum(out[k] for k in EFFORT_KEYS)
+    out["proposed"] = len(_ids(p))
     out["objects"] = len(_ids(c))
     return out
 
 
 def total_effort(rows: Iterable[Mapping[str, int]]) -> dict[str, int]:
     """The per-patch counts of :func:`correction_effort` summed (missing keys count 0)."""
-    keys = (*EFFORT_KEYS, "kept", "changed", "objects")
+    keys = (*EFFORT_KEYS, "kept", "changed", "proposed", "objects")
     total = dict.fromkeys(keys, 0)
     for row in rows:
         for k in keys:
             total[k] += int(row.get(k) or 0)
     return total
+
+
+def describe_effort(effort: Mapping[str, int]) -> str:
+    """One sentence on :func:`correction_effort` (or :func:`total_effort`) counts, e.g. "27
+    objects corrected (13 added, 8 deleted, 6 redrawn, 0 merged, 0 split); of the model's
+    21 objects 7 were kept as proposed; 19 objects after correcting."."""
+    parts = ", ".join(f"{int(effort.get(k) or 0)} {k}" for k in EFFORT_KEYS)
+    text = f"{int(effort.get('changed') or 0)} objects corrected ({parts})"
+    if "proposed" in effort:
+        text += (
+            f"; of the model's {int(effort['proposed'])} objects {int(effort.get('kept') or 0)}"
+            " were kept as proposed"
+        )
+    return f"{text}; {int(effort.get('objects') or 0)} objects after correcting."

@@ -82,6 +82,8 @@ def export_model(
     if register:
         from ..models.registry import get_registry
 
+        # The name was checked before training (loops.check_request: a registered name only
+        # with overwrite=True); refusing here would throw away the minutes just trained.
         (registry or get_registry()).register(name, config_path, overwrite=True)
     return model_path, config_path
 

@@ -58,14 +58,33 @@ __all__ = [
 Val = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 
 
-def check_request(name: str, output_dir, patch_size: int, batch_size: int) -> None:
+def check_request(
+    name: str,
+    output_dir,
+    patch_size: int,
+    batch_size: int,
+    *,
+    register: bool = True,
+    overwrite: bool = False,
+    registry=None,
+    field: str = "name",
+    replace_hint: str = "pass overwrite=True",
+) -> None:
     """What can be refused before a minute is trained or a file written: the model's name
-    (it names files and the registry entry: the registry's own rule), an output folder
-    that is a file, and patches whose batch cannot fit in memory."""
+    (it names files and the registry entry: the registry's own rule; when the model is to be
+    registered, a name already taken unless ``overwrite``, see :mod:`..models.naming`), an
+    output folder that is a file, and patches whose batch cannot fit in memory. ``field``
+    and ``replace_hint`` word the name's refusal for the caller's user."""
     from ..models.config import check_name
+    from ..models.naming import name_problem
     from .dataset import check_patch_memory
 
     check_name(name)
+    taken = register and name_problem(
+        name, registry, overwrite=overwrite, field=field, replace_hint=replace_hint
+    )
+    if taken:
+        raise InputError(taken)
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise InputError(
             f"The output (--output, output_dir) {output_dir} is a file; give a folder for the "
@@ -117,6 +136,7 @@ class _Job:
     progress: Progress | None
     cancel: Any
     tune_on: Val | None = None  # corrected patches to choose post-processing settings on
+    overwrite: bool = False  # replace a registered model of the same name (asked for)
 
 
 def _train_and_save(module, dataset, settings, device, config, job: _Job, describe):
@@ -153,7 +173,12 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
             "validation (or validate more often) to keep the best model of a cancelled run."
         )
     if outcome.cancelled:  # its name says so, wherever it is listed or picked
-        job = replace(job, name=f"{job.name}_cancelled")
+        cancelled = f"{job.name}_cancelled"
+        if job.register and not job.overwrite:  # an earlier cancelled run's model stays
+            from ..models.naming import free_name
+
+            cancelled = free_name(cancelled, job.registry)
+        job = replace(job, name=cancelled)
     tuned = None
     if job.tune_on and not outcome.cancelled:
         tuned = _tune(module, config, device, job, outcome.iterations_done)
@@ -236,6 +261,7 @@ def finetune(
     val: Val | None = None,
     output_dir: str | Path | None = None,
     register: bool = True,
+    overwrite: bool = False,
     registry=None,
     progress: Progress | None = None,
     cancel=None,
@@ -253,11 +279,21 @@ def finetune(
     heads only; ``unfreeze=("layer4",)`` also trains chosen ResNet stages. Cancel
     saves the best validated weights as ``<name>_cancelled`` and raises
     :class:`TrainingCancelled` with the result (nothing is kept before a first validation).
+    A ``name`` already registered is refused before training unless ``overwrite``; a
+    cancelled run's ``<name>_cancelled`` never replaces an earlier one (it gets ``_2``...).
     """
     from ..device import resolve_device
 
     settings = _resolve_settings(settings, overrides)
-    check_request(name, output_dir, settings.patch_size, settings.batch_size)
+    check_request(
+        name,
+        output_dir,
+        settings.patch_size,
+        settings.batch_size,
+        register=register,
+        overwrite=overwrite,
+        registry=registry,
+    )
     dataset, val = _as_dataset(dataset, val, settings, None)
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
@@ -271,7 +307,7 @@ def finetune(
         module = load_torchscript(path, device)
     config = complete_config(config, module)
     tune_on = _tuning_pairs(dataset, val) if settings.tune else None
-    job = _Job(name, output_dir, register, registry, val, progress, cancel, tune_on)
+    job = _Job(name, output_dir, register, registry, val, progress, cancel, tune_on, overwrite)
     n = len(getattr(dataset, "records", dataset))
     # The start model is named, not its description repeated: finetuning a finetuned model
     # would otherwise pile up every earlier run's sentences.
@@ -318,6 +354,7 @@ def train(
     val: Val | None = None,
     output_dir: str | Path | None = None,
     register: bool = True,
+    overwrite: bool = False,
     registry=None,
     description: str = "",
     progress: Progress | None = None,
@@ -330,14 +367,23 @@ def train(
     class, mitochondria); with several classes the masks hold ``class * 1000 + instance``
     (see :func:`~.store.load_training_data`). With ``pretrained`` (a path, URL or
     ``"cem1.5m"``) the ResNet encoder starts from those weights. The trained model is
-    scripted, saved and registered as ``name``; cancel keeps the best validated weights
-    as ``<name>_cancelled``.
+    scripted, saved and registered as ``name`` (a name already registered is refused before
+    training unless ``overwrite``); cancel keeps the best validated weights as
+    ``<name>_cancelled``.
     """
     from ..device import resolve_device
     from ..models.architectures import build_model
 
     settings = _resolve_settings(settings, overrides, TRAIN)
-    check_request(name, output_dir, settings.patch_size, settings.batch_size)
+    check_request(
+        name,
+        output_dir,
+        settings.patch_size,
+        settings.batch_size,
+        register=register,
+        overwrite=overwrite,
+        registry=registry,
+    )
     class_names, labels, things, channels = _class_config(classes)
     dataset, val = _as_dataset(dataset, val, settings, classes)
     device = resolve_device(settings.device)
@@ -361,7 +407,7 @@ def train(
     config["encoder"] = encoder
     if arch_kwargs:
         config["architecture_params"] = dict(arch_kwargs)
-    job = _Job(name, output_dir, register, registry, val, progress, cancel)
+    job = _Job(name, output_dir, register, registry, val, progress, cancel, overwrite=overwrite)
     params = sum(p.numel() for p in module.parameters())
     return _train_and_save(
         module,

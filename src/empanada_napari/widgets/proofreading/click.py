@@ -18,7 +18,7 @@ from ...core import proofread as pr
 from ...core.errors import EmpanadaError, InputError
 from ...core.proofread._boxes import read
 from ...core.proofread.edits import make_edit
-from .._common import notify_info
+from .._common import PATCHES_META, notify_info
 from .._pickers import LayerPicker, ModelPicker, device_picker, preload_model
 from ._dock import MODE_TIP, MODES, PLANE, VOLUME, ProofreadDock, fixed_axes, per_plane
 from ._tracking import LayerJob
@@ -127,6 +127,7 @@ class ClickToAdd(ProofreadDock):
                 raise InputError(self.problem() or "choose the image and the labels")
             if self.jobs.busy:
                 raise InputError("still working on the previous click: wait for it")
+            _check_shown(labels)
             world = np.asarray(world, float)
             full = np.asarray(self.viewer.dims.point, float).copy()
             full[len(full) - len(world) :] = world
@@ -157,7 +158,7 @@ class ClickToAdd(ProofreadDock):
         def work(index, _progress, _cancel):
             return pr.delete_labels(layer.data, [label_id], index=index, fixed=fixed)
 
-        where = f" in plane {at[0]}" if fixed else ""
+        where = _place(layer, at[0]) if fixed else ""
         return self._start(layer, work, lambda e: f"removed {label_id}{where} (undo: Ctrl+Z)")
 
     def _add(self, image, layer, pi, pl, offset) -> bool:
@@ -198,7 +199,7 @@ class ClickToAdd(ProofreadDock):
             placed = [_to_labels(found, tuple(layer.data.shape), shift)]
             return _paint(layer.data, index, placed, replace_with)
 
-        return self._start(layer, work, _describe_add)
+        return self._start(layer, work, lambda edit: _describe_add(edit, layer))
 
     def _start(self, layer, work, describe) -> bool:
         session = LayerJob(layer)
@@ -247,6 +248,7 @@ class ClickToAdd(ProofreadDock):
             self.fail("still working on the previous click: wait for it")
             return
         try:
+            _check_shown(layer)
             boxes = _rectangles(self.viewer, shapes, image)
             offset = _grid_offset(image, layer)
             data = image.data[0] if getattr(image, "multiscale", False) else image.data
@@ -285,14 +287,48 @@ class ClickToAdd(ProofreadDock):
         self._start(layer, work, describe)
 
 
-def _describe_add(edit: pr.Edit) -> str:
+def _check_shown(labels: Any) -> None:
+    """Refuse to edit labels that are not on screen: a click would change what nobody sees
+    (patch labels are hidden off their patch's slice, see widgets._patch_nav)."""
+    if labels.visible:
+        return
+    if PATCHES_META in (labels.metadata or {}):
+        raise InputError(
+            f"'{labels.name}' is hidden: patch labels show only on the slice their patch "
+            "came from. Go back to it, or choose a patch with '< Previous', 'Next >' or the "
+            "table in Pick Training Patches."
+        )
+    raise InputError(f"'{labels.name}' is hidden: show it (its eye in the layer list) to edit it")
+
+
+def _place(layer: Any, plane: int) -> str:
+    """Where an edit in ``plane`` of ``layer``'s first axis is, in words: the patch (and the
+    source slice it was cut from) on patch labels, else the slice."""
+    meta = (getattr(layer, "metadata", None) or {}).get(PATCHES_META)
+    if not meta:
+        return f" in slice {plane}"
+    infos = meta.get("patches") or []
+    where = f" in patch {plane}"
+    if 0 <= plane < len(infos) and len(infos[plane].get("start", ())) == 3:
+        info = infos[plane]
+        axis = int(info.get("axis", 0))
+        middle = (info["start"][axis] + info["stop"][axis] - 1) // 2
+        source = f" of '{meta['source']}'" if meta.get("source") else ""
+        along = "slice" if axis == 0 else f"{'zyx'[axis]} ="
+        where += f" (from {along} {middle}{source})"
+    return where
+
+
+def _describe_add(edit: pr.Edit, layer: Any = None) -> str:
+    """'added 4 in slice 5', or on patch labels 'added 4 in patch 5 (from slice 1 of ...)'."""
     new = edit.new_ids[0]
-    z = edit.box[0] if len(edit.box) == 3 else None
+    patches = PATCHES_META in (getattr(layer, "metadata", None) or {})
+    z = edit.box[0] if len(edit.box) == 3 or (patches and len(edit.box) > 2) else None
     where = ""
     if z is not None and z.stop - z.start > 1:
         where = f" through slices {z.start}-{z.stop - 1}"
     elif z is not None:
-        where = f" in slice {z.start}"
+        where = _place(layer, z.start)
     replaced = f", replacing {edit.removed_ids[0]}" if edit.removed_ids else ""
     return f"added {new}{where}{replaced} (undo: Ctrl+Z)"
 
