@@ -176,8 +176,9 @@ def default_chunks(
 
 #: The share of this machine's memory one block may use in an interactive session (napari):
 #: the viewer, the image and result layers and the user's other work share the rest. A
-#: 256 x 768 x 1024 volume on a 24 GB machine then runs in blocks at about 2 GB peak instead
-#: of one block at 5 GB (docs/benchmarks.md, "Memory of the 3D dock").
+#: 256 x 768 x 1024 volume on a 24 GB machine then peaks at 2.2 GB in the 3D dock in 4 blocks
+#: instead of 4.25 GB in one, and takes 1.4x as long (docs/benchmarks.md, "Big volumes
+#: inside napari").
 INTERACTIVE_MEMORY_FRACTION = 1 / 16
 #: ...but never less than this (GB): smaller blocks spend most of their time on halos.
 INTERACTIVE_MEMORY_MIN_GB = 1.0
