@@ -122,3 +122,15 @@ def test_crop_reads_nothing_from_a_zarr_volume(tmp_path):
     assert values[:, 0, 0].tolist() == list(range(10, 20))
     view = crop(np.zeros((4, 8, 8)), (slice(1, 2), slice(0, 8), slice(0, 8)))
     assert isinstance(view, np.ndarray) and view.base is not None  # a view, no copy
+
+
+def test_settings_messages_can_name_the_labels_on_screen():
+    from empanada_napari.core.settings import TrainSettings
+    from empanada_napari.core.settings_meta import in_labels
+
+    with pytest.raises(InputError) as err:
+        StackSettings(median_slices=4)
+    assert in_labels(str(err.value), StackSettings).startswith("median slices must be odd")
+    assert in_labels("lr must be > 0; lrx stays", TrainSettings) == (
+        "learning rate must be > 0; lrx stays"  # whole words only
+    )

@@ -412,3 +412,15 @@ def test_3d_region_of_the_view_on_screen(make_napari_viewer, qtbot, crop):
     assert y0 <= 60 < y1 and x0 <= 70 < x1 and y1 - y0 < 200 and x1 - x0 < 200
     viewer.dims.ndisplay = 3
     assert "2D view" in widget.problem()
+
+
+def test_3d_settings_problems_name_the_controls_on_screen(make_napari_viewer, crop):
+    """Issue 34/37: the dock says the settings' own rule (one check, in core) with the labels
+    the user sees, not the field names."""
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    widget.median_slices.value = 4
+    problem = widget.problem()
+    assert problem is not None and "median slices must be odd" in problem, problem
+    assert "median_slices" not in problem

@@ -67,6 +67,18 @@ def widget_label(f: Field) -> str:
     return f.metadata.get("label") or f.name.replace("_", " ")
 
 
+def in_labels(message: str, *classes: Any) -> str:
+    """``message`` (a settings check's, naming fields) with every field of ``classes`` named
+    by its widget label instead: what a dock shows names the controls on screen
+    (``median_slices must be odd`` -> ``median slices must be odd``)."""
+    import re
+
+    for cls in classes:
+        for f in setting_fields(cls):
+            message = re.sub(rf"\b{re.escape(f.name)}\b", widget_label(f), message)
+    return message
+
+
 def tooltip(f: Field, default: Any = MISSING) -> str:
     """Help text with the default (the field's, or ``default``: a preset's), for tooltips
     and ``--help``."""

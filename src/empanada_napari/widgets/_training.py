@@ -246,8 +246,11 @@ class RunControls:
             return problem
         try:
             self.train_settings()
-        except EmpanadaError as err:  # the settings' own rule, said as it says it
-            return str(err)
+        except EmpanadaError as err:  # the settings' own rule, with the labels on screen
+            from ..core.settings import TrainSettings
+            from ..core.settings_meta import in_labels
+
+            return in_labels(str(err), TrainSettings)
         return None
 
     def name_problem(self, name: str) -> str | None:

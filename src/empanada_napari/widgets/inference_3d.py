@@ -273,12 +273,13 @@ class Inference3DWidget(Container):
             return problem
         if not self.model.has_models():
             return "No model registered: add one in the Model Manager."
-        if self.median_slices.value % 2 == 0:
-            return "Median slices must be odd."
         try:
             self.settings()
-        except EmpanadaError as exc:
-            return str(exc)
+        except EmpanadaError as exc:  # the settings' own rule, with the labels on screen
+            from ..core.settings import SETTINGS_CLASSES
+            from ..core.settings_meta import in_labels
+
+            return in_labels(str(exc), *SETTINGS_CLASSES.values())
         scheduler = self.scheduler.value.strip()
         if scheduler and not scheduler.startswith(("tcp://", "tls://", "local:")):
             return "Dask scheduler must be empty, tcp://host:port or local:N."
