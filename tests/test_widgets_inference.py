@@ -424,3 +424,16 @@ def test_3d_settings_problems_name_the_controls_on_screen(make_napari_viewer, cr
     problem = widget.problem()
     assert problem is not None and "median slices must be odd" in problem, problem
     assert "median_slices" not in problem
+
+
+def test_3d_scheduler_address_is_checked_by_the_core_rule(make_napari_viewer, crop, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    widget.out_dir.value = tmp_path
+    for bad in ("foo", "local:x", "http://host"):
+        widget.scheduler.value = bad
+        assert widget.problem().startswith("Dask scheduler: "), bad
+    for good in ("tcp://host:8786", "host:8786", "local:2"):
+        widget.scheduler.value = good
+        assert widget.problem() is None, good

@@ -281,8 +281,13 @@ class Inference3DWidget(Container):
 
             return in_labels(str(exc), *SETTINGS_CLASSES.values())
         scheduler = self.scheduler.value.strip()
-        if scheduler and not scheduler.startswith(("tcp://", "tls://", "local:")):
-            return "Dask scheduler must be empty, tcp://host:port or local:N."
+        if scheduler:
+            from ..core.inference.blocks.executor import local_workers
+
+            try:
+                local_workers(scheduler)  # the core's check of the address, said as it says it
+            except EmpanadaError as exc:
+                return f"Dask scheduler: {exc}"
         try:
             self._region()
         except EmpanadaError as exc:

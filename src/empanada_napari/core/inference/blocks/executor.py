@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -66,6 +67,32 @@ class InThreadExecutor(cf.Executor):
         return future
 
 
+#: Address schemes of dask.distributed schedulers (its comm backends).
+SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
+
+
+def local_workers(scheduler: str) -> int | None:
+    """N of ``"local:N"`` (N local worker processes), None for any other text; an
+    InputError when the address is ``local:`` with no positive whole number. Other addresses
+    must be ``scheme://...`` with a dask.distributed scheme, or ``host:port`` (tcp): checked
+    before any connection, here and in the 3D dock as the address is typed."""
+    text = scheduler.strip()
+    if text.startswith("local:"):
+        try:
+            workers = int(text.split(":", 1)[1])
+        except ValueError as err:
+            raise InputError(f"local:N needs a number of workers, got {scheduler!r}") from err
+        if workers < 1:
+            raise InputError("local:N needs N >= 1 worker processes")
+        return workers
+    if not (text.startswith(SCHEDULER_SCHEMES) or re.fullmatch(r"[\w.\-\[\]:]+:\d+", text)):
+        raise InputError(
+            f"{scheduler!r} is not a scheduler address: give tcp://host:port, or local:N for "
+            "N local processes."
+        )
+    return None
+
+
 class Runner:
     """Submit tasks to the calling thread or a dask.distributed client, a window at a time.
 
@@ -76,13 +103,10 @@ class Runner:
     def __init__(self, scheduler: Any = None, workers: int | None = None) -> None:
         self.client = None
         self._own: list = []
-        if isinstance(scheduler, str) and scheduler.startswith("local:"):
-            try:
-                workers, scheduler = int(scheduler.split(":", 1)[1]), None
-            except ValueError as err:
-                raise InputError(f"local:N needs a number of workers, got {scheduler!r}") from err
-            if workers < 1:
-                raise InputError("local:N needs N >= 1 worker processes")
+        if isinstance(scheduler, str):
+            local = local_workers(scheduler)
+            if local is not None:
+                workers, scheduler = local, None
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise InputError(f"workers must be a number of processes >= 1, got {workers!r}")
         if scheduler is None and workers:
