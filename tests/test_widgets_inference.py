@@ -380,9 +380,10 @@ def test_3d_region_of_slices_and_a_rectangle_lands_in_place(
     assert out.metadata["empanada"]["region"] == [[2, 8], [64, 256], [96, 288]]
     assert 10 <= viewer.dims.point[0] <= 35  # the viewer went to the region (slices 2-7)
     # An empty region is refused before anything runs; a smaller block memory cuts blocks.
-    widget.region.first.value, widget.region.last.value = 20, 0
-    assert "past the volume's last slice" in widget.problem()
-    widget.region.first.value = 0
+    widget.region.first.value, widget.region.last.value = 9, 4
+    assert "the last slice is before the first" in widget.problem()
+    assert widget.region.last.max == 15  # the image's slices
+    widget.region.first.value, widget.region.last.value = 0, 15
     widget.region.area.value = "whole planes"
     from empanada_napari.core.inference.blocks import plan
 

@@ -24,9 +24,11 @@ class RegionControls:
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.first = SpinBox(value=0, min=0, max=10**7, label="slices from")
-        self.first.tooltip = "First slice (z) of the volume to segment (0: the first)."
+        self.first.tooltip = "First slice (z) of the volume to segment."
         self.last = SpinBox(value=0, min=0, max=10**7, label="slices to")
-        self.last.tooltip = "Last slice (z) to segment, included (0: the last slice)."
+        self.last.tooltip = (
+            "Last slice (z) to segment, included. Choosing an image sets its whole range."
+        )
         self.area = ComboBox(choices=AREAS, value=WHOLE, label="area")
         self.area.tooltip = (
             "Part of every slice to segment: whole planes; the view on screen (what the "
@@ -41,6 +43,12 @@ class RegionControls:
     def _on_area(self, *_: Any) -> None:
         self.shapes.visible = self.area.value == RECTANGLE
 
+    def fit(self, slices: int) -> None:
+        """Offer the slices of a volume of ``slices`` slices, all of them chosen."""
+        top = max(0, int(slices) - 1)
+        self.first.max = self.last.max = top
+        self.first.value, self.last.value = 0, top
+
     @property
     def widgets(self) -> list[Any]:
         """The controls, in dock order."""
@@ -50,11 +58,11 @@ class RegionControls:
         """The region of ``layer``'s volume (its last three axes, ``shape``) to segment, None
         for the whole volume. InputError when the region is empty or cannot be read."""
         z0, z1 = int(self.first.value), int(self.last.value)
-        if z1 and z1 < z0:
+        if z1 < z0:
             raise InputError(f"slices from {z0} to {z1}: the last slice is before the first")
         if z0 >= shape[0]:
             raise InputError(f"slice {z0} is past the volume's last slice ({shape[0] - 1})")
-        box = [slice(z0, z1 + 1 if z1 else shape[0]), slice(0, shape[1]), slice(0, shape[2])]
+        box = [slice(z0, z1 + 1), slice(0, shape[1]), slice(0, shape[2])]
         if self.area.value == VIEW:
             box[1:] = box_from_points(self._view_corners(layer), shape, (1, 2))[1:]
         elif self.area.value == RECTANGLE:

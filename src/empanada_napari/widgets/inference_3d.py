@@ -171,6 +171,8 @@ class Inference3DWidget(Container):
             self.jobs,
         )
         self.mode.changed.connect(self._on_mode)
+        self.image.changed.connect(self._fit_region)
+        self._fit_region()
         for widget in (self.image, self.mode, self.axis, self.memory_gb, self.chunks,
                        self.region.first, self.region.last, self.region.area):  # fmt: skip
             widget.changed.connect(self._show_plan)
@@ -227,6 +229,12 @@ class Inference3DWidget(Container):
         data = layer_array(layer)
         lead = leading_index(self.viewer, layer, keep=3)
         return (data[lead] if lead else data), lead
+
+    def _fit_region(self, *_: Any) -> None:
+        """A newly chosen image: its slices, all of them, in the region's range."""
+        layer = self.image.value
+        if isinstance(layer, napari.layers.Image) and layer_array(layer).ndim >= 3:
+            self.region.fit(int(layer_array(layer).shape[-3]))
 
     def _region(self) -> tuple[slice, ...] | None:
         """The region to segment (None: the whole volume); InputError when it is empty."""
