@@ -169,7 +169,7 @@ def one_run(args, parts, strategy: str, seed: int, before: dict, workdir: Path) 
             pick_raw,
             args.patches,
             args.patch_size,
-            strategy=strategy,
+            strategy=strategy if r == 1 or not args.later_strategy else args.later_strategy,
             prefill="model",
             model=model,
             device=args.device,
@@ -423,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         help="round r trains r x --iterations steps (the same steps per patch every round)",
     )
     p.add_argument(
+        "--later-strategy",
+        default="",
+        help="how rounds 2 and later pick (random, uncertain, ...; default: as round 1)",
+    )
+    p.add_argument(
         "--from-start",
         action="store_true",
         help="every round finetunes the start model on all patches (picks use the last model)",
@@ -454,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "grow_iterations": args.grow_iterations,
         "from_start": args.from_start,
+        "later_strategy": args.later_strategy,
     }
     write_result(
         args.json,
