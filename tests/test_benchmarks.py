@@ -226,3 +226,18 @@ def test_dock_clicks_times_a_first_click_with_and_without_preloading(qapp):
         (row,) = result["2d"][side]["runs"]
         assert row["status"].startswith("Added") and "object" in row["status"]
         assert row["click_s"][0] >= row["segment_s"][0] > 0 and row["show_s"][0] > 0
+
+
+def test_napari_at_size_table_has_a_row_per_scenario():
+    from benchmarks.napari_at_size import SCENARIOS, markdown
+
+    run = {
+        "scenario": "region", "volume": list(SCENARIOS["region"][0]), "region": [1000, 1255],
+        "memory_gb": 1.5, "plan": "4 blocks", "run_s": 96.0, "peak_run_gb": 2.24,
+        "click_s": [4.3, 0.4, 0.7], "rss_after_click_gb": [1.6, 1.62], "undo_exact": True,
+        "slice_2d_s": 0.7, "reopened_scale": [5.0, 5.0, 5.0],
+    }  # fmt: skip
+    table = markdown({"runs": [run, {**run, "scenario": "whole", "region": None}]})
+    lines = table.splitlines()
+    assert len(lines) == 4 and "slices 1000-1255" in lines[2] and "| all |" in lines[3]
+    assert "0.70" in lines[2] and "5 x 5 x 5" in lines[2]
