@@ -87,9 +87,16 @@ def item_boxes(item: Any) -> list[Box]:
     return [b for b in map(atom_box, item) if b is not None]
 
 
-def record_edit(layer: napari.layers.Labels, box: Box, old: np.ndarray, new: np.ndarray) -> None:
-    """Write ``new`` into ``layer.data[box]`` as one undo step (``old`` is what is there)."""
-    changed = old != new
+def record_edit(
+    layer: napari.layers.Labels,
+    box: Box,
+    old: np.ndarray,
+    new: np.ndarray,
+    changed: np.ndarray | None = None,
+) -> None:
+    """Write ``new`` into ``layer.data[box]`` as one undo step (``old`` is what is there;
+    ``changed``, ``old != new``, when the caller has it)."""
+    changed = old != new if changed is None else changed
     if not changed.any():
         return
     if isinstance(layer.data, np.ndarray):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,16 @@ class Edit:
     removed_ids: list[int] = field(default_factory=list)
     target: int | None = None
 
+    @cached_property
+    def changed(self) -> np.ndarray:
+        """Where the box's values change (computed once: writing an edit of a big box
+        into a layer, its undo step and the index all need it)."""
+        return self.old != self.new
+
     @property
     def n_changed(self) -> int:
         """Number of voxels whose value changes."""
-        return int(np.count_nonzero(self.old != self.new))
+        return int(np.count_nonzero(self.changed))
 
     def apply(self, labels: Any) -> None:
         """Write ``new`` into ``labels[box]`` (in place, only the box)."""

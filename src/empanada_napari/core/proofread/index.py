@@ -210,6 +210,7 @@ class LabelIndex:
         box: Box,
         old: np.ndarray | None = None,
         new: np.ndarray | None = None,
+        changed: np.ndarray | None = None,
     ) -> None:
         """Bring the index up to date after ``labels[box]`` changed (call after the write).
 
@@ -217,6 +218,7 @@ class LabelIndex:
         only labels that lost or gained voxels are touched and usually nothing is read;
         a label that lost voxels and extends beyond ``box`` has its own box re-read. Without
         them (e.g. after an undo), the box and the boxes of the labels around it are re-read.
+        ``changed`` (``old != new``) saves computing it again for a big box.
         """
         box = tuple(slice(int(s.start), int(s.stop)) for s in box)
         if any(s.stop <= s.start for s in box):
@@ -227,7 +229,7 @@ class LabelIndex:
         if old is None:
             self._update_generic(labels, box, new)
             return
-        changed = old != new
+        changed = old != new if changed is None else changed  # the caller's, when it has it
         if not changed.any():
             return
         lost_ids, lost_n = np.unique(old[changed], return_counts=True)

@@ -132,9 +132,11 @@ class LayerJob:
                 f"'{self.layer.name}' changed while the edit was computed: nothing was "
                 "written; run it again"
             )
-        compat.record_edit(self.layer, edit.box, edit.old, edit.new)
+        compat.record_edit(self.layer, edit.box, edit.old, edit.new, edit.changed)
         if self.tracker is not None:
-            self.tracker.index.update(self.layer.data, edit.box, old=edit.old, new=edit.new)
+            self.tracker.index.update(
+                self.layer.data, edit.box, old=edit.old, new=edit.new, changed=edit.changed
+            )
             self.tracker.remember(self.layer)
         self.marker = compat.history_marker(self.layer)
         return True
