@@ -380,7 +380,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from empanada_napari.core.settings import FINETUNE
+    from empanada_napari.core.train_settings import FINETUNE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cdeep3m_sbem"))

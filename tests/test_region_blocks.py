@@ -125,8 +125,8 @@ def test_crop_reads_nothing_from_a_zarr_volume(tmp_path):
 
 
 def test_settings_messages_can_name_the_labels_on_screen():
-    from empanada_napari.core.settings import TrainSettings
     from empanada_napari.core.settings_meta import in_labels
+    from empanada_napari.core.train_settings import TrainSettings
 
     with pytest.raises(InputError) as err:
         StackSettings(median_slices=4)

@@ -388,7 +388,7 @@ def test_the_docks_the_command_line_and_the_library_train_alike(make_napari_view
     import argparse
 
     from empanada_napari import cli_training
-    from empanada_napari.core.settings import FINETUNE, TRAIN
+    from empanada_napari.core.train_settings import FINETUNE, TRAIN
     from empanada_napari.widgets._training import UNFREEZE
 
     viewer = make_napari_viewer()

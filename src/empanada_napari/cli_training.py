@@ -41,9 +41,10 @@ _FIELDS = {
 
 def _add_training_args(p, kind: str) -> None:
     """Options common to finetune and train; the TrainSettings ones are built from
-    :class:`~empanada_napari.core.settings.TrainSettings` with the ``kind`` preset's
+    :class:`~empanada_napari.core.train_settings.TrainSettings` with the ``kind`` preset's
     defaults (shown in ``--help``)."""
-    from .core.settings import PRESETS, TrainSettings, cli_flag, setting_fields, tooltip
+    from .core.settings import cli_flag, setting_fields, tooltip
+    from .core.train_settings import PRESETS, TrainSettings
 
     p.add_argument(
         "--data", required=True, help="dataset folder (<data>/<source>/images|masks/<name>.tiff)"
@@ -86,7 +87,7 @@ def _settings(args, kind: str):
     """The TrainSettings of a command line (checked: a bad value is one sentence)."""
     from dataclasses import replace
 
-    from .core.settings import PRESETS
+    from .core.train_settings import PRESETS
 
     return replace(PRESETS[kind], **{name: getattr(args, name) for name in _FIELDS[kind]})
 

@@ -150,11 +150,11 @@ ADVANCED_FIELDS = ("val_fraction", "patch_size", "batch_size", "lr", "val_every"
 
 class RunControls:
     """Dataset folders, validation, output name and the run's settings: controls built from
-    :class:`~empanada_napari.core.settings.TrainSettings` with the defaults of ``preset``
+    :class:`~empanada_napari.core.train_settings.TrainSettings` with the defaults of ``preset``
     (the same as the command line's), which also checks them."""
 
     def __init__(self, preset: Any, *, name: str = "") -> None:
-        from ..core.settings import TrainSettings
+        from ..core.train_settings import TrainSettings
 
         self.preset = preset
         self.dataset = FileEdit(mode="d", label="dataset folder")
@@ -247,8 +247,8 @@ class RunControls:
         try:
             self.train_settings()
         except EmpanadaError as err:  # the settings' own rule, with the labels on screen
-            from ..core.settings import TrainSettings
             from ..core.settings_meta import in_labels
+            from ..core.train_settings import TrainSettings
 
             return in_labels(str(err), TrainSettings)
         return None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container
 
-from ..core.settings import FINETUNE, TrainSettings
+from ..core.train_settings import FINETUNE, TrainSettings
 from ._common import settings_controls
 from ._jobs import JobPanel
 from ._pickers import ModelPicker

@@ -50,7 +50,7 @@ class TrainWidget(Container):
         from ..core.models.architectures import list_architectures
 
         self.viewer = napari_viewer
-        from ..core.settings import TRAIN
+        from ..core.train_settings import TRAIN
 
         self.run_controls = RunControls(TRAIN, name="MyModel")
         self.architecture = ComboBox(

@@ -30,7 +30,8 @@ from ..jobs import Progress
 from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
 from ..models.encoder_weights import load_encoder_weights
 from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
-from ..settings import FINETUNE, TRAIN, TUNED_KEY
+from ..settings import TUNED_KEY
+from ..train_settings import FINETUNE, TRAIN
 from .export import TrainResult, complete_config, finetune_block, finish
 from .loss import LossWeights
 from .runner import (
@@ -272,7 +273,7 @@ def finetune(
     ``dataset`` is a :class:`PatchDataset` or one or more dataset folders (checked first; a
     held-out split validates the model unless ``val`` = (images, masks) is given; folders
     are cut into ``patch_size`` training patches). ``settings`` default to the finetuning
-    preset (:data:`~empanada_napari.core.settings.FINETUNE`: the whole network, 300 steps of
+    preset (:data:`~empanada_napari.core.train_settings.FINETUNE`: the whole network, 300 steps of
     4 at lr 0.001); keyword ``overrides`` are its fields. A registry name, file or
     :class:`LoadedModel` is re-read from its file, so the cached copy used for inference is
     not modified; a ScriptModule is trained as given. ``freeze_encoder=True`` trains the

@@ -21,7 +21,7 @@ import torch
 from ..errors import Cancelled, InputError, ModelError
 from ..jobs import Progress, is_cancelled, report
 from ..models.loading import LoadedModel
-from ..settings import ENCODER_STAGES, TrainSettings
+from ..train_settings import ENCODER_STAGES, TrainSettings
 from .loss import PanopticLoss
 
 
