@@ -54,6 +54,7 @@ def run_one(args) -> dict:
     import zarr
 
     from empanada_napari.core.inference.chunked import segment_volume
+    from empanada_napari.core.ngff import read_meta
 
     volume = zarr.open_array(args.one, mode="r")
     out = Path(args.one).with_suffix(".labels.zarr")
@@ -64,7 +65,7 @@ def run_one(args) -> dict:
             blocks[0] = info["blocks"]
 
     start = time.perf_counter()
-    labels = segment_volume(
+    segment_volume(
         volume,
         args.model,
         mode=args.mode,
@@ -81,7 +82,7 @@ def run_one(args) -> dict:
         "voxels": voxels,
         "gigavoxels": round(voxels / 1e9, 3),
         "blocks": blocks[0],
-        "objects": int(labels.attrs["empanada"]["objects"]),
+        "objects": int(read_meta(out)["objects"]),
         "seconds": round(seconds, 1),
         "voxels_per_s": round(voxels / seconds),
         "peak_rss_gb": round(peak_kb / 1024**2, 2),

@@ -24,6 +24,7 @@ from empanada_napari.core.inference.blocks.plan import (
 )
 from empanada_napari.core.inference.chunked import segment_volume
 from empanada_napari.core.metrics import evaluate, match_instances, same_partition
+from empanada_napari.core.ngff import read_meta
 
 from .conftest import DATA
 
@@ -140,7 +141,7 @@ def test_a_resume_keeps_its_blocks_on_a_machine_that_would_choose_others(
     monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(200))
     assert plan.default_chunks(VOLUME.shape, "stack") == VOLUME.shape
     resumed = segment_volume(VOLUME, toy_model, resume=True, **params)
-    assert resumed.attrs["empanada"]["fingerprint"]["blocks"]["chunks"] == [32, 320, 320]
+    assert read_meta(params["out"])["fingerprint"]["blocks"]["chunks"] == [32, 320, 320]
     monkeypatch.setattr(plan, "total_memory", lambda: planes_of_memory(50))
     uninterrupted = segment_volume(VOLUME, toy_model, **{**params, "out": tmp_path / "u.zarr"})
     assert same_partition(np.asarray(resumed), np.asarray(uninterrupted))

@@ -13,6 +13,7 @@ import tifffile
 import yaml
 
 from empanada_napari.cli import main
+from empanada_napari.core.ngff import open_labels
 
 from .conftest import DATA, disk_image
 
@@ -60,7 +61,6 @@ def test_segment_tif_to_tif_and_evaluate(toy_model_file, disks_tif, tmp_path, ca
 
 
 def test_segment_zarr_output_and_2d_input(toy_model_file, disks_tif, tmp_path):
-    import zarr
 
     src, _ = disks_tif
     out = tmp_path / "labels.zarr"
@@ -80,7 +80,7 @@ def test_segment_zarr_output_and_2d_input(toy_model_file, disks_tif, tmp_path):
         )
         == 0
     )
-    z = zarr.open(str(out), mode="r")
+    z = open_labels(out)
     assert z.dtype == np.uint32 and z.shape == (2, 160, 140)
     png = tmp_path / "slice.png"
     from skimage.io import imsave

@@ -20,6 +20,7 @@ from empanada_napari.core.errors import Cancelled, InputError
 from empanada_napari.core.inference.chunked import segment_volume
 from empanada_napari.core.inference.engine import Engine2D
 from empanada_napari.core.inference.slices import segment_slices_to
+from empanada_napari.core.ngff import open_labels, read_meta
 from empanada_napari.core.output import output_lock
 
 from .conftest import DATA
@@ -56,7 +57,7 @@ def test_overwrite_with_a_bad_input_keeps_the_old_result(tmp_path, toy_model_fil
     out = tmp_path / f"labels{suffix}"
     common = ["--model", str(toy_model_file), "--mode", mode, "--no-progress", "-o", str(out)]
     assert main(["segment", str(good), *common]) == 0
-    before = np.asarray(zarr.open_array(str(out), mode="r")[:] if suffix == ".zarr" else
+    before = np.asarray(open_labels(out)[:] if suffix == ".zarr" else
                         tifffile.imread(out))  # fmt: skip
     assert before.max() > 0
     bad = RAW.astype(np.float32)
@@ -64,10 +65,10 @@ def test_overwrite_with_a_bad_input_keeps_the_old_result(tmp_path, toy_model_fil
     bad_path = tmp_path / "bad.tif"
     tifffile.imwrite(bad_path, bad)
     assert main(["segment", str(bad_path), *common, "--overwrite"]) == 2
-    after = zarr.open_array(str(out), mode="r")[:] if suffix == ".zarr" else tifffile.imread(out)
+    after = open_labels(out)[:] if suffix == ".zarr" else tifffile.imread(out)
     np.testing.assert_array_equal(after, before)
     if suffix == ".zarr":
-        assert zarr.open_array(str(out), mode="r").attrs["empanada"]["status"] == "complete"
+        assert read_meta(out)["status"] == "complete"
 
 
 def test_killed_2d_zarr_run_is_marked_and_resumes_to_the_same_labels(tmp_path, toy_model):
@@ -82,14 +83,13 @@ def test_killed_2d_zarr_run_is_marked_and_resumes_to_the_same_labels(tmp_path, t
 
     with pytest.raises(Cancelled):
         segment_slices_to(out, engine, RAW, progress=progress, cancel=stop)
-    meta = zarr.open_array(str(out), mode="r").attrs["empanada"]
+    meta = read_meta(out)
     assert meta["status"] == "running" and 0 < meta["slices_done"] < RAW.shape[0]
     seen = []
     summary = segment_slices_to(out, engine, RAW, resume=True, progress=lambda d, t: seen.append(d))
     assert seen[0] == meta["slices_done"]  # finished slices are not redone
-    result = zarr.open_array(str(out), mode="r")
-    assert result.attrs["empanada"]["status"] == "complete"
-    np.testing.assert_array_equal(result[:], zarr.open_array(str(tmp_path / "whole.zarr"))[:])
+    assert read_meta(out)["status"] == "complete"
+    np.testing.assert_array_equal(open_labels(out)[:], open_labels(tmp_path / "whole.zarr")[:])
     assert summary["objects"] == whole["objects"] > 0
 
 
@@ -197,12 +197,12 @@ def test_ctrl_c_during_a_chunked_run_keeps_finished_blocks_for_resume(tmp_path, 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err
-    assert zarr.open_array(str(out), mode="r").attrs["empanada"]["status"] == "running"
+    assert read_meta(out)["status"] == "running"
     assert main([*args, "--resume"]) == 0
     whole = tmp_path / "whole.zarr"
     args[args.index("-o") + 1] = str(whole)
     assert main(args) == 0
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(whole))[:])
+    np.testing.assert_array_equal(open_labels(out)[:], open_labels(whole)[:])
 
 
 @pytest.mark.parametrize("mode", ["2d", "stack"])

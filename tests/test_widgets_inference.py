@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from empanada_napari.core.ngff import open_labels, read_meta
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -195,7 +197,6 @@ def test_3d_stack_real_crop(make_napari_viewer, qtbot, crop, truth):
 
 
 def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
-    import zarr
 
     viewer = make_napari_viewer()
     viewer.add_image(crop[:4, 160:, 160:], name="raw", scale=(5, 5, 5))
@@ -209,8 +210,8 @@ def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
     out = viewer.layers[-1]
     path = tmp_path / "raw_Lucchi_Lite_v1_stack_xy.zarr"
     assert path.exists()
-    stored = zarr.open_array(str(path), mode="r")
-    assert "empanada" in stored.attrs
+    stored = open_labels(path)
+    assert read_meta(path)["status"] == "complete"
     np.testing.assert_array_equal(np.asarray(out.data), stored[...])
     assert stored[...].max() > 0
     assert out.name.endswith("Lucchi_Lite_v1")  # the result says which model made it
@@ -223,9 +224,9 @@ def test_3d_zarr_output_and_reader(make_napari_viewer, qtbot, crop, tmp_path):
     delete()
     wait_done(qtbot, delete)
     assert "deleted" in delete.jobs.status.value, delete.jobs.status.value
-    assert not (zarr.open_array(str(path), mode="r")[...] == label_id).any()  # on disk
+    assert not (open_labels(path)[...] == label_id).any()  # on disk
     out.undo()
-    np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], before)
+    np.testing.assert_array_equal(open_labels(path)[...], before)
     # napari opens it again through the plugin's reader as a Labels layer, at its voxel size.
     layers = viewer.open(path, plugin=PLUGIN)
     assert type(layers[0]).__name__ == "Labels"

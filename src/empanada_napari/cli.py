@@ -333,13 +333,11 @@ def _record_placement(args, output: Path, ndim: int) -> None:
     plugin's reader places the result on its image."""
     if output.suffix.lower() != ".zarr":
         return
-    import zarr
-
     from .core.placement import read_placement, record_placement
 
     placement = read_placement(args.input, ndim, args.key)
     if placement:
-        record_placement(zarr.open_array(str(output), mode="r+"), placement)
+        record_placement(output, placement)
 
 
 def _check_mode_options(args) -> None:
@@ -406,7 +404,9 @@ def _segment_3d(args, image, engine, output: Path, settings: dict) -> int:
     finally:
         bar.close()
     if to_zarr:
-        objects = int(labels.attrs["empanada"]["objects"])
+        from .core.ngff import read_meta
+
+        objects = int(read_meta(output)["objects"])
         _record_placement(args, output, image.ndim)
     else:
         write_labels(output, labels, overwrite=args.overwrite)

@@ -25,11 +25,10 @@ import numpy as np
 
 from .errors import Cancelled, EmpanadaError, InputError
 from .jobs import CancelFlag, Progress, is_cancelled, report
+from .ngff import ATTR, ngff_group, ngff_multiscales, plugin_record
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
 LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
-#: Attribute under which the plugin records what a zarr array holds (read back by napari).
-EXPORT_ATTR = "empanada"
 
 
 def _is_zarr(path: Path) -> bool:
@@ -275,7 +274,7 @@ def check_replaceable(path: str | Path) -> None:
         attrs = _zarr_attrs(path)
         entries = sorted(p.name for p in path.iterdir())
         slices = [n for n in entries if n.startswith(f"{path.name}_") and n.endswith(".tif")]
-        if attrs is not None and EXPORT_ATTR in attrs:
+        if attrs is not None and ATTR in attrs:
             return
         if not entries or (len(slices) == len(entries) and all(
             (path / n).is_file() and _own_tiff(path / n) for n in slices
@@ -324,127 +323,7 @@ def write_labels(path: str | Path, labels, *, overwrite: bool = False) -> Path:
     return export_array(labels, path, "zarr" if suffix == ".zarr" else "tiff", overwrite=True)
 
 
-def create_zarr_labels(
-    path: str | Path,
-    shape: tuple[int, ...],
-    dtype=np.uint32,
-    chunks: tuple[int, ...] | None = None,
-    *,
-    overwrite: bool = False,
-):
-    """Create an empty (zero-filled) zarr label array to be written chunk by chunk."""
-    import zarr
-
-    path = Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise InputError(f"Output {path} exists; choose another name or allow overwriting.")
-    if chunks is None:
-        # One slice (up to 1024 x 1024) per chunk: the 2D engine writes slice batches.
-        base = (1,) * (len(shape) - 2) + (1024, 1024)
-        chunks = tuple(min(s, c) for s, c in zip(shape, base, strict=True))
-    try:
-        return zarr.open_array(
-            str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
-        )
-    except OSError as err:
-        raise disk_error(err, path) from err
-
-
 # --------------------------------------------------------------------------- export
-
-
-def _metadata(kind: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": kind, "name": name}
-    for key in ("scale", "translate", "units"):
-        if meta.get(key) is not None:
-            out[key] = (
-                [str(v) for v in meta[key]] if key == "units" else [float(v) for v in meta[key]]
-            )
-    return out
-
-
-#: NGFF axis names for 2 to 5 dimensions (OME-Zarr 0.4: time, channel, then space).
-_AXES = {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}
-#: napari/pint unit names that OME-Zarr also knows (others are left out of the axes).
-_NGFF_UNITS = {
-    "angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter", "picometer",
-    "second", "millisecond", "microsecond", "nanosecond", "minute", "hour",
-}  # fmt: skip
-
-
-def ngff_multiscales(name: str, meta: dict[str, Any], ndim: int) -> list[dict[str, Any]]:
-    """OME-Zarr (NGFF 0.4) ``multiscales`` metadata of a single-level image named ``name``,
-    with the layer's scale, translation and units, so any OME-Zarr reader places it right."""
-    names = _AXES.get(ndim, "".join(f"d{i}" for i in range(ndim)))
-    units = list(meta.get("units") or [])
-    axes = []
-    for i, axis in enumerate(names):
-        kind = {"t": "time", "c": "channel"}.get(axis, "space")
-        entry = {"name": axis, "type": kind}
-        unit = str(units[i]) if i < len(units) else ""
-        if unit in _NGFF_UNITS:
-            entry["unit"] = unit
-        axes.append(entry)
-    scale = [float(v) for v in (meta.get("scale") or [1.0] * ndim)]
-    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if meta.get("translate") is not None and any(float(v) for v in meta["translate"]):
-        transforms.append(
-            {"type": "translation", "translation": [float(v) for v in meta["translate"]]}
-        )
-    return [
-        {
-            "version": "0.4",
-            "name": name,
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-        }
-    ]
-
-
-def _ngff_group(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype):
-    """A new zarr group with an empty array "0", in the format OME-Zarr 0.4 readers expect
-    (zarr v2 on disk, whichever zarr-python writes it)."""
-    import zarr
-
-    if int(zarr.__version__.split(".")[0]) >= 3:
-        group = zarr.open_group(str(path), mode="w", zarr_format=2)
-        array = group.create_array(name="0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    else:  # zarr 2
-        group = zarr.open_group(str(path), mode="w")
-        array = group.zeros("0", shape=shape, chunks=chunks, dtype=dtype)
-    return group, array
-
-
-def read_ngff(path: str | Path) -> tuple[Any, dict[str, Any]] | None:
-    """``(level-0 array, {"scale", "translate", "units", ...})`` of an OME-Zarr image, with
-    the plugin's own attributes (kind, name) merged in; None when ``path`` is not one."""
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception:  # noqa: BLE001 - not a zarr store
-        return None
-    if hasattr(node, "shape"):
-        return None
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return None
-    first = multiscales[0]
-    dataset = first["datasets"][0]
-    array = node[dataset["path"]]
-    meta: dict[str, Any] = dict(attrs.get(EXPORT_ATTR) or {})
-    for transform in first.get("coordinateTransformations", []) + dataset.get(
-        "coordinateTransformations", []
-    ):
-        if transform.get("type") == "scale":
-            meta["scale"] = [float(v) for v in transform["scale"]]
-        elif transform.get("type") == "translation":
-            meta["translate"] = [float(v) for v in transform["translation"]]
-    units = [a.get("unit") for a in first.get("axes", []) if isinstance(a, dict)]
-    if any(units):
-        meta["units"] = [u or "pixel" for u in units]
-    return array, meta
 
 
 def slice_count(data) -> int:
@@ -499,7 +378,7 @@ def export_array(
             # OME-Zarr: a group with the full-resolution array "0" and NGFF metadata (scale,
             # translation, units), read by this plugin and every OME-Zarr reader alike.
             chunks = (1,) * (data.ndim - 2) + tuple(min(s, 1024) for s in data.shape[-2:])
-            group, out = _ngff_group(tmp, tuple(data.shape), chunks, data.dtype)
+            group, out = ngff_group(tmp, tuple(data.shape), chunks, data.dtype)
             for k in range(n):
                 if data.ndim >= 3:
                     out[k] = plane(k)
@@ -507,7 +386,9 @@ def export_array(
                     out[...] = plane(k)
                 step(k + 1)
             group.attrs["multiscales"] = ngff_multiscales(name, meta, data.ndim)
-            group.attrs[EXPORT_ATTR] = _metadata(kind, name, meta)
+            group.attrs[ATTR] = plugin_record(kind, name, meta)
+            if kind == "labels":
+                group.attrs["image-label"] = {"version": "0.4"}
         elif fmt == "tiff-slices":
             tmp.mkdir()
             digits = max(4, len(str(n - 1)))

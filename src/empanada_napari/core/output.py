@@ -10,9 +10,10 @@ Rules every writer in the package follows (the CLI, the 3D driver and the widget
 * ``overwrite`` never deletes the old result first: the new one is written beside it (a hidden
   ``.<name>.new`` store) and swapped into place only once it is complete, as TIFF outputs are
   written to a temporary file and renamed.
-* A zarr output records ``status`` (``running`` / ``complete``) and a ``fingerprint`` of the
-  job (input and settings) under its ``empanada`` attribute, so a killed run never looks
-  finished and ``resume`` continues only the same job.
+* A zarr output is an OME-Zarr labels group (:mod:`.ngff`) whose ``empanada`` record holds
+  ``status`` (``running`` / ``complete``) and a ``fingerprint`` of the job (input and
+  settings), so a killed run never looks finished and ``resume`` continues only the same job
+  (outputs of earlier versions, plain arrays with the record, resume the same way).
 * One run at a time per output: a second one gets a clear "in use" error (a lock file beside
   the output, through the ``filelock`` package).
 """
@@ -30,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from .errors import EmpanadaError, InputError
-from .io import check_replaceable, create_zarr_labels, disk_error
+from .io import check_replaceable, disk_error
+from .ngff import create_labels, open_labels, read_meta, update_meta
 
-ATTR = "empanada"
 #: Regions read to fingerprint an input's content (a few small ones, wherever it lives).
 _SAMPLES = 9
 
@@ -165,13 +166,11 @@ def staging_path(path: Path) -> Path:
 def recorded_fingerprint(path: str | os.PathLike) -> dict | None:
     """The job fingerprint a (possibly interrupted) run recorded at ``path``, or in the
     staging store of an interrupted overwrite; None when there is none to read."""
-    import zarr
-
     path = Path(path).expanduser()
     for candidate in (staging_path(path), path):
         try:
-            meta = dict(zarr.open_array(str(candidate), mode="r").attrs.get(ATTR, {}))
-        except Exception:  # noqa: BLE001 - absent or not a zarr array: nothing recorded
+            meta = read_meta(candidate)
+        except Exception:  # noqa: BLE001 - absent or not a zarr store: nothing recorded
             continue
         if isinstance(meta.get("fingerprint"), dict):
             return meta["fingerprint"]
@@ -223,21 +222,24 @@ class ZarrOutput:
         self.target = self.staging if self.path.exists() else self.path
         if self.target.exists():  # a staging store left by an abandoned overwrite
             shutil.rmtree(self.target)
-        array = create_zarr_labels(self.target, self.shape, self.dtype, self.chunks, overwrite=True)
         try:
-            array.attrs[ATTR] = {"status": "running", "fingerprint": self.fingerprint}
+            return create_labels(
+                self.target,
+                self.shape,
+                self.dtype,
+                self.chunks,
+                name=self.path.stem,
+                record={"status": "running", "fingerprint": self.fingerprint},
+            )
         except OSError as err:
             raise disk_error(err, self.target) from err
-        return array
 
     def _reopen_same_job(self, store: Path):
-        import zarr
-
         try:
-            array = zarr.open_array(str(store), mode="r+")
+            array = open_labels(store, mode="r+")
+            previous = read_meta(store).get("fingerprint") or {}
         except Exception as err:
-            raise InputError(f"{store} is not a zarr array from an earlier run: {err}") from err
-        previous = dict(array.attrs.get(ATTR, {})).get("fingerprint") or {}
+            raise InputError(f"{store} is not a zarr store from an earlier run: {err}") from err
         if previous != self.fingerprint:
             changed = sorted(
                 k
@@ -254,31 +256,23 @@ class ZarrOutput:
     @property
     def complete(self) -> bool:
         """Whether the store being written already records a finished run."""
-        import zarr
-
         try:
-            meta = zarr.open_array(str(self.target), mode="r").attrs.get(ATTR, {})
+            meta = read_meta(self.target)
         except Exception:  # noqa: BLE001 - not there or unreadable: not complete
             return False
         return meta.get("status") == "complete"
 
     def update(self, **meta: Any) -> None:
         """Record progress details (e.g. slices done) in the store's attributes."""
-        import zarr
-
-        array = zarr.open_array(str(self.target), mode="r+")
-        merged = dict(array.attrs.get(ATTR, {}))
-        merged.update(meta)
         try:
-            array.attrs[ATTR] = merged
+            update_meta(self.target, **meta)
         except OSError as err:
             raise disk_error(err, self.target) from err
 
     # -- finishing
     def finish(self, **meta: Any):
-        """Mark the run complete and, after an overwrite, swap the new store into place."""
-        import zarr
-
+        """Mark the run complete and, after an overwrite, swap the new store into place;
+        returns the labels array, read-only."""
         self.update(status="complete", **meta)
         if self.target != self.path:
             trash = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
@@ -292,4 +286,4 @@ class ZarrOutput:
                 ) from err
             shutil.rmtree(trash, ignore_errors=True)
             self.target = self.path
-        return zarr.open_array(str(self.path), mode="r")
+        return open_labels(self.path)

@@ -1,8 +1,9 @@
 """Where an image sits in space: its voxel size (``scale``), ``translate`` and ``units``.
 
 Read from an input file (OME-Zarr NGFF metadata, the plugin's own zarr attributes, ImageJ
-TIFF tags) and recorded in a zarr output's ``empanada`` attribute, which the plugin's napari
-reader gives back: a result reopened lands on its image at the image's voxel size.
+TIFF tags) and recorded in a zarr output (its OME-Zarr ``multiscales`` and ``empanada``
+record), which the plugin's napari reader and OME-Zarr readers give back: a result reopened
+lands on its image at the image's voxel size.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def read_placement(path: str | Path, ndim: int, key: str | None = None) -> dict[
 def _zarr_placement(path: Path, key: str | None) -> Mapping[str, Any]:
     import zarr
 
-    from .io import EXPORT_ATTR, read_ngff
+    from .ngff import ATTR, read_ngff
 
     if key is None:
         ngff = read_ngff(path)
@@ -72,7 +73,7 @@ def _zarr_placement(path: Path, key: str | None) -> Mapping[str, Any]:
             return ngff[1]
     node = zarr.open(str(path), mode="r")
     node = node[key] if key is not None else node
-    return dict(node.attrs.get(EXPORT_ATTR) or {})
+    return dict(node.attrs.get(ATTR) or {})
 
 
 def _tiff_placement(path: Path, ndim: int) -> dict[str, Any]:
@@ -100,13 +101,11 @@ def _pixel_size(tag: Any) -> float | None:
     return float(den) / float(num) if num else None
 
 
-def record_placement(array: Any, placement: Mapping[str, Any]) -> None:
-    """Write ``placement`` into a zarr array's ``empanada`` attribute (opened writable)."""
-    from .io import EXPORT_ATTR
+def record_placement(path: str | Path, placement: Mapping[str, Any]) -> None:
+    """Record ``placement`` in the plugin's zarr store at ``path`` (its ``empanada`` record
+    and, in an OME-Zarr group, its ``multiscales``); nothing when there is nothing valid."""
+    from .ngff import open_labels, update_meta
 
-    placement = clean(placement, len(array.shape))
-    if not placement:
-        return
-    meta = dict(array.attrs.get(EXPORT_ATTR, {}))
-    meta.update(placement)
-    array.attrs[EXPORT_ATTR] = meta
+    placement = clean(placement, len(open_labels(path).shape))
+    if placement:
+        update_meta(path, **placement)

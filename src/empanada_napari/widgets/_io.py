@@ -1,10 +1,13 @@
 """napari reader and writer for the plugin's zarr outputs (the exporter is core.io's).
 
-Exports (the Export widget, napari's "Save as zarr") are OME-Zarr groups: NGFF metadata
-with the layer's scale, translation and units, plus the plugin's ``empanada`` attribute (kind,
-name). 3D segmentation outputs are zarr arrays with the ``empanada`` attribute (parameters and
-status). The reader opens both, and older exports, lazily as Labels layers (or Image layers
-for exported images), keeping their dtype.
+Everything the plugin writes to zarr (segmentation outputs of the docks and the CLI, exports,
+napari's "Save as zarr") is an OME-Zarr group (core/ngff.py): NGFF metadata with the scale,
+translation and units, plus the plugin's ``empanada`` record (kind, name; for a segmentation
+its status and job). Segmentation outputs of earlier versions are plain zarr arrays with the
+record. The reader opens every form lazily as a Labels layer (an Image layer for exported
+images), keeping the dtype and the voxel size. A finished labels result opens writable when
+its folder is, so the proofreading docks edit it in place (with undo), as they edit the 3D
+dock's result; a run still writing (or killed while writing) opens read-only.
 """
 
 from __future__ import annotations
@@ -13,30 +16,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.io import EXPORT_ATTR as ATTR
+from ..core.ngff import ATTR
 
 
-def _open(path: Path) -> tuple[Any, dict[str, Any]] | None:
-    """``(array, metadata)`` of a zarr store the plugin wrote, else None.
+def _open(path: Path, *, edit: bool = False) -> tuple[Any, dict[str, Any]] | None:
+    """``(array, metadata)`` of a zarr store the plugin wrote, else None; with ``edit``, a
+    finished labels store in a writable folder comes back writable.
 
-    Two forms: OME-Zarr groups (exports; scale and translation from their NGFF metadata) and
-    plain arrays with the plugin's attribute (3D outputs, and exports of older versions).
+    Two forms: OME-Zarr groups (scale and translation from their NGFF metadata) and plain
+    arrays with the plugin's attribute (segmentation outputs of earlier versions).
     """
-    from ..core.io import read_ngff
+    from ..core.ngff import open_labels, read_ngff
 
     ngff = read_ngff(path)
     if ngff is not None:
         array, meta = ngff
-        return (array, meta) if ATTR in _group_attrs(path) else None
-    try:
-        import zarr
+        if ATTR not in _group_attrs(path):
+            return None
+    else:
+        try:
+            import zarr
 
-        node = zarr.open(str(path), mode="r")
-    except Exception:  # noqa: BLE001 - not a zarr store: not ours to read
-        return None
-    if not hasattr(node, "shape") or ATTR not in node.attrs:
-        return None
-    return node, dict(node.attrs[ATTR])
+            array = zarr.open(str(path), mode="r")
+        except Exception:  # noqa: BLE001 - not a zarr store: not ours to read
+            return None
+        if not hasattr(array, "shape") or ATTR not in array.attrs:
+            return None
+        meta = dict(array.attrs[ATTR])
+    if edit and _editable(path, meta):
+        array = open_labels(path, mode="r+")
+    return array, meta
+
+
+def _editable(path: Path, meta: dict[str, Any]) -> bool:
+    """Labels, not from a run that is still writing (or was killed), in a writable folder."""
+    import os
+
+    if meta.get("kind") == "image" or meta.get("status") == "running":
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def _group_attrs(path: Path) -> dict[str, Any]:
@@ -62,7 +80,7 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
     paths = [path] if isinstance(path, str | Path) else path
     layers = []
     for p in paths:
-        found = _open(Path(p))
+        found = _open(Path(p), edit=True)
         if found is None:
             continue
         array, meta = found

@@ -383,7 +383,9 @@ class Inference3DWidget(Container):
             _show_region(self.viewer, self.viewer.layers[-1], req.region)
         if isinstance(labels, np.ndarray):  # ids are 1..K; a zarr result is not read back
             return f"Added '{name}': {count_label(int(labels.max(initial=0)))}."
-        objects = dict(labels.attrs.get("empanada", {})).get("objects")
+        from ..core.ngff import read_meta
+
+        objects = read_meta(req.out).get("objects")
         found = f": {count_label(int(objects))}" if objects is not None else ""
         return f"Added '{name}'{found} (stored in {req.out})."
 
@@ -392,13 +394,11 @@ def _editable_store(out: Path, placed: dict[str, Any]) -> Any:
     """The zarr result opened for writing, with the image's voxel size recorded in it: the
     proofreading docks edit it in place (with undo), and the plugin's reader gives the scale
     back when it is reopened."""
-    import zarr
-
+    from ..core.ngff import open_labels
     from ..core.placement import record_placement
 
-    array = zarr.open_array(str(out), mode="r+")
-    record_placement(array, placed)
-    return array
+    record_placement(out, placed)
+    return open_labels(out, mode="r+")
 
 
 def _show_region(viewer: napari.viewer.Viewer, result: Any, region: tuple[slice, ...]) -> None:

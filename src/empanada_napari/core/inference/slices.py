@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_labels
 from ..jobs import CancelFlag, Progress, report
+from ..ngff import read_meta
 from ..output import ZarrOutput, input_fingerprint, output_lock
 from ..preprocess import check_image, intensity_range
 from .engine import Engine2D
@@ -92,7 +93,7 @@ def segment_slices_to(
     )
     with output_lock(path):
         array = output.open()
-        meta = dict(array.attrs.get("empanada", {}))
+        meta = read_meta(output.target)
         first = int(meta.get("slices_done", 0)) if resume else 0
         objects = int(meta.get("objects_done", 0)) if resume else 0
         label_ids = int(meta.get("label_ids_done", 0)) if resume else 0

@@ -127,10 +127,10 @@ def write_block(job: Job, block: Block, lut: np.ndarray, out: str | None):
     result = lut[read_labels(job.work, block, block.core_in_padded)]
     if out is None:
         return result
-    import zarr
+    from ...ngff import open_labels
 
     try:
-        zarr.open_array(out, mode="r+")[block.core] = result
+        open_labels(out, mode="r+")[block.core] = result
     except OSError as err:
         raise disk_error(err, Path(out)) from err
     return None
@@ -176,6 +176,6 @@ def resumed_chunks(store: Path | None) -> tuple[int, int, int] | None:
 
 def reopen(store: Path):
     """The output array, read-only."""
-    import zarr
+    from ...ngff import open_labels
 
-    return zarr.open_array(str(store), mode="r")
+    return open_labels(store)
