@@ -58,8 +58,9 @@ def _peak_gb() -> float:
 
 def _child(args) -> dict:  # noqa: PLR0915 - one user session, step by step
     import napari
-    import zarr
     from qtpy.QtWidgets import QApplication
+
+    from empanada_napari.core.ngff import open_labels
 
     shape, region = SCENARIOS[args.child]
     source = Path(args.work) / f"volume_{shape_text(shape).replace(' ', '')}.zarr"
@@ -134,7 +135,8 @@ def _child(args) -> dict:  # noqa: PLR0915 - one user session, step by step
     result["slice_2d_status"] = dock2d.jobs.status.value
 
     # -- edits on the zarr-backed result
-    store = zarr.open_array(str(labels.data.store.root), mode="r")  # a second, independent view
+    output = labels.metadata["empanada"]["output"]
+    store = open_labels(output)  # a second, independent view
     z = store.shape[0] // 2
     plane = np.asarray(store[z])
     ids, counts = np.unique(plane[plane > 0], return_counts=True)
@@ -171,7 +173,7 @@ def _child(args) -> dict:  # noqa: PLR0915 - one user session, step by step
     result["undo_exact"] = bool(np.array_equal(np.asarray(store[box_z]), before))
 
     # -- reopen with the plugin's reader
-    (again,) = viewer.open(str(labels.data.store.root), plugin="empanada-napari")
+    (again,) = viewer.open(output, plugin="empanada-napari")
     result["reopened"] = type(again).__name__
     result["reopened_scale"] = [float(v) for v in again.scale]
     result["reopened_translate"] = [float(v) for v in again.translate]
