@@ -12,7 +12,7 @@ from empanada_napari.core.errors import InputError
 from empanada_napari.core.inference.blocks.plan import (
     BYTES_PER_VOXEL,
     block_memory,
-    chunks_for,
+    blocking,
     default_halo,
     grid_alignment,
     interactive_memory_gb,
@@ -35,7 +35,7 @@ BIG = (256, 768, 1024)  # the issue's 201 MB volume
 @pytest.mark.parametrize("mode", ["stack", "ortho"])
 def test_block_memory_bounds_every_padded_block(gb, mode):
     blocks = BlockSettings(memory_gb=gb)
-    chunks = chunks_for(BIG, mode, StackSettings(), blocks)
+    chunks, _ = blocking(BIG, mode, StackSettings(), blocks)
     plan = plan_blocks(BIG, chunks, default_halo(mode), grid_alignment(mode, "xy"))
     largest = max(math.prod(s.stop - s.start for s in b.padded) for b in plan)
     assert largest * BYTES_PER_VOXEL[mode] <= gb * 1e9
@@ -46,7 +46,7 @@ def test_without_block_memory_a_volume_that_fits_half_the_ram_is_one_block(monke
     from empanada_napari.core.inference.blocks import plan
 
     monkeypatch.setattr(plan, "total_memory", lambda: 24 * 10**9)
-    assert chunks_for(BIG, "stack", StackSettings(), BlockSettings()) == BIG
+    assert blocking(BIG, "stack", StackSettings(), BlockSettings())[0] == BIG
     assert block_memory(BlockSettings()) is None  # default_chunks then asks the machine
 
 

@@ -263,6 +263,23 @@ def test_3d_refuses_2d_image(make_napari_viewer, monkeypatch):
     assert "2D Inference" in errors[-1]
 
 
+def test_3d_says_the_cores_block_rules_before_run(make_napari_viewer, crop):
+    """Chunk size and halo are checked by the core's one rule (plan.blocking), shown under
+    the memory setting and in the dock's problem, before any work (issue 34)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="raw")
+    widget = open_widget(viewer, "3D Inference")
+    assert widget.problem() is None and "block" in widget.plan.value
+    widget.chunks.value = 16  # thinner than the network needs
+    assert "thinner than 32" in widget.problem() and "thinner" in widget.plan.value
+    assert not widget.jobs.run_button.enabled
+    widget.chunks.value = 0
+    widget.median_slices.value, widget.halo.value = 7, 1  # the halo must cover half of 7
+    assert "halo" in widget.problem() and "median" in widget.problem()
+    widget.halo.value = 0
+    assert widget.problem() is None
+
+
 def test_3d_passes_every_parameter_to_the_chunked_driver(
     make_napari_viewer, qtbot, monkeypatch, tmp_path
 ):

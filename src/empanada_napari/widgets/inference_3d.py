@@ -243,19 +243,12 @@ class Inference3DWidget(Container):
 
     def _show_plan(self, *_: Any) -> None:
         """Say under the memory setting how the run will be cut (blocks of what shape)."""
-        from ..core.inference.blocks.plan import chunks_for
-
         layer = self.image.value
         if image_problem(layer, ndim=(3, 4, 5)):
             self.plan.value = ""
             return
         try:
-            region = self._region()
-            shape = tuple(int(s) for s in layer_array(layer).shape[-3:])
-            if region is not None:
-                shape = tuple(r.stop - r.start for r in region)
-            settings = self.settings()
-            chunks = chunks_for(shape, self.mode.value, settings["stack"], settings["blocks"])
+            region, shape, chunks = self._blocks()
         except EmpanadaError as exc:
             self.plan.value = str(exc)
             return
@@ -265,6 +258,19 @@ class Inference3DWidget(Container):
         where = f"region {box_text(region)}: " if region is not None else ""
         blocks = "one block" if count == 1 else f"{count} blocks of {' x '.join(map(str, chunks))}"
         self.plan.value = where + blocks
+
+    def _blocks(self) -> tuple[Any, tuple[int, ...], tuple[int, int, int]]:
+        """(region, its shape, the blocks a run will use): the core's rule (chunk size, halo,
+        block memory), so a refusal is said before Run; EmpanadaError says why."""
+        from ..core.inference.blocks.plan import blocking
+
+        region = self._region()
+        shape = tuple(int(s) for s in layer_array(self.image.value).shape[-3:])
+        if region is not None:
+            shape = tuple(r.stop - r.start for r in region)
+        settings = self.settings()
+        chunks, _ = blocking(shape, self.mode.value, settings["stack"], settings["blocks"])
+        return region, shape, chunks
 
     def _out_path(self) -> Path | None:
         # "auto" before its model is known: checked again when the Run knows it.
@@ -300,6 +306,13 @@ class Inference3DWidget(Container):
             self._region()
         except EmpanadaError as exc:
             return f"Region: {exc}"
+        try:
+            self._blocks()
+        except EmpanadaError as exc:  # chunk size, halo: the core's rule, before any work
+            from ..core.settings import SETTINGS_CLASSES
+            from ..core.settings_meta import in_labels
+
+            return f"Blocks: {in_labels(str(exc), *SETTINGS_CLASSES.values())}"
         out = self._out_path()
         if out is not None:
             if not out.parent.is_dir():

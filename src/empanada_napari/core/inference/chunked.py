@@ -46,10 +46,7 @@ from .blocks.plan import (
     MODES,
     Block,
     Job,
-    block_memory,
-    check_blocking,
-    default_chunks,
-    default_halo,
+    blocking,
     grid_alignment,
     neighbours,
     output_chunks,
@@ -112,12 +109,6 @@ def segment_volume(
     if resume and out is None:
         raise InputError("resume=True needs an output zarr path (out=...).")
     shape = tuple(int(s) for s in image.shape)
-    halo = blocks.halo or default_halo(mode, stack.axis)
-    if mode == "stack" and halo[AXES[stack.axis][0]] < stack.median_slices // 2:
-        raise InputError(
-            f"The halo along the stack axis ({halo[AXES[stack.axis][0]]}) must cover half the "
-            f"median window ({stack.median_slices // 2}) so blocks agree at their faces."
-        )
     store = Path(out).expanduser() if out is not None else None
     if store is not None:
         check_not_input(store, [image])
@@ -131,12 +122,8 @@ def segment_volume(
     runner = Runner(scheduler, workers)
     try:
         # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
-        chunks = blocks.chunks or (resumed_chunks(store) if resume else None)
-        chunks = chunks or default_chunks(
-            shape, mode, stack.axis, block_memory(blocks, runner), slots=runner.slots
-        )
-        chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
-        check_blocking(shape, chunks, halo, mode, stack.axis)  # type: ignore[arg-type]
+        resumed = resumed_chunks(store) if resume else None
+        chunks, halo = blocking(shape, mode, stack, blocks, runner=runner, resumed=resumed)
         blocks = blocks.updated(chunks=chunks, halo=halo)
         plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))  # type: ignore[arg-type]
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device)

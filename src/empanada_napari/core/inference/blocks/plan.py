@@ -203,12 +203,34 @@ def block_memory(blocks: BlockSettings, runner: Any = None) -> int | None:
     return min(given, task) if task else given
 
 
-def chunks_for(
-    shape: tuple[int, ...], mode: str, stack: StackSettings, blocks: BlockSettings
-) -> tuple[int, int, int]:
-    """The block shape a run in this process will use (what a dock shows before a run)."""
-    chunks = blocks.chunks or default_chunks(shape, mode, stack.axis, block_memory(blocks))
-    return tuple(min(c, int(s)) for c, s in zip(chunks, shape, strict=True))  # type: ignore[return-value]
+def blocking(
+    shape: tuple[int, ...],
+    mode: str,
+    stack: StackSettings,
+    blocks: BlockSettings,
+    *,
+    runner: Any = None,
+    resumed: tuple[int, int, int] | None = None,
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The blocks and halo a run will use, checked: the given chunks, else those an
+    interrupted run recorded (``resumed``), else the largest that fit the block memory (of
+    ``runner``'s workers, or this process). One rule for the driver and the docks, which show
+    its answer (or its refusal, an :class:`InputError`) before a run."""
+    halo = blocks.halo or default_halo(mode, stack.axis)
+    along = AXES[stack.axis][0]
+    if mode == "stack" and halo[along] < stack.median_slices // 2:
+        raise InputError(
+            f"The halo along the stack axis ({halo[along]}) must cover half the median "
+            f"window ({stack.median_slices // 2}) so blocks agree at their faces."
+        )
+    slots = runner.slots if runner is not None else 1
+    chunks = blocks.chunks or resumed
+    chunks = chunks or default_chunks(
+        shape, mode, stack.axis, block_memory(blocks, runner), slots=slots
+    )
+    chunks = tuple(min(int(c), int(s)) for c, s in zip(chunks, shape, strict=True))
+    check_blocking(shape, chunks, halo, mode, stack.axis)  # type: ignore[arg-type]
+    return chunks, tuple(halo)  # type: ignore[return-value]
 
 
 def output_chunks(chunks: tuple[int, ...]) -> tuple[int, ...]:
