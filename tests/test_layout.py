@@ -46,3 +46,11 @@ def test_the_layers_hold():
             assert not bad, (rel, bad)
         if rel.parts[0] == "widgets":
             assert not {n for n in names if n.startswith("empanada_napari.cli")}, rel
+
+
+def test_measuring_sits_below_inference():
+    """Metrics and the object rules they share with the 3D drivers import no inference code:
+    scoring a result never needs the engine (issue 34, "placed by what it imports")."""
+    for name in ("metrics.py", "metrics_3d.py", "objects.py"):
+        names = _imports(PACKAGE / "core" / name)
+        assert not {n for n in names if n.startswith("empanada_napari.core.inference")}, name

@@ -20,7 +20,6 @@ import tifffile
 from empanada_napari.core.errors import InputError
 from empanada_napari.core.inference.chunked import segment_volume
 from empanada_napari.core.inference.engine import Engine2D
-from empanada_napari.core.inference.objects import keep_objects
 from empanada_napari.core.inference.stack import (
     SliceLinker,
     filter_objects,
@@ -35,6 +34,7 @@ from empanada_napari.core.metrics_3d import (
     size_filtered,
     without,
 )
+from empanada_napari.core.objects import keep_objects
 from empanada_napari.core.settings import StackSettings
 
 DATA = Path(__file__).parent / "data"

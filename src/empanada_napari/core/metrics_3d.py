@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import InputError
-from .inference.objects import keep_objects, sizes_and_boxes, touches_border
 from .metrics import label_overlap
+from .objects import keep_objects, sizes_and_boxes, touches_border
 
 __all__ = [
     "MergesSplits",
@@ -100,7 +100,7 @@ def border_cut(labels: ArrayLike) -> np.ndarray:
 
 def size_filtered(labels: ArrayLike, min_size: int, min_extent: int) -> np.ndarray:
     """Ids (sorted) of the objects of ``labels`` that stack mode's border-aware size filters
-    would remove (:func:`~.inference.objects.keep_objects`)."""
+    would remove (:func:`~.objects.keep_objects`)."""
     labels = np.asarray(labels)
     size, lo, hi = sizes_and_boxes(labels, int(labels.max()) if labels.size else 0)
     keep = keep_objects(size, lo, hi, min_size, min_extent, labels.shape)

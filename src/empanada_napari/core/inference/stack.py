@@ -34,10 +34,10 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import Cancelled, InputError
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..memory import reuse_freed_memory, zeros
+from ..objects import keep_objects, resolve_objects, sizes_and_boxes
 from ..preprocess import check_image, intensity_range
 from ..settings import AXES, LINKING, StackSettings, resolve
 from .engine import Engine2D
-from .objects import keep_objects, resolve_objects, sizes_and_boxes
 
 
 def id_counts(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

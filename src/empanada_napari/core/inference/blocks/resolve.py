@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..objects import resolve_objects
+from ...objects import resolve_objects
 from .plan import Block
 from .store import load_summary
 

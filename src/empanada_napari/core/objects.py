@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..errors import EmpanadaError
+from .errors import EmpanadaError
 
 _INT64 = np.iinfo(np.int64)
 
