@@ -54,3 +54,19 @@ def test_measuring_sits_below_inference():
     for name in ("metrics.py", "metrics_3d.py", "objects.py"):
         names = _imports(PACKAGE / "core" / name)
         assert not {n for n in names if n.startswith("empanada_napari.core.inference")}, name
+
+
+MODELS = "empanada_napari.core.models"
+
+
+def test_models_have_one_public_face():
+    """Outside core/models, code imports from the package, never from its modules (issue 34):
+    the registry, loading and the architectures can move without touching their users."""
+    for path in _modules():
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[:2] == ("core", "models"):
+            continue
+        names = {n.split(".")[3] for n in _imports(path) if n.startswith(MODELS + ".")}
+        modules = {n for n in names if (PACKAGE / "core" / "models" / n).with_suffix(".py").exists()
+                   or (PACKAGE / "core" / "models" / n).is_dir()}  # fmt: skip
+        assert not modules, (rel, modules)

@@ -252,7 +252,7 @@ def _segment(args) -> int:
     from .core.inference.engine import Engine2D
     from .core.inference.slices import segment_slices_to
     from .core.io import check_input_path, check_replaceable, read_image
-    from .core.models.loading import load_model
+    from .core.models import load_model
     from .core.output import check_not_input, check_writable
     from .core.preprocess import check_image
 
@@ -457,7 +457,7 @@ def _models_table(registry) -> list[str]:
 
 
 def _models(args) -> int:
-    from .core.models.registry import get_registry
+    from .core.models import get_registry
 
     registry = get_registry()
     cmd = args.models_cmd

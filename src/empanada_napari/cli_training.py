@@ -121,7 +121,7 @@ def _add_train(sub) -> None:
         description="Train one of the package's architectures from scratch on DATA, save it "
         "and register it as NAME.",
     )
-    from .core.models.catalog import ARCHITECTURES, all_encoders
+    from .core.models import ARCHITECTURES, all_encoders
 
     p.add_argument(
         "--architecture",

@@ -132,7 +132,7 @@ def choose_model(
     every registered model whose file is on this computer: the bundled ones, those you
     registered or finetuned; nothing is downloaded), and every estimate, best first. A
     model that cannot run is left out (it is not the answer); with none left, an error."""
-    from .models.registry import get_registry
+    from .models import get_registry
     from .preprocess import intensity_range
 
     registry = get_registry()

@@ -35,7 +35,7 @@ PRELOAD_MODULES = (
 )
 
 if TYPE_CHECKING:
-    from ..core.models.registry import ModelRegistry
+    from ..core.models import ModelRegistry
 
 
 class _RegistryWatcher(QObject):
@@ -103,7 +103,7 @@ class ModelPicker(ComboBox):
         auto: bool = False,
         **kwargs: Any,
     ) -> None:
-        from ..core.models.registry import get_registry
+        from ..core.models import get_registry
 
         self.registry = registry or get_registry()
         self.only_finished = only_finished
@@ -126,7 +126,7 @@ class ModelPicker(ComboBox):
         self.changed.connect(self._update_tooltip)
 
     def default_name(self) -> str | None:
-        from ..core.models.loading import default_model_name
+        from ..core.models import default_model_name
 
         names = self.registry.names()
         name = default_model_name(self.registry)
@@ -235,7 +235,7 @@ def _preload(name: str, device: str) -> None:
     import importlib
 
     try:
-        from ..core.models.loading import load_model
+        from ..core.models import load_model
 
         load_model(name, device)
     except Exception:  # noqa: BLE001 - Run loads it again and says what is wrong

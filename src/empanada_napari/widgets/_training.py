@@ -256,7 +256,7 @@ class RunControls:
     def name_problem(self, name: str) -> str | None:
         """Why ``name`` cannot name the new model (taken, built-in, invalid), or None: the
         rule of the library and the command line, said with this dock's controls."""
-        from ..core.models.naming import name_problem
+        from ..core.models import name_problem
 
         return name_problem(
             name,
@@ -269,7 +269,7 @@ class RunControls:
         """After a run that used ``name``: propose the next free name (``round1`` ->
         ``round2``; the same name when nothing was registered under it) and ask again before
         replacing a model."""
-        from ..core.models.naming import free_name
+        from ..core.models import free_name
 
         self.overwrite.value = False
         self.name.value = free_name(name)

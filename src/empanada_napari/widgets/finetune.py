@@ -60,7 +60,7 @@ class FinetuneWidget(Container):
     def _default_name(self, *_: Any) -> None:
         """Propose ``<start model>_finetuned`` (or its next free name) unless the user typed
         a name of their own or a run proposed the next round's."""
-        from ..core.models.naming import free_name
+        from ..core.models import free_name
 
         name = self.run_controls.name
         if self.model.value and name.value.strip() in ("", self._proposed):

@@ -292,7 +292,7 @@ class ModelManagerWidget(Container):
 
     def import_archive(self) -> None:
         """Register the model inside a ``.empanada`` archive; ask for a new name if taken."""
-        from ..core.models.archives import archive_model_name
+        from ..core.models import archive_model_name
 
         archive = str(self.archive.value or "").strip()
         if archive in ("", ".") or not Path(archive).is_file():

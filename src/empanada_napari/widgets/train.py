@@ -47,7 +47,7 @@ class TrainWidget(Container):
     )
 
     def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
-        from ..core.models.architectures import list_architectures
+        from ..core.models import list_architectures
 
         self.viewer = napari_viewer
         from ..core.train_settings import TRAIN
@@ -86,7 +86,7 @@ class TrainWidget(Container):
         watch(self, napari_viewer)
 
     def _encoders(self, _widget: Any = None) -> list[str]:
-        from ..core.models.architectures import list_encoders
+        from ..core.models import list_encoders
 
         return list_encoders(self.architecture.value)
 

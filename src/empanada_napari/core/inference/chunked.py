@@ -99,7 +99,7 @@ def segment_volume(
     blocks); ``cancel`` (an Event or a callable) stops within one batch of slices and raises
     :class:`~..errors.Cancelled`.
     """
-    from ..models.loading import LoadedModel, load_model
+    from ..models import LoadedModel, load_model
 
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")

@@ -22,7 +22,7 @@ from ..errors import Cancelled, InputError
 from ..io import read_region
 from ..jobs import CancelFlag, Progress, is_cancelled
 from ..memory import check_fits, reuse_freed_memory, zeros
-from ..models.loading import LoadedModel, load_model
+from ..models import LoadedModel, load_model
 from ..preprocess import check_image, intensity_range, normalize
 from ..settings import InferenceSettings, settings_for_model
 from . import postprocess as pp

@@ -61,7 +61,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..models.config import MITONET_NORMS
+from ..models import MITONET_NORMS
 
 #: Probability of a free (non-90-degree) rotation when ``rotate=True``.
 P_FREE_ROTATION = 0.5

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..memory import check_fits
-from ..models.config import MITONET_NORMS as NORMS
+from ..models import MITONET_NORMS as NORMS
 from ..preprocess import intensity_range, normalize
 from .augment import random_augment, region_size
 from .layout import check_mask, check_pair, find_pairs, read_plane

@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from ..errors import ModelError
-from ..models.config import check_name
-from ..models.loading import MITONET_NORMS
+from ..models import MITONET_NORMS, check_name
 
 #: Config keys that describe the files of the model a training run started from (or make it
 #: the default): a trained model's config must not inherit them.
@@ -80,7 +79,7 @@ def export_model(
     with open(config_path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
     if register:
-        from ..models.registry import get_registry
+        from ..models import get_registry
 
         # The name was checked before training (loops.check_request: a registered name only
         # with overwrite=True); refusing here would throw away the minutes just trained.

@@ -27,9 +27,14 @@ import torch
 
 from ..errors import Cancelled, InputError
 from ..jobs import Progress
-from ..models.encoder_weights import CEM_URL as CEM_URL  # importable from here as before
-from ..models.encoder_weights import load_encoder_weights
-from ..models.loading import MITONET_NORMS, LoadedModel, load_torchscript, resolve_model
+from ..models import CEM_URL as CEM_URL  # importable from here as before
+from ..models import (
+    MITONET_NORMS,
+    LoadedModel,
+    load_encoder_weights,
+    load_torchscript,
+    resolve_model,
+)
 from ..settings import TUNED_KEY
 from ..train_settings import FINETUNE, TRAIN
 from .export import TrainResult, complete_config, finetune_block, finish
@@ -76,8 +81,7 @@ def check_request(
     registered, a name already taken unless ``overwrite``, see :mod:`..models.naming`), an
     output folder that is a file, and patches whose batch cannot fit in memory. ``field``
     and ``replace_hint`` word the name's refusal for the caller's user."""
-    from ..models.config import check_name
-    from ..models.naming import name_problem
+    from ..models import check_name, name_problem
     from .dataset import check_patch_memory
 
     check_name(name)
@@ -176,7 +180,7 @@ def _train_and_save(module, dataset, settings, device, config, job: _Job, descri
     if outcome.cancelled:  # its name says so, wherever it is listed or picked
         cancelled = f"{job.name}_cancelled"
         if job.register and not job.overwrite:  # an earlier cancelled run's model stays
-            from ..models.naming import free_name
+            from ..models import free_name
 
             cancelled = free_name(cancelled, job.registry)
         job = replace(job, name=cancelled)
@@ -373,7 +377,7 @@ def train(
     ``<name>_cancelled``.
     """
     from ..device import resolve_device
-    from ..models.architectures import build_model
+    from ..models import build_model
 
     settings = _resolve_settings(settings, overrides, TRAIN)
     check_request(

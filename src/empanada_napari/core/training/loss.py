@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.architectures.pointrend import point_sample
+from ..models import point_sample
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import Cancelled, InputError, ModelError
 from ..jobs import Progress, is_cancelled, report
-from ..models.loading import LoadedModel
+from ..models import LoadedModel
 from ..train_settings import ENCODER_STAGES, TrainSettings
 from .loss import PanopticLoss
 
@@ -48,7 +48,7 @@ def set_trainable(module, freeze_encoder: bool, unfreeze: Sequence[str]) -> list
         p.requires_grad_(True)
     if not freeze_encoder:
         return []
-    from ..models.architectures.resnet import encoder_stage_modules
+    from ..models import encoder_stage_modules
 
     try:
         stages = encoder_stage_modules(module)

@@ -21,7 +21,7 @@ _ENGINES_LOCK = threading.Lock()
 
 def engine_for(job: Job):
     """The job's engine in this process; the model is loaded once per process (cached)."""
-    from ...models.loading import load_model
+    from ...models import load_model
     from ..engine import Engine2D
 
     key = (
