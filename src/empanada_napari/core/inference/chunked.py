@@ -3,8 +3,11 @@
 The volume is cut into blocks (``blocks.chunks``), each read with ``blocks.halo`` extra voxels
 on every side and segmented in memory by the stack or ortho-plane pipeline, so memory depends
 on the block size, never on the volume's. Instance ids are then made consistent across blocks
-in four phases, each in its own module of :mod:`.blocks`:
+in four phases, each in its own module of :mod:`.blocks`, after an opening here:
 
+0. **open** (``_check_request``, then ``_open_job``): refusals that need no model (mode,
+   volume, output path, labels that would not fit), then the blocks (:func:`.blocks.plan.
+   blocking`, the rule the 3D dock shows), the model and its tuned settings, the :class:`Job`.
 1. **segment** (:mod:`.blocks.segment`, one task per block): labels of the padded block, ids
    local to it, saved in the run's work folder with a summary. A resumed run skips them.
 2. **link** (:mod:`.blocks.link`, one task per block): objects of neighbouring blocks that
@@ -31,6 +34,7 @@ import tempfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,56 +103,14 @@ def segment_volume(
     blocks); ``cancel`` (an Event or a callable) stops within one batch of slices and raises
     :class:`~..errors.Cancelled`.
     """
-    from ..models import LoadedModel, load_model
-
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    check_image(image, ndim=(3,), what="volume")
     settings = resolve(params, inference=inference, stack=stack, ortho=ortho, blocks=blocks)
-    stack, blocks = settings["stack"], settings["blocks"]
-    if resume and out is None:
-        raise InputError("resume=True needs an output zarr path (out=...).")
-    shape = tuple(int(s) for s in image.shape)
-    store = Path(out).expanduser() if out is not None else None
-    if store is not None:
-        check_not_input(store, [image])
-        check_writable(store, folder=True)
-    if store is None:  # the labels are returned whole: they must fit
-        check_fits(
-            math.prod(shape) * np.dtype(np.uint32).itemsize,
-            f"Keeping the labels of a {' x '.join(map(str, shape))} volume",
-            "write them to a .zarr output (out=..., written block by block)",
-        )
+    store = _check_request(image, mode, out, resume)
     runner = Runner(scheduler, workers)
     try:
-        # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
-        resumed = resumed_chunks(store) if resume else None
-        chunks, halo = blocking(shape, mode, stack, blocks, runner=runner, resumed=resumed)
-        blocks = blocks.updated(chunks=chunks, halo=halo)
-        plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))  # type: ignore[arg-type]
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
-        if inference is None:  # the settings tuned for the model, where the caller set none
-            settings["inference"] = settings_for_model(loaded.config, settings["inference"], params)
-        value_range = intensity_range(image)
-        cancel_event = None
-        if runner.distributed:
-            from distributed import Event
-
-            cancel_event = f"empanada-cancel-{uuid.uuid4().hex}"
-            Event(cancel_event, client=runner.client)  # create it before the tasks do
-        job = Job(
-            model=loaded.spec(),
-            device=str(device) if runner.distributed else str(loaded.device),
-            mode=mode,
-            inference=settings["inference"],
-            stack=stack,
-            ortho=settings["ortho"],
-            blocks=blocks,
-            value_range=tuple(value_range),  # type: ignore[arg-type]
-            work="",
-            torch_threads=runner.worker_threads(),
-            cancel_event=cancel_event,
-        )
+        job, plan, loaded = _open_job(
+            image, model, mode, settings, runner, device, store, resume,
+            tuned=inference is None, params=params,
+        )  # fmt: skip
         if store is None and len(plan) == 1 and not runner.distributed:
             # A volume that is one block, in this process: segmented whole, no work files.
             return _run_whole(job, image, plan[0], progress, cancel)
@@ -160,8 +122,8 @@ def segment_volume(
                 shutil.rmtree(work, ignore_errors=True)
         output = ZarrOutput(
             store,
-            shape,
-            output_chunks(chunks),
+            tuple(int(s) for s in image.shape),
+            output_chunks(job.blocks.chunks),
             fingerprint(image, loaded, job),
             resume=resume,
             overwrite=overwrite,
@@ -175,6 +137,68 @@ def segment_volume(
             return _run(job, runner, image, plan, output, progress, cancel)
     finally:
         runner.close()
+
+
+def _check_request(image, mode: str, out: str | Path | None, resume: bool) -> Path | None:
+    """Opening, first part: what can be refused before a model or a worker starts (the mode,
+    the volume, the output path, labels kept whole that would not fit). Returns the store."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    check_image(image, ndim=(3,), what="volume")
+    if resume and out is None:
+        raise InputError("resume=True needs an output zarr path (out=...).")
+    shape = tuple(int(s) for s in image.shape)
+    store = Path(out).expanduser() if out is not None else None
+    if store is not None:
+        check_not_input(store, [image])
+        check_writable(store, folder=True)
+    else:  # the labels are returned whole: they must fit
+        check_fits(
+            math.prod(shape) * np.dtype(np.uint32).itemsize,
+            f"Keeping the labels of a {' x '.join(map(str, shape))} volume",
+            "write them to a .zarr output (out=..., written block by block)",
+        )
+    return store
+
+
+def _open_job(
+    image, model, mode: str, settings: dict, runner: Runner, device, store: Path | None,
+    resume: bool, *, tuned: bool, params: dict,
+) -> tuple[Job, list[Block], Any]:  # fmt: skip
+    """Opening, second part: the blocks (a resumed run keeps its own), the model (with the
+    settings tuned for it where the caller set none), the intensity range, and the
+    :class:`Job` every task receives. Returns (job, plan, loaded model)."""
+    from ..models import LoadedModel, load_model
+
+    stack, blocks = settings["stack"], settings["blocks"]
+    shape = tuple(int(s) for s in image.shape)
+    # A resumed run keeps its blocks, whatever this machine or cluster would choose now.
+    resumed = resumed_chunks(store) if resume else None
+    chunks, halo = blocking(shape, mode, stack, blocks, runner=runner, resumed=resumed)
+    plan = plan_blocks(shape, chunks, halo, grid_alignment(mode, stack.axis))
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
+    if tuned:
+        settings["inference"] = settings_for_model(loaded.config, settings["inference"], params)
+    cancel_event = None
+    if runner.distributed:
+        from distributed import Event
+
+        cancel_event = f"empanada-cancel-{uuid.uuid4().hex}"
+        Event(cancel_event, client=runner.client)  # create it before the tasks do
+    job = Job(
+        model=loaded.spec(),
+        device=str(device) if runner.distributed else str(loaded.device),
+        mode=mode,
+        inference=settings["inference"],
+        stack=stack,
+        ortho=settings["ortho"],
+        blocks=blocks.updated(chunks=chunks, halo=halo),
+        value_range=tuple(intensity_range(image)),  # type: ignore[arg-type]
+        work="",
+        torch_threads=runner.worker_threads(),
+        cancel_event=cancel_event,
+    )
+    return job, plan, loaded
 
 
 def _work_units(job: Job, block: Block) -> int:
