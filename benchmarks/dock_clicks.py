@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import write_result
+from empanada_napari.widgets._napari_compat import main_window
 
 DOCKS = {"2d": "2D Inference (Parameter Testing)", "3d": "3D Inference"}
 
@@ -58,7 +59,7 @@ def _child(dock: str, wait: float, clicks: int) -> dict:
     widget_cls._show = timed("show_s", widget_cls._show)
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     data, meta, _ = make_sample_data()[0]
     viewer.add_image(data, **meta)
     app = QApplication.instance()

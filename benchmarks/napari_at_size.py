@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import markdown_table, shape_text, write_result
+from empanada_napari.widgets._napari_compat import main_window
 
 SCALE = (5.0, 5.0, 5.0)
 SCENARIOS = {
@@ -85,7 +86,7 @@ def _child(args) -> dict:  # noqa: PLR0915 - one user session, step by step
 
     result: dict = {"scenario": args.child, "volume": list(shape), "region": region}
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    main_window(viewer).resize(1366, 768)
     t0 = time.perf_counter()
     (image,) = viewer.open(str(source), plugin="napari")
     image.scale = SCALE

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from empanada_napari.widgets._napari_compat import main_window
 from widget_screenshots import settle, wait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
 
     raw, truth = load(args.data)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1366, 740)  # a laptop screen less the taskbar
-    viewer.window._qt_window.showMaximized()
+    main_window(viewer).resize(1366, 740)  # a laptop screen less the taskbar
+    main_window(viewer).showMaximized()
     image = viewer.add_image(raw, name="cdeep3m")
     viewer.dims.set_current_step(0, SLICE)
 

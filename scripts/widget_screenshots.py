@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from empanada_napari.widgets._napari_compat import main_window
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "widgets" / "images"
 PLUGIN = "empanada-napari"
@@ -65,7 +67,7 @@ def open_viewer(size=(1366, 740)):  # a laptop screen less the taskbar
     from empanada_napari._sample_data import make_sample_data
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(*size)
+    main_window(viewer).resize(*size)
     data, meta, _ = make_sample_data()[0]
     layer = viewer.add_image(data, **meta)
     viewer.dims.set_current_step(0, 8)

@@ -70,3 +70,16 @@ def test_models_have_one_public_face():
         modules = {n for n in names if (PACKAGE / "core" / "models" / n).with_suffix(".py").exists()
                    or (PACKAGE / "core" / "models" / n).is_dir()}  # fmt: skip
         assert not modules, (rel, modules)
+
+
+def test_tests_reach_napari_private_api_only_through_the_compat_module():
+    """One place to fix when napari changes (issue 34): widgets/_napari_compat.py."""
+    private = ("._undo_history", "._redo_history", "._save_history", "_MaskedPaintAtom",
+               "._qt_window", "._qt_viewer")  # fmt: skip
+    tests = Path(__file__).resolve().parent
+    for path in sorted(tests.glob("*.py")):
+        if path.name == "test_layout.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        found = [p for p in private if p in text]
+        assert not found, (path.name, found)

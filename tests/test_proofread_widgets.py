@@ -11,6 +11,7 @@ import tifffile
 
 from empanada_napari.core.proofread import LabelIndex
 from empanada_napari.widgets import _common
+from empanada_napari.widgets import _napari_compat as compat
 from empanada_napari.widgets import proofreading as pw
 from empanada_napari.widgets.proofreading import measure as pw_measure
 
@@ -73,7 +74,7 @@ def test_merge_3d_and_undo(make_napari_viewer, qtbot, crop, messages):
     assert np.array_equal(layer.data, expected), messages
     assert messages["info"] == ["merged [37] into 30"] and layer.selected_label == 30
     assert len(points.data) == 0  # the picks were used: cleared
-    assert len(layer._undo_history) == 1  # one undo step
+    assert len(compat.undo_items(layer)) == 1  # one undo step
     box = LabelIndex.build(crop).union_box([37])
     outside = np.ones(crop.shape, bool)
     outside[box] = False
@@ -122,7 +123,7 @@ def test_bad_picks_give_clear_messages(make_napari_viewer, qtbot, crop, messages
     assert d.points.value is None
     _run(qtbot, d)
     assert "no Points layer" in messages["error"][-1]
-    assert np.array_equal(layer.data, crop) and len(layer._undo_history) == 0
+    assert np.array_equal(layer.data, crop) and len(compat.undo_items(layer)) == 0
 
 
 def test_split_with_markers_and_undo(make_napari_viewer, qtbot, crop, messages):
@@ -290,8 +291,6 @@ def test_napari_history_format(make_napari_viewer, tmp_path):
     import dask.array as da
     import zarr
 
-    from empanada_napari.widgets import _napari_compat as compat
-
     viewer = make_napari_viewer()
     assert compat.camera(viewer) is viewer.scene.camera  # viewer.camera is deprecated
     layer = viewer.add_labels(np.zeros((4, 32, 32), np.uint16))
@@ -350,7 +349,7 @@ def test_delete_after_merge_does_not_delete_the_merged_object(
     assert len(points.data) == 0
     _run(qtbot, delete)
     assert "no pick" in messages["error"][-1]
-    assert np.array_equal(layer.data, merged) and len(layer._undo_history) == 1
+    assert np.array_equal(layer.data, merged) and len(compat.undo_items(layer)) == 1
 
 
 @pytest.mark.parametrize("name", ["Merge Labels", "Split Labels", "Delete Labels", "Morph Labels"])
@@ -510,7 +509,7 @@ def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages
     w.jobs.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not w.jobs.busy, timeout=30_000)
     assert w.jobs.status.value == "Cancelled."
-    assert np.array_equal(layer.data, crop) and len(layer._undo_history) == 0
+    assert np.array_equal(layer.data, crop) and len(compat.undo_items(layer)) == 0
     assert len(points.data) == 2  # nothing was done: the picks stay
     release.set()
     _run(qtbot, w)  # the layer is free again
@@ -529,7 +528,7 @@ def test_an_edit_is_refused_when_the_labels_changed_meanwhile(
     release.set()
     qtbot.waitUntil(lambda: not w.jobs.busy, timeout=30_000)
     assert "changed while the edit was computed" in messages["error"][-1]
-    assert np.array_equal(layer.data, painted) and len(layer._undo_history) == 1
+    assert np.array_equal(layer.data, painted) and len(compat.undo_items(layer)) == 1
     assert pw.get_index(layer).equals(LabelIndex.build(painted))  # the index follows
 
 
@@ -541,7 +540,7 @@ def test_an_edit_that_changes_nothing_adds_no_undo_step(make_napari_viewer, qtbo
     w.labels_layer.value, w.points.value, w.operation.value = layer, points, "fill holes"
     _run(qtbot, w)
     assert messages["info"] == ["fill holes: nothing changed"] and messages["error"] == []
-    assert len(layer._undo_history) == 0
+    assert len(compat.undo_items(layer)) == 0
     layer.undo()  # nothing to undo: no error, nothing changes
     assert np.array_equal(layer.data, crop)
 

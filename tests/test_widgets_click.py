@@ -13,6 +13,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from empanada_napari.widgets import _common
+from empanada_napari.widgets import _napari_compat as compat
 from empanada_napari.widgets.proofreading import click as click_mod
 
 from .conftest import DATA
@@ -79,13 +80,15 @@ def test_a_click_adds_the_missed_object_as_one_undo_step(
     assert (got & obj).sum() / (got | obj).sum() >= 0.7
     assert not added[np.arange(len(raw)) != z].any()  # only the clicked plane
     assert not (added & (start > 0)).any()  # nothing labelled was overwritten
-    assert len(layer._undo_history) == 1 and f"added {new_id} in slice {z}" in w.jobs.status.value
+    assert (
+        len(compat.undo_items(layer)) == 1 and f"added {new_id} in slice {z}" in w.jobs.status.value
+    )
     layer.undo()
     assert np.array_equal(np.asarray(layer.data), start)  # undo restores exactly
     # A click on background: nothing, no undo step, said in the dock.
     far = np.argwhere(ndi.distance_transform_edt(truth[z] == 0) >= 30)[0]
     assert _click(qtbot, w, (z, *far))
-    assert np.array_equal(np.asarray(layer.data), start) and len(layer._undo_history) == 0
+    assert np.array_equal(np.asarray(layer.data), start) and len(compat.undo_items(layer)) == 0
     assert "no mitochondrion" in w.jobs.status.value
     # The next addition still gets the first free id (none was used up).
     assert _click(qtbot, w, (z, *_deepest(obj)))
@@ -259,7 +262,7 @@ def test_boxes_add_every_object_inside_them(make_napari_viewer, qtbot, raw, trut
     data = np.asarray(layer.data)
     assert len(np.unique(data[z])) >= 3, (w.jobs.status.value, messages)
     assert not data[np.arange(len(raw)) != z].any()
-    assert len(layer._undo_history) == 1 and len(shapes.data) == 0
+    assert len(compat.undo_items(layer)) == 1 and len(shapes.data) == 0
 
 
 def test_refusals_are_sentences(make_napari_viewer, qtbot, raw, messages):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import tifffile
 
+from empanada_napari.widgets._napari_compat import main_window
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -35,7 +37,7 @@ def open_widget(viewer, name):
 
 def test_inference_docks_fit_a_laptop_screen_side_by_side(make_napari_viewer, qtbot, crop):
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     window.resize(*LAPTOP)
     viewer.add_image(crop, name="raw")
     docks = [open_widget(viewer, n) for n in ("2D Inference (Parameter Testing)", "3D Inference")]
@@ -246,7 +248,7 @@ def test_the_loop_s_docks_open_as_tabs_on_a_laptop(make_napari_viewer, qtbot, cr
     from qtpy.QtWidgets import QDockWidget
 
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     window.resize(*LAPTOP)
     viewer.add_image(crop, name="raw")
     names = ("2D Inference (Parameter Testing)", "Pick Training Patches",

@@ -13,7 +13,9 @@ Proofreading needs two things napari offers no public API for:
   napari replays it with basic slicing, as it does its own paint atoms. numpy layers use
   ``data_setitem``.
 
-It also hides one public API that moved: the viewer's camera (:func:`camera`).
+It also hides one public API that moved, the viewer's camera (:func:`camera`), and the
+main window's Qt widget (:func:`main_window`: private in napari, needed by the tests, the
+benchmarks and the screenshot scripts to size the window as a laptop screen).
 
 napari stores history atoms in two formats: ``_MaskedPaintAtom`` (paint, fill, polygon:
 ``slice_key``, ``mask``, ``old_values``, ``new_value``) and a 3-tuple ``(indices, old, new)``
@@ -41,6 +43,11 @@ def camera(viewer: napari.viewer.Viewer) -> Any:
     deprecated there), ``viewer.camera`` before."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None else viewer.camera
+
+
+def main_window(viewer: napari.viewer.Viewer) -> Any:
+    """The Qt main window of ``viewer`` (``viewer.window._qt_window``; no public API)."""
+    return viewer.window._qt_window
 
 
 def undo_items(layer: napari.layers.Labels) -> list[Any] | None:
