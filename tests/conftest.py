@@ -169,3 +169,15 @@ def _isolated_home(tmp_path, monkeypatch):
     # a load racing a test's own would make timings and cache counts depend on the order.
     monkeypatch.setenv("EMPANADA_NAPARI_PRELOAD", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def inline_jobs(request, monkeypatch):
+    """Docks run their jobs start to finish in the test's thread (``JobPanel.inline``): a
+    dock's logic is tested with nothing to wait for. Tests marked ``threaded`` keep the
+    worker thread (cancel, progress while a job runs)."""
+    from empanada_napari.widgets._jobs import JobPanel
+
+    if request.node.get_closest_marker("threaded") is None:
+        monkeypatch.setattr(JobPanel, "inline", True)
+    return JobPanel.inline

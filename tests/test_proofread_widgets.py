@@ -13,6 +13,7 @@ from empanada_napari.core.proofread import LabelIndex
 from empanada_napari.widgets import _common
 from empanada_napari.widgets import _napari_compat as compat
 from empanada_napari.widgets import proofreading as pw
+from empanada_napari.widgets._jobs import JobPanel
 from empanada_napari.widgets.proofreading import measure as pw_measure
 
 from .conftest import DATA
@@ -40,10 +41,18 @@ def _dock(viewer, name: str):
     return widget
 
 
+# The docks' jobs run inline here (nothing to wait for), except in the tests of the worker
+# thread itself, marked ``threaded``.
+pytestmark = pytest.mark.usefixtures("inline_jobs")
+
+
 def _run(qtbot, widget, timeout: int = 60_000) -> None:
-    """Click the dock's Run button and wait until its worker has finished."""
+    """Click the dock's Run button; its job has finished when this returns (inline), or is
+    waited for (a ``threaded`` test)."""
     widget()
-    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=timeout)
+    if not JobPanel.inline:
+        qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=timeout)
+    assert not widget.jobs.busy
 
 
 def _point_on(labels: np.ndarray, label_id: int, z: int | None = None) -> list[int]:
@@ -421,6 +430,7 @@ def test_split_in_3d_from_the_viewed_plane_gives_no_stripes(
 @pytest.mark.parametrize(
     "name", ["Merge Labels", "Measure Labels", "Filter Labels", "Morph Labels"]
 )
+@pytest.mark.threaded
 def test_whole_volume_work_runs_in_a_worker_with_progress(
     make_napari_viewer, qtbot, crop, messages, monkeypatch, name
 ):
@@ -500,6 +510,7 @@ def _merge_while_the_index_builds(make_napari_viewer, qtbot, crop, monkeypatch):
     return layer, points, w, release
 
 
+@pytest.mark.threaded
 def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages, monkeypatch):
     layer, points, w, release = _merge_while_the_index_builds(
         make_napari_viewer, qtbot, crop, monkeypatch
@@ -516,6 +527,7 @@ def test_cancel_while_the_index_builds(make_napari_viewer, qtbot, crop, messages
     assert messages["info"][-1] == "merged [37] into 30"
 
 
+@pytest.mark.threaded
 def test_an_edit_is_refused_when_the_labels_changed_meanwhile(
     make_napari_viewer, qtbot, crop, messages, monkeypatch
 ):

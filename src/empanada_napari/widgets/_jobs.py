@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QTimer
@@ -101,6 +101,11 @@ class JobPanel(Container):
     in the GUI thread (a string it returns becomes the status line), never after Cancel;
     errors become notifications with their reason.
     """
+
+    #: Run jobs start to finish in the calling (GUI) thread instead of a napari worker: a
+    #: dock's logic is then tested with nothing to wait for (the ``inline_jobs`` fixture).
+    #: Cancel cannot reach a job run this way; the Cancel tests keep the worker.
+    inline: ClassVar[bool] = False
 
     def __init__(self, run_text: str, on_run: Callable[[], None]) -> None:
         self.run_button = PushButton(text=run_text)
@@ -264,7 +269,6 @@ class JobPanel(Container):
         self.cancel_button.enabled = True
         self._activity, self._shown, self._description = None, (0, 0), description
         self._started = time.monotonic()
-        worker = create_worker(work, _start_thread=False)
 
         def returned(result: Any) -> None:
             if isinstance(result, _Failure):
@@ -301,9 +305,16 @@ class JobPanel(Container):
             self.cancel_button.enabled = False
             self.set_problem(self._problem)
 
+        self._latest = None
+        if JobPanel.inline:
+            # Start to finish in this thread: the dock's logic, tested without a worker.
+            result = work()
+            returned(result)
+            finished()
+            return
+        worker = create_worker(work, _start_thread=False)
         worker.returned.connect(returned)
         worker.finished.connect(finished)
         self.worker = worker
-        self._latest = None
         self._timer.start()
         worker.start()
