@@ -312,7 +312,9 @@ class Inference3DWidget(Container):
             from ..core.settings import SETTINGS_CLASSES
             from ..core.settings_meta import in_labels
 
-            return f"Blocks: {in_labels(str(exc), *SETTINGS_CLASSES.values())}"
+            return in_labels(
+                str(exc), *SETTINGS_CLASSES.values()
+            )  # "Blocks of ..." / "The halo ..."
         out = self._out_path()
         if out is not None:
             if not out.parent.is_dir():
