@@ -290,10 +290,7 @@ class Inference3DWidget(Container):
         try:
             self.settings()
         except EmpanadaError as exc:  # the settings' own rule, with the labels on screen
-            from ..core.settings import SETTINGS_CLASSES
-            from ..core.settings_meta import in_labels
-
-            return in_labels(str(exc), *SETTINGS_CLASSES.values())
+            return _on_screen(exc)
         scheduler = self.scheduler.value.strip()
         if scheduler:
             from ..core.inference.blocks.executor import local_workers
@@ -309,12 +306,7 @@ class Inference3DWidget(Container):
         try:
             self._blocks()
         except EmpanadaError as exc:  # chunk size, halo: the core's rule, before any work
-            from ..core.settings import SETTINGS_CLASSES
-            from ..core.settings_meta import in_labels
-
-            return in_labels(
-                str(exc), *SETTINGS_CLASSES.values()
-            )  # "Blocks of ..." / "The halo ..."
+            return _on_screen(exc)
         out = self._out_path()
         if out is not None:
             if not out.parent.is_dir():
@@ -403,6 +395,14 @@ class Inference3DWidget(Container):
         objects = read_meta(req.out).get("objects")
         found = f": {count_label(int(objects))}" if objects is not None else ""
         return f"Added '{name}'{found} (stored in {req.out})."
+
+
+def _on_screen(exc: Exception) -> str:
+    """A core refusal said with the dock's labels for the settings it names."""
+    from ..core.settings import SETTINGS_CLASSES
+    from ..core.settings_meta import in_labels
+
+    return in_labels(str(exc), *SETTINGS_CLASSES.values())
 
 
 def _editable_store(out: Path, placed: dict[str, Any]) -> Any:
