@@ -165,7 +165,7 @@ def pytest_runtest_setup(item):
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own registry home, so no test touches the user's cache."""
     monkeypatch.setenv("EMPANADA_NAPARI_HOME", str(tmp_path / "empanada_home"))
-    # Docks load no model in the background unless a test asks (tests/test_widgets_preload.py):
+    # Docks load no model in the background unless a test asks (widgets/test_widgets_preload.py):
     # a load racing a test's own would make timings and cache counts depend on the order.
     monkeypatch.setenv("EMPANADA_NAPARI_PRELOAD", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "2")

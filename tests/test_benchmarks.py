@@ -45,7 +45,7 @@ def test_accuracy_harness_quick(tmp_path, capsys):
     results = json.loads(out.read_text())
     table = capsys.readouterr().out
     assert "semantic_iou" in table and "stack" in table
-    # The bundled model on its held-out crop (see tests/test_bundled_model.py).
+    # The bundled model on its held-out crop (see tests/core/models/test_bundled_model.py).
     assert results["2d"]["semantic_iou"] > 0.85 and results["stack"]["semantic_iou"] > 0.85
     assert results["stack"]["n_gt"] == 4 and results["model"] == "Lucchi_Lite_v1"
     # 3D diagnostics (issue 17): merges and splits, and scores without border-cut objects

@@ -177,7 +177,7 @@ def test_segment_with_registered_name(toy_model_file, disks_tif, tmp_path):
 
 
 def test_stack_and_ortho_modes(toy_model_file, disks_tif, tmp_path, capsys):
-    from .test_stack import _balls
+    from .core.test_stack import _balls
 
     src, _ = disks_tif
     volume, _ = _balls((36, 112, 120), [(17, 33.5, 33.5), (18, 33.5, 97.5), (17, 81.5, 57.5)], 15)

@@ -100,7 +100,7 @@ def test_gui_tests_skip_with_a_reason_instead_of_aborting():
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:xvfb", "-p", "no:cacheprovider"]
-        + ["-q", "-rs", "-W", "ignore::DeprecationWarning", "tests/test_widgets_export.py"],
+        + ["-q", "-rs", "-W", "ignore::DeprecationWarning", "tests/widgets/test_widgets_export.py"],
         cwd=ROOT,
         env=env,
         capture_output=True,

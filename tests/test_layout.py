@@ -77,7 +77,7 @@ def test_tests_reach_napari_private_api_only_through_the_compat_module():
     private = ("._undo_history", "._redo_history", "._save_history", "_MaskedPaintAtom",
                "._qt_window", "._qt_viewer")  # fmt: skip
     tests = Path(__file__).resolve().parent
-    for path in sorted(tests.glob("*.py")):
+    for path in sorted(tests.rglob("*.py")):
         if path.name == "test_layout.py":
             continue
         text = path.read_text(encoding="utf-8")

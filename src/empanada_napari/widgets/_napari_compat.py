@@ -20,7 +20,7 @@ benchmarks and the screenshot scripts to size the window as a laptop screen).
 napari stores history atoms in two formats: ``_MaskedPaintAtom`` (paint, fill, polygon:
 ``slice_key``, ``mask``, ``old_values``, ``new_value``) and a 3-tuple ``(indices, old, new)``
 (``data_setitem``: index arrays; ours: slices). :func:`atom_box` reads both.
-``tests/test_proofread_widgets.py::test_napari_history_format`` fails loudly if any of this
+``tests/widgets/test_proofread_widgets.py::test_napari_history_format`` fails loudly if any of this
 changes.
 """
 

@@ -5,7 +5,7 @@ constants, so TorchScript folds each BatchNorm into the convolution before it an
 attribute look-ups. Measured on the bundled model (2 CPU cores, docs/benchmarks.md): the
 forward pass takes about 0.65-0.75 of the time, and the first calls (profiling executor
 warm-up) cost less. Outputs change by float rounding only (max 1.4e-4 on the logits of a
-768 x 1024 image); tests/test_optimize.py checks the labels on real EM. Not applied on other
+768 x 1024 image); tests/core/test_optimize.py checks the labels on real EM. Not applied on other
 devices (unmeasured there) nor to quantized models; a module that cannot be frozen is
 returned as it is.
 """

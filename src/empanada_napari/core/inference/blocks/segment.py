@@ -88,7 +88,7 @@ def segment_whole(
 ) -> np.ndarray:
     """The final labels of a volume that is one block (no halo), size filters included.
 
-    Gives the labels the block phases would give (same ids, ``tests/test_chunked.py``)
+    Gives the labels the block phases would give (same ids, ``tests/core/test_chunked.py``)
     without writing the block to the work folder and reading it back twice: for a volume
     that fits in memory that round trip cost about 10 % of a stack run (issue 19).
     """

@@ -17,7 +17,7 @@ from empanada_napari.core.ngff import open_labels
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 PLUGIN = "empanada-napari"
 D2, D3 = "2D Inference (Parameter Testing)", "3D Inference"
 SLOW = 180_000  # ms: two models' first load and scoring on 2 busy cores

@@ -9,7 +9,7 @@ import tifffile
 from empanada_napari.core.errors import InputError
 from empanada_napari.core.training import MixedDataset, PatchDataset, random_augment
 
-from .conftest import DATA
+from ...conftest import DATA
 
 MEAN, STD = 0.57571, 0.12765
 STILL = dict(rotate=False, flips=False, scale=(1.0, 1.0), brightness=0, contrast=0)

@@ -16,7 +16,7 @@ from empanada_napari.core.training import (
     save_patches,
 )
 
-from .conftest import DATA
+from ...conftest import DATA
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from empanada_napari.widgets import _common
 from empanada_napari.widgets import _napari_compat as compat
 from empanada_napari.widgets.proofreading import click as click_mod
 
-from .conftest import DATA
+from ..conftest import DATA
 
 PLUGIN = "empanada-napari"
 

@@ -13,7 +13,7 @@ from empanada_napari.core.inference.engine import Engine2D, InferenceSettings, s
 from empanada_napari.core.metrics import instance_scores
 from empanada_napari.core.models.loading import load_model
 
-from .conftest import disk_image
+from ..conftest import disk_image
 
 # Disk centres on grid-cell centres (4i + 1.5) so the toy heat-map has a single peak each.
 CENTRES = [(33.5, 33.5), (33.5, 101.5), (121.5, 61.5), (149.5, 181.5), (45.5, 201.5)]
@@ -65,7 +65,7 @@ def test_flip_averaging_is_flip_equivariant_on_real_em():
 
     from empanada_napari.core.metrics import same_partition
 
-    from .conftest import DATA
+    from ..conftest import DATA
 
     image = tifffile.imread(DATA / "lucchi_crop_raw.tif")[0]
     engine = Engine2D("default", "cpu", tta=True)
@@ -81,7 +81,7 @@ def test_kept_views_are_the_flipped_outputs_and_change_nothing_else():
     # semantic probabilities; the outputs stay those of the settings, bit for bit.
     import tifffile
 
-    from .conftest import DATA
+    from ..conftest import DATA
 
     image = tifffile.imread(DATA / "lucchi_crop_raw.tif")[0][:100, :90]  # padded to the grid
     for tta in (False, True):
@@ -220,7 +220,7 @@ def test_model_cache_and_corrupt_file(toy_model_file, tmp_path):
 
 
 def test_model_that_cannot_batch_falls_back_to_single(tmp_path, disks):
-    from .conftest import build_toy_model
+    from ..conftest import build_toy_model
 
     class FirstOnly(torch.nn.Module):
         """Mimics a per-image PointRend: only the first image of a batch is right."""
@@ -263,7 +263,7 @@ def test_every_architecture_runs_through_save_load_and_the_engine(architecture, 
 
     from empanada_napari.core.models.architectures import build_model
 
-    from .conftest import DATA
+    from ..conftest import DATA
 
     torch.manual_seed(0)
     scripted = torch.jit.script(build_model(architecture, **kwargs).eval())

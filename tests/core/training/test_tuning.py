@@ -18,7 +18,7 @@ from empanada_napari.core.settings import InferenceSettings, model_recommendatio
 from empanada_napari.core.training import PatchDataset, finetune
 from empanada_napari.core.training.tuning import tune_settings
 
-from .conftest import DATA
+from ...conftest import DATA
 
 
 @pytest.fixture(scope="module")

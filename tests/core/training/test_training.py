@@ -23,7 +23,7 @@ from empanada_napari.core.training import (
     write_dataset,
 )
 
-from .conftest import DATA
+from ...conftest import DATA
 
 SMALL = {"width": 8, "decoder_channels": 16, "point_hidden_channels": 16}
 
@@ -440,7 +440,7 @@ def test_finetune_accepts_the_default_model_name(fixed_dataset):
 def test_cli_train_refuses_a_pickle_payload_as_pretrained(crop, tmp_path, capsys):
     from empanada_napari.cli import main
 
-    from .test_model_files import _Payload
+    from ...core.models.test_model_files import _Payload
 
     raw, inst = crop
     write_dataset(tmp_path / "ds", list(raw[:2]), list(inst[:2]), source="lucchi")

@@ -16,7 +16,7 @@ from empanada_napari.widgets import proofreading as pw
 from empanada_napari.widgets._jobs import JobPanel
 from empanada_napari.widgets.proofreading import measure as pw_measure
 
-from .conftest import DATA
+from ..conftest import DATA
 
 PLUGIN = "empanada-napari"
 

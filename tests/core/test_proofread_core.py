@@ -28,7 +28,7 @@ from empanada_napari.core.proofread import (
     table_to_csv,
 )
 
-from .conftest import DATA
+from ..conftest import DATA
 
 IDS = (17, 30, 37, 44)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "src" / "empanada_napari" / "napari.yaml"
 WIDGETS = {
     "2D Inference (Parameter Testing)",

@@ -9,7 +9,7 @@ import tifffile
 from empanada_napari.core.errors import InputError
 from empanada_napari.core.preprocess import check_image, intensity_range, normalize
 
-from .conftest import DATA
+from ..conftest import DATA
 
 MEAN, STD = 0.57571, 0.12765
 

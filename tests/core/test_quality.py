@@ -9,7 +9,7 @@ import tifffile
 from empanada_napari.cli import main
 from empanada_napari.core.quality import UNSURE_BELOW, choose_model, estimate_quality
 
-from .conftest import DATA
+from ..conftest import DATA
 
 
 @pytest.fixture(scope="module")

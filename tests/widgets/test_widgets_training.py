@@ -16,7 +16,7 @@ import tifffile
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 PLUGIN = "empanada-napari"
 
 

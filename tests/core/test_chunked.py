@@ -29,7 +29,7 @@ from empanada_napari.core.settings import (
     StackSettings,
 )
 
-from .conftest import DATA
+from ..conftest import DATA
 
 RAW = tifffile.imread(DATA / "lucchi_crop_raw.tif")  # 16 x 320 x 320 real FIB-SEM
 NO_FILTER = dict(min_size=0, min_extent=0)

@@ -10,7 +10,7 @@ from empanada_napari.core.inference.engine import Engine2D
 from empanada_napari.core.inference.ortho import ortho_consensus, segment_ortho
 from empanada_napari.core.metrics import instance_scores
 
-from .test_stack import _balls
+from ..core.test_stack import _balls
 
 SHAPE = (12, 30, 40)
 

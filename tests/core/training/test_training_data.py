@@ -22,7 +22,7 @@ from empanada_napari.core.training import (
     write_dataset,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 RAW = DATA / "lucchi_crop_raw.tif"
 INSTANCES = DATA / "lucchi_crop_instances_2d.tif"
 BINARY = DATA / "lucchi_crop_mito_binary.tif"

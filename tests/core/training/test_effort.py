@@ -11,7 +11,7 @@ from empanada_napari.core.training.effort import (
     total_effort,
 )
 
-from .conftest import DATA
+from ...conftest import DATA
 
 
 def _crop() -> np.ndarray:

@@ -10,7 +10,7 @@ from empanada_napari.core.errors import Cancelled, InputError
 from empanada_napari.core.training import doubt_maps, pick_patches, stack_patches
 from empanada_napari.core.training.patches import patch_masks
 
-from .conftest import DATA
+from ...conftest import DATA
 
 
 @pytest.fixture(scope="module")

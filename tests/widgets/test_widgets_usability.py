@@ -15,7 +15,7 @@ from empanada_napari.widgets._napari_compat import main_window
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 PLUGIN = "empanada-napari"
 LAPTOP = (1366, 768)
 
@@ -214,7 +214,7 @@ def test_only_jobs_that_run_long_show_in_the_activity_dock(qtbot, monkeypatch):
 def _dock_names() -> list[str]:
     import yaml
 
-    manifest = Path(__file__).parents[1] / "src" / "empanada_napari" / "napari.yaml"
+    manifest = Path(__file__).parents[2] / "src" / "empanada_napari" / "napari.yaml"
     widgets = yaml.safe_load(manifest.read_text())["contributions"]["widgets"]
     return [w["display_name"] for w in widgets]
 

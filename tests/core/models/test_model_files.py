@@ -20,7 +20,7 @@ from empanada_napari.core.models.download import cache_name, download
 from empanada_napari.core.models.encoder_weights import CEM_URL, load_encoder_weights
 from empanada_napari.core.models.registry import ModelRegistry
 
-from .test_registry import _config, _listing, _save_tiny_model
+from ...core.models.test_registry import _config, _listing, _save_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
 

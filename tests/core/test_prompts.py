@@ -17,7 +17,7 @@ from skimage.measure import label as cc_label
 from empanada_napari.core.errors import InputError
 from empanada_napari.core.proofread import Prompter, segment_at, segment_in_box
 
-from .conftest import DATA
+from ..conftest import DATA
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from empanada_napari.core.ngff import open_labels, read_meta
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 PLUGIN = "empanada-napari"
 
 

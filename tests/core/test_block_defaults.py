@@ -26,7 +26,7 @@ from empanada_napari.core.inference.chunked import segment_volume
 from empanada_napari.core.metrics import evaluate, match_instances, same_partition
 from empanada_napari.core.ngff import read_meta
 
-from .conftest import DATA
+from ..conftest import DATA
 
 RAW = tifffile.imread(DATA / "lucchi_crop_raw.tif")  # 16 x 320 x 320 real FIB-SEM
 HELD_OUT = (165, 768, 1024)  # the size of the Lucchi test volume
@@ -201,7 +201,7 @@ def test_one_block_ortho_matches_chunked_ortho_within_the_block_edge_tolerance(t
     )  # fmt: skip
     assert one.max() >= 5
     scores = evaluate(blocks, one)
-    # As for stack blocks (tests/test_chunked.py): every object found again, a few edge
+    # As for stack blocks (tests/core/test_chunked.py): every object found again, a few edge
     # voxels may differ, and a block may cut off a small fragment at its edge.
     assert scores["recall@0.75"] == 1.0
     assert scores["semantic_iou"] >= 0.98

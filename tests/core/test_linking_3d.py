@@ -37,7 +37,7 @@ from empanada_napari.core.metrics_3d import (
 from empanada_napari.core.objects import keep_objects
 from empanada_napari.core.settings import StackSettings
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 RAW = tifffile.imread(DATA / "lucchi_pair_raw.tif")  # 64 x 192 x 200, real FIB-SEM
 GT = as_instances(tifffile.imread(DATA / "lucchi_pair_mito_binary.tif")).astype(np.int64)
 A, B = int(GT[30, 78, 146]), int(GT[17, 122, 13])  # the two mitochondria

@@ -21,7 +21,7 @@ from empanada_napari.core.metrics import as_instances, evaluate, semantic_iou
 from empanada_napari.core.models.loading import default_model_name, load_model
 from empanada_napari.core.models.registry import get_registry
 
-from .conftest import DATA
+from ...conftest import DATA
 
 BUNDLED = "Lucchi_Lite_v1"
 
